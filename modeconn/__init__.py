@@ -1,0 +1,49 @@
+"""modeconn: mode connectivity between neural networks, up to their permutation symmetry.
+
+The public API is what this module exports; everything else may change.
+"""
+
+from modeconn.errors import (
+    DatasetNotFoundError,
+    ModeconnError,
+    PluginError,
+    PretrainedWeightsError,
+    SymmetryError,
+    TraceError,
+    UnknownModelError,
+    UnknownPluginError,
+    UnsupportedOpError,
+)
+from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin
+from modeconn.registry import create_model, is_model, list_models, register_model
+from modeconn.symmetry import PermutationSpec, discover, permute
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # model registry
+    "register_model",
+    "create_model",
+    "list_models",
+    "is_model",
+    # symmetry
+    "discover",
+    "permute",
+    "PermutationSpec",
+    # plugins
+    "hookimpl",
+    "get_plugin",
+    "list_plugins",
+    "register_plugin",
+    # errors
+    "ModeconnError",
+    "UnknownModelError",
+    "PretrainedWeightsError",
+    "PluginError",
+    "UnknownPluginError",
+    "DatasetNotFoundError",
+    "SymmetryError",
+    "TraceError",
+    "UnsupportedOpError",
+]

@@ -1,0 +1,74 @@
+"""The plugin contract: every hook modeconn calls, documented for plugin authors.
+
+A plugin is a module (or object) with functions decorated by :data:`modeconn.hookimpl` and named
+like the hooks below. Publish it in your distribution's ``pyproject.toml``::
+
+    [project.entry-points.modeconn]
+    my_costs = "modeconn_mycosts.plugin"
+
+modeconn's own plugins are registered the same way. Each hook receives a registry to add to;
+adding a name that another plugin already added fails at once and names both plugins.
+Set ``MODECONN_DISABLE_PLUGIN_AUTOLOAD=1`` to load only modeconn's built-in plugins, and
+``MODECONN_BLOCK_PLUGINS=name1,name2`` to skip entry points by name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from modeconn.plugin_manager import PluginRegistry
+
+hookspec = pluggy.HookspecMarker("modeconn")
+
+
+@hookspec
+def modeconn_register_costs(registry: PluginRegistry) -> None:
+    """Add alignment cost functions: ``registry.add(name, cost)``.
+
+    A cost tells ``modeconn.align`` how similar unit ``i`` of model A is to unit ``j`` of
+    model B within one permutation group, from activation statistics or from weights
+    (``"correlation"``, ``"l2_preact"`` and ``"weight_matching"`` are built in). ``name`` is what
+    users pass as ``align(..., cost=name)``. Called once, when the plugin manager is built.
+    Returns nothing.
+    """
+
+
+@hookspec
+def modeconn_register_curves(registry: PluginRegistry) -> None:
+    """Add curve families: ``registry.add(name, family)``.
+
+    A family maps the end points and the learnable bends to the weights at ``t`` in [0, 1]
+    (``"bezier"``, ``"polychain"``, ``"linear"`` are built in). ``name`` is what users pass as
+    ``Curve(..., family=name)``. Called once, when the plugin manager is built. Returns nothing.
+    """
+
+
+@hookspec
+def modeconn_register_optimizers(registry: PluginRegistry) -> None:
+    """Add curve optimizers: ``registry.add(name, optimizer)``.
+
+    An optimizer fits a curve's bends to data (``"sgd"`` is built in; PAM updates the
+    permutation between epochs, PGD-robust training perturbs each batch against r(t)).
+    ``name`` is what users pass as ``fit_curve(..., optimizer=name)``. Called once, when the
+    plugin manager is built. Returns nothing.
+    """
+
+
+@hookspec
+def modeconn_permutation_rules(registry: PluginRegistry) -> None:
+    """Teach symmetry discovery how a module type or function treats channels.
+
+    ``registry.add(key, rule)`` where ``key`` is an ``nn.Module`` subclass (matched for
+    ``call_module`` nodes, most derived class first), a callable such as ``torch.add`` or
+    ``F.relu`` (``call_function`` nodes), or a string ``"method:<name>"`` for tensor methods
+    (``call_method`` nodes, e.g. ``"method:view"``). ``rule(ctx)`` receives a
+    :class:`modeconn.symmetry.RuleContext` describing one graph node and declares which
+    channel spaces it couples and which parameter axes follow them; see the docs page
+    "How symmetry discovery works". Rules registered by plugins take precedence over the
+    built-in table for the same key only if the built-in table does not have it already;
+    a key registered twice is an error. Called once, when the plugin manager is built.
+    Returns nothing.
+    """
