@@ -1,0 +1,66 @@
+"""Apply group permutations to a model's parameters and buffers."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+from modeconn.errors import SymmetryError
+from modeconn.symmetry.spec import PermutationSpec
+
+__all__ = ["permute", "permute_state_dict", "axis_indices"]
+
+
+def axis_indices(
+    spec: PermutationSpec, perms: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size]
+) -> dict[tuple[str, int], torch.Tensor]:
+    """For every (tensor, axis) a permutation touches, the gather index along that axis.
+
+    Convention: ``perms[g][i]`` is the original unit that ends up at position ``i``.
+    """
+    spec.check(perms)
+    out: dict[tuple[str, int], torch.Tensor] = {}
+    for name, perm in perms.items():
+        group = spec.groups[name]
+        perm = torch.as_tensor(perm, dtype=torch.long).cpu()
+        if not group.permutable or torch.equal(perm, torch.arange(group.size)):
+            continue
+        for sl in group.slices:
+            if sl.tensor not in shapes:
+                raise SymmetryError(f"the spec refers to {sl.tensor!r}, which this model does not have")
+            key = (sl.tensor, sl.axis)
+            if key not in out:
+                out[key] = torch.arange(shapes[sl.tensor][sl.axis])
+            block = (perm[:, None] * sl.inner + torch.arange(sl.inner)).reshape(-1) + sl.start
+            out[key][sl.start : sl.start + group.size * sl.inner] = block
+    return out
+
+
+def permute_state_dict(
+    state: Mapping[str, torch.Tensor], spec: PermutationSpec, perms: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A new state dict with every permuted axis gathered; untouched entries are shared."""
+    shapes = {k: v.shape for k, v in state.items()}
+    new = dict(state)
+    for (name, axis), index in axis_indices(spec, perms, shapes).items():
+        new[name] = new[name].index_select(axis, index.to(new[name].device))
+    return new
+
+
+def permute(
+    model: nn.Module, spec: PermutationSpec, perms: Mapping[str, torch.Tensor], inplace: bool = False
+) -> nn.Module:
+    """A model computing the same function as ``model`` with its units permuted by ``perms``
+    (parameters and buffers alike). ``perms[g][i]`` is the unit of group ``g`` that moves to
+    position ``i``; groups left out keep their order."""
+    target = model if inplace else copy.deepcopy(model)
+    state = target.state_dict(keep_vars=True)
+    new = permute_state_dict({k: v.detach() for k, v in state.items()}, spec, perms)
+    with torch.no_grad():
+        for k, v in state.items():
+            if new[k] is not v.detach():
+                v.copy_(new[k])
+    return target

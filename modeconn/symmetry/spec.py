@@ -1,0 +1,168 @@
+"""``PermutationSpec``: the permutation groups of a model, as found by :func:`discover`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from modeconn.errors import SymmetryError
+
+__all__ = ["TensorSlice", "Site", "Group", "PermutationSpec"]
+
+Perms = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TensorSlice:
+    """Units of a group along one axis of a parameter or buffer.
+
+    The group's unit ``c`` owns indices ``start + c * inner ... start + c * inner + inner - 1``
+    of axis ``axis`` of state-dict entry ``tensor``.
+    """
+
+    tensor: str
+    axis: int
+    start: int
+    inner: int = 1
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a group's units can be observed: the output of graph node ``node`` (eval-mode
+    trace), laid out like a :class:`TensorSlice`. ``kind`` is ``"pre"`` (before a
+    nonlinearity: a layer's or norm's output) or ``"post"`` (after one)."""
+
+    node: str
+    axis: int
+    start: int
+    inner: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of units that are permuted together, and everything that follows them."""
+
+    name: str
+    size: int
+    permutable: bool
+    reason: str | None = None
+    slices: tuple[TensorSlice, ...] = ()
+    sites: tuple[Site, ...] = ()
+
+    @property
+    def tensors(self) -> list[str]:
+        return sorted({s.tensor for s in self.slices})
+
+
+@dataclass
+class PermutationSpec:
+    """The permutation groups of one architecture.
+
+    ``groups`` maps stable names to :class:`Group`; ``unreached`` lists state-dict entries the
+    traces never touched (they are never permuted), with the reason.
+    """
+
+    groups: dict[str, Group]
+    unreached: dict[str, str] = field(default_factory=dict)
+    model: str = ""
+
+    # -- queries --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Group]:
+        return iter(self.groups.values())
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, name: str) -> Group:
+        return self.groups[name]
+
+    @property
+    def permutable(self) -> list[Group]:
+        return [g for g in self.groups.values() if g.permutable]
+
+    @property
+    def fixed(self) -> list[Group]:
+        return [g for g in self.groups.values() if not g.permutable]
+
+    def units(self) -> tuple[int, int]:
+        """(permutable units, all units): units counted once per group, inputs and outputs excluded."""
+        hidden = [g for g in self.groups.values() if g.reason is None or not g.reason.startswith("model ")]
+        return sum(g.size for g in hidden if g.permutable), sum(g.size for g in hidden)
+
+    # -- permutations -----------------------------------------------------------------------
+    def identity(self) -> Perms:
+        """The identity permutation of every group."""
+        return {g.name: torch.arange(g.size) for g in self.groups.values()}
+
+    def random_permutation(self, seed: int = 0) -> Perms:
+        """A random permutation of every permutable group (identity on fixed groups), seeded."""
+        gen = torch.Generator().manual_seed(seed)
+        return {
+            g.name: torch.randperm(g.size, generator=gen) if g.permutable else torch.arange(g.size)
+            for g in self.groups.values()
+        }
+
+    def check(self, perms: Mapping[str, torch.Tensor]) -> None:
+        """Raise :class:`SymmetryError` unless ``perms`` is valid for this spec."""
+        for name, p in perms.items():
+            if name not in self.groups:
+                raise SymmetryError(f"no group named {name!r} in this spec; groups are listed by str(spec)")
+            g = self.groups[name]
+            p = torch.as_tensor(p)
+            if p.shape != (g.size,) or not torch.equal(p.sort().values, torch.arange(g.size)):
+                raise SymmetryError(f"perms[{name!r}] is not a permutation of {g.size} units")
+            if not g.permutable and not torch.equal(p, torch.arange(g.size)):
+                raise SymmetryError(f"group {name!r} is fixed ({g.reason}); its permutation must be the identity")
+
+    # -- serialization ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "groups": [asdict(g) for g in self.groups.values()],
+            "unreached": dict(self.unreached),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> PermutationSpec:
+        groups = {}
+        for g in d["groups"]:
+            groups[g["name"]] = Group(
+                name=g["name"],
+                size=g["size"],
+                permutable=g["permutable"],
+                reason=g.get("reason"),
+                slices=tuple(TensorSlice(**s) for s in g.get("slices", ())),
+                sites=tuple(Site(**s) for s in g.get("sites", ())),
+            )
+        return cls(groups=groups, unreached=dict(d.get("unreached", {})), model=d.get("model", ""))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> PermutationSpec:
+        return cls.from_dict(json.loads(text))
+
+    # -- display ----------------------------------------------------------------------------
+    def __str__(self) -> str:
+        perm_units, all_units = self.units()
+        share = 100.0 * perm_units / all_units if all_units else 0.0
+        head = (
+            f"PermutationSpec({self.model}): {len(self.permutable)} permutable / {len(self.groups)} groups, "
+            f"{perm_units}/{all_units} hidden units permutable ({share:.1f}%)"
+        )
+        width = max([len(g.name) for g in self.groups.values()] + [5])
+        rows = [head, f"  {'group':<{width}}  {'size':>6}  {'tensors':>7}  {'sites':>5}  status"]
+        for g in self.groups.values():
+            status = "permutable" if g.permutable else f"fixed: {g.reason}"
+            rows.append(f"  {g.name:<{width}}  {g.size:>6}  {len(g.tensors):>7}  {len(g.sites):>5}  {status}")
+        for name, reason in self.unreached.items():
+            rows.append(f"  (unreached) {name}: {reason}")
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        return f"<PermutationSpec {self.model}: {len(self.permutable)}/{len(self.groups)} groups permutable>"
