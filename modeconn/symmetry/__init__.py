@@ -5,7 +5,7 @@
 and are extended through the ``modeconn_permutation_rules`` plugin hook.
 """
 
-from modeconn.symmetry.discover import TA, RuleContext, discover
+from modeconn.symmetry.discovery import TA, RuleContext, discover
 from modeconn.symmetry.permute import permute, permute_state_dict
 from modeconn.symmetry.spec import Group, PermutationSpec, Site, TensorSlice
 

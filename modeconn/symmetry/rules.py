@@ -1,6 +1,6 @@
 """The built-in permutation rules: one small function per op family.
 
-Each rule receives a :class:`~modeconn.symmetry.discover.RuleContext` for one graph node and
+Each rule receives a :class:`~modeconn.symmetry.discovery.RuleContext` for one graph node and
 returns the annotation of the node's output. A rule must be *sound*: whatever it lets be
 permuted must leave the model's function unchanged. When in doubt, a rule fixes (never guesses):
 an op without a rule fixes every group it touches.
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modeconn.symmetry.discover import TA, RuleContext
+from modeconn.symmetry.discovery import TA, RuleContext
 from modeconn.symmetry.spaces import Layout, layout_size
 
 __all__ = ["register_builtin_rules", "elementwise", "passthrough"]
@@ -248,15 +248,10 @@ def f_linear(ctx: RuleContext) -> Ann:
     lout = w[0]
     if isinstance(b, TA):
         lout = ctx.merge(lout, b[0], "linear bias")
-    _mark_producer(ctx, lout)
+    ctx.mark_producer(lout)
     out = ctx.out(x.layouts[:-1] + (lout,))
     ctx.site("pre", out)
     return out
-
-
-def _mark_producer(ctx: RuleContext, layout: Layout | None) -> None:
-    for s, _ in ctx.resolve(layout) or ():
-        ctx._d.spaces.find(s).producer = True
 
 
 def f_conv(ctx: RuleContext) -> Ann:
@@ -271,7 +266,7 @@ def f_conv(ctx: RuleContext) -> Ann:
     lout = w[0]
     if isinstance(b, TA):
         lout = ctx.merge(lout, b[0], "convolution bias")
-    _mark_producer(ctx, lout)
+    ctx.mark_producer(lout)
     out = ctx.out(tuple(lout if a == cax else None for a in range(x.ndim)))
     ctx.site("pre", out)
     return out
@@ -623,15 +618,20 @@ def unbind(ctx: RuleContext) -> Ann:
 
 def getitem(ctx: RuleContext) -> Ann:
     """``x[i]`` on a tuple/list picks an element; on a tensor, basic slicing keeps sub-layouts."""
-    container, index = ctx.arg(0), ctx.value(ctx.arg(1))
+    container, raw = ctx.arg(0), ctx.arg(1)
     a = ctx.ann(container)
     if not isinstance(a, TA):
+        index = ctx.value(raw)
         if isinstance(a, (list, tuple)) and isinstance(index, (int, slice)):
             return a[index]
         return None if not isinstance(ctx.out_value, torch.Size) else ctx.unsupported("indexing a non-tensor")
-    idx = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, (torch.Size, list, type)) for i in idx):
+    raw_items = raw if isinstance(raw, (tuple, list)) else (raw,)
+    # a tensor's recorded value is its torch.Size (a tuple): look at the raw nodes, not the values
+    if any(isinstance(ctx.ann(r), TA) for r in raw_items):
         return ctx.unsupported("advanced (tensor) indexing")
+    idx = tuple(ctx.value(r) for r in raw_items)
+    if any(isinstance(i, (list, type)) for i in idx):
+        return ctx.unsupported("advanced (list) indexing")
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
     layouts: list = []
     axis = 0

@@ -25,12 +25,13 @@ MAX_REASONS = 4
 class Space:
     size: int
     label: str
-    producer: bool
+    producer: bool  # this space holds a layer's output units (names groups)
     start: int = 0  # offset of this piece within the space it was split from (for names)
     parent: Space | None = None  # union-find parent
     children: tuple[Space, ...] = ()  # set once the space has been split
     members: list[Space] = field(default_factory=list)  # on roots: the leaves of the class
     fixed: list[str] = field(default_factory=list)  # on roots: why the class may not be permuted
+    has_producer: bool = False  # on roots: some member holds a layer's output units
     uid: int = 0
 
     def __repr__(self) -> str:
@@ -52,7 +53,7 @@ class SpaceGraph:
         self.spaces: list[Space] = []
 
     def new(self, size: int, label: str, producer: bool, start: int = 0) -> Space:
-        s = Space(size, label, producer, start, uid=len(self.spaces))
+        s = Space(size, label, producer, start, uid=len(self.spaces), has_producer=producer)
         s.members = [s]
         self.spaces.append(s)
         return s
@@ -83,7 +84,7 @@ class SpaceGraph:
         rb.parent = ra
         ra.members += rb.members
         rb.members = []
-        ra.producer = ra.producer or rb.producer
+        ra.has_producer = ra.has_producer or rb.has_producer
         for reason in rb.fixed:
             self._add_reason(ra, reason)
 
@@ -102,7 +103,7 @@ class SpaceGraph:
             for p in pieces[1:]:
                 self.union(pieces[0], p)
             new_root = self.find(pieces[0])
-            new_root.producer = root.producer
+            new_root.has_producer = root.has_producer
             for reason in root.fixed:
                 self._add_reason(new_root, reason)
 
@@ -126,6 +127,12 @@ class SpaceGraph:
             root.fixed.append(reason)
         elif not root.fixed:
             root.fixed.append(reason)
+
+    def mark_producer(self, layout: Layout | None) -> None:
+        """The spaces of ``layout`` hold a layer's output units (functional layers)."""
+        for s, _ in self.resolve(layout or ()):
+            s.producer = True
+            self.find(s).has_producer = True
 
     def fix(self, layout: Layout | None, reason: str) -> None:
         """Forbid permuting every space in ``layout``."""

@@ -148,6 +148,11 @@ class RuleContext:
         self.fix(layout, why)
         return layout
 
+    def mark_producer(self, layout: Layout | None) -> None:
+        """The spaces of ``layout`` are a layer's output units (for layers called functionally,
+        whose weights arrive as attributes)."""
+        self._d.spaces.mark_producer(layout)
+
     def split(self, layout: Layout | None, offsets: Sequence[int]) -> Layout | None:
         """Split spaces so each offset falls between units; ``None`` stays ``None``."""
         if layout is None:
@@ -258,6 +263,8 @@ class _Discovery:
         return None
 
     def node_rule(self, node: fx.Node) -> Rule | None:
+        if node.op == "call_function" and isinstance(node.target, type) and issubclass(node.target, tuple):
+            return _namedtuple  # building a (named) tuple of outputs is structure, not computation
         if node.op == "call_function":
             try:
                 return self.rules.get(node.target)
@@ -285,7 +292,10 @@ class _Discovery:
                 f"modeconn_permutation_rules hook, or call discover(..., strict=False) to mark the "
                 f"groups it touches as fixed."
             )
-        reason = f"unsupported op {_target_name(node)} at node {node.name!r}"
+        what = _target_name(node)
+        if node.op == "call_module":
+            what = f"{type(self.model.get_submodule(node.target)).__name__} {node.target!r}"
+        reason = f"unsupported op {what} at node {node.name!r}"
         for a in _tas([self.ann_of(x) for x in (*node.args, *node.kwargs.values())]):
             for lay in a.layouts:
                 self.spaces.fix(lay, reason)
@@ -354,6 +364,10 @@ class _Discovery:
         return TA(value, layouts)
 
 
+def _namedtuple(ctx: RuleContext) -> tuple:
+    return tuple(ctx.ann(a) for a in (*ctx.args, *ctx.kwargs.values()))
+
+
 def _blank(value: Any) -> Any:
     """An annotation with no permutable axes for a recorded value."""
     if isinstance(value, torch.Size):
@@ -417,7 +431,7 @@ def _build_spec(d: _Discovery, model: nn.Module) -> PermutationSpec:
         reason = None
         if root.fixed:
             reason = "; ".join(root.fixed)
-        elif not root.producer:
+        elif not root.has_producer:
             reason = "not tied to any layer's units (a parameter axis that nothing permutes)"
         elif entry["size"] == 1:
             reason = "a single unit"

@@ -1,0 +1,180 @@
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import modeconn
+from modeconn import discover, permute
+
+
+def test_fixture_nets_keep_their_function(net, check):
+    model, x = net
+    check.assert_equivalent(model, x, seeds=(0, 1, 2))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), which=st.sampled_from(["residual", "concat", "attention", "sliced", "depthwise_se"]))
+def test_any_permutation_keeps_the_function(seed, which, nets, check):
+    """The law: for every permutation of every group, permute() preserves the outputs."""
+    ctor, shape = nets.NETS[which]
+    torch.manual_seed(0)
+    model = check.randomize(ctor().double()).eval()
+    x = torch.randn(3, *shape, dtype=torch.double)
+    spec = discover(model, x)
+    with torch.no_grad():
+        y = model(x)
+        yp = permute(model, spec, spec.random_permutation(seed))(x)
+    assert torch.allclose(y, yp, atol=1e-10, rtol=1e-9)
+
+
+def test_residual_stage_is_one_group(nets):
+    spec = discover(nets.Residual(), torch.randn(2, 3, 8, 8))
+    stream = spec["stem"]
+    assert stream.permutable and stream.size == 8
+    assert {"stem.weight", "bn.weight", "bn.running_mean", "c2.weight", "c4.weight", "fc.weight"} <= set(stream.tensors)
+    assert spec["c1"].permutable and spec["c3"].permutable
+    assert {s.kind for s in stream.sites} == {"pre", "post"}
+
+
+def test_concat_is_a_direct_sum(nets, check):
+    model = check.randomize(nets.Concat().double())
+    spec = discover(model, torch.randn(2, 3, 8, 8, dtype=torch.double))
+    assert spec["a"].size == 4 and spec["b"].size == 6
+    bn = [s for s in spec["b"].slices if s.tensor == "bn.weight"]
+    assert bn == [modeconn.symmetry.TensorSlice("bn.weight", 0, 4, 1)]
+    post = {s.start for s in spec["a"].slices if s.tensor == "post.weight"}
+    assert post == {6}  # after the reorder, branch a sits behind branch b
+
+
+def test_flatten_linear_is_channel_major(nets):
+    spec = discover(nets.FlattenLinear(), torch.randn(2, 3, 8, 8))
+    (sl,) = [s for s in spec["conv"].slices if s.tensor == "fc1.weight"]
+    assert (sl.axis, sl.start, sl.inner) == (1, 0, 16)
+
+
+def test_grouped_conv_and_group_norm_restrict(nets):
+    spec = discover(nets.GroupedNorms(), torch.randn(2, 3, 8, 8))
+    # GroupNorm(2, 8) splits c1's 8 units at 4; the 4-group conv then ties its input groups,
+    # so c1 keeps one permutation of 2 units, applied inside each of the 4 groups
+    (c1,) = [g for g in spec.permutable if g.name.startswith("c1")]
+    assert c1.size == 2
+    assert sorted(s.start for s in c1.slices if s.tensor == "c1.weight") == [0, 2, 4, 6]
+    outs = [g for g in spec.permutable if g.name.startswith("grouped")]
+    assert outs and all(g.size == 3 for g in outs)
+
+
+def test_attention_internals(nets):
+    spec = discover(nets.Attention(), torch.randn(2, 5, 5))
+    assert spec["embed"].permutable  # the residual stream
+    assert spec["fc1"].permutable  # MLP hidden units
+    heads = [g for g in spec.permutable if g.name.startswith("qkv")]
+    assert heads and heads[0].size == 4  # head dim shared by q, k, v of every head
+    mha = discover(nets.TorchMHA(), torch.randn(2, 5, 4))
+    fixed = [g for g in mha.fixed if "attention" in (g.reason or "")]
+    assert fixed and all("not permuted" in g.reason for g in fixed)
+
+
+def test_outputs_and_inputs_never_permuted(nets):
+    spec = discover(nets.Residual(), torch.randn(2, 3, 8, 8))
+    assert not spec["fc"].permutable and spec["fc"].reason == "model output"
+    assert all(not (s.tensor == "stem.weight" and s.axis == 1) for g in spec for s in g.slices)
+
+
+def test_unsupported_op_fixes_with_reason_and_strict_raises():
+    class Cumulative(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.other = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 5, 3)
+            self.head = nn.Linear(13, 2)
+
+        def forward(self, x):
+            h = torch.cumsum(self.conv(x), dim=1)
+            return self.head(torch.cat([h, self.other(x)], 1).mean((2, 3)))
+
+    model = Cumulative().eval()
+    x = torch.randn(2, 3, 8, 8)
+    spec = discover(model, x)
+    assert not spec["conv"].permutable
+    assert "unsupported op torch.cumsum at node 'cumsum'" in spec["conv"].reason
+    assert spec["other"].permutable  # untouched by the unknown op
+    with torch.no_grad():
+        assert torch.allclose(model(x), permute(model, spec, spec.random_permutation(0))(x), atol=1e-5)
+    with pytest.raises(modeconn.UnsupportedOpError, match=r"torch\.cumsum"):
+        discover(model, x, strict=True)
+
+
+def test_unknown_module_type_is_fixed():
+    class Opaque(nn.Module):
+        pass
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.LSTM(4, 4) if False else nn.Unfold(2), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(2, 3, 4, 4)
+    model(x)
+    spec = discover(model, x)
+    assert not spec["0"].permutable and "Unfold" in spec["0"].reason
+    del Opaque
+
+
+def test_untraceable_model_names_the_module():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return self.conv(x)
+            return -self.conv(x)
+
+    model = nn.Sequential(nn.Identity(), Branchy())
+    with pytest.raises(modeconn.TraceError, match=r"module '1' \(Branchy\)[\s\S]*leaf"):
+        discover(model, torch.randn(2, 3, 4, 4))
+
+
+def test_example_inputs_required_unless_timm_says():
+    with pytest.raises(modeconn.SymmetryError, match="example_inputs"):
+        discover(nn.Linear(2, 2))
+    with pytest.raises(modeconn.SymmetryError, match="batch of at least 2"):
+        discover(nn.Linear(2, 2), torch.randn(1, 2))
+
+
+def test_model_left_unchanged(nets, check):
+    model = check.randomize(nets.Residual())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    discover(model, torch.randn(2, 3, 8, 8))
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
+
+
+def test_custom_rule_through_plugin_hook(fresh_plugins):
+    class Shift(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.offset = nn.Parameter(torch.randn(c))
+
+        def forward(self, x):
+            if x.dim() != 4:  # untraceable without a rule
+                raise ValueError
+            return x + self.offset[:, None, None]
+
+    def shift_rule(ctx):
+        x = ctx.tensor(0)
+        ctx.bind_local("offset", 0, x[1])
+        return ctx.out(x.layouts)
+
+    class Rules:
+        @modeconn.hookimpl
+        def modeconn_permutation_rules(self, registry):
+            registry.add(Shift, shift_rule)
+
+    net = nn.Sequential(nn.Conv2d(3, 6, 1), Shift(6), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(modeconn.TraceError):
+        discover(net, x)
+    modeconn.register_plugin(Rules(), name="shift_rules")
+    spec = discover(net, x)
+    assert spec["0"].permutable and "1.offset" in spec["0"].tensors
+    with torch.no_grad():
+        assert torch.allclose(net(x), permute(net, spec, spec.random_permutation(3))(x), atol=1e-6)
