@@ -423,8 +423,7 @@ def _build_spec(d: _Discovery, model: nn.Module) -> PermutationSpec:
         producers = [leaf for leaf in entry["leaves"] if leaf.producer] or entry["leaves"]
         first = min(producers, key=lambda s: s.uid)
         # a piece of a split space is named by its unit range within the original space
-        whole = first.start == 0 and not _was_split(sp, first)
-        name = first.label if whole else f"{first.label}[{first.start}:{first.start + first.size}]"
+        name = first.label if first.split_from is None else f"{first.label}[{first.start}:{first.start + first.size}]"
         base, k = name, 2
         while name in groups:
             name, k = f"{base}#{k}", k + 1
@@ -449,11 +448,6 @@ def _build_spec(d: _Discovery, model: nn.Module) -> PermutationSpec:
         if name not in d.reached and not any(a in d.reached for a in aliases[id(state[name])])
     }
     return PermutationSpec(groups=groups, unreached=unreached, model=type(model).__name__)
-
-
-def _was_split(sp: SpaceGraph, leaf) -> bool:
-    # a leaf created by a split has a sibling; originals have none
-    return any(leaf in s.children for s in sp.spaces if s.children)
 
 
 # -- public entry point -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class Space:
     members: list[Space] = field(default_factory=list)  # on roots: the leaves of the class
     fixed: list[str] = field(default_factory=list)  # on roots: why the class may not be permuted
     has_producer: bool = False  # on roots: some member holds a layer's output units
+    split_from: Space | None = None  # the space this one is a piece of
     uid: int = 0
 
     def __repr__(self) -> str:
@@ -96,6 +97,7 @@ class SpaceGraph:
         for m in root.members:
             head = self.new(offset, m.label, m.producer, m.start)
             tail = self.new(m.size - offset, m.label, m.producer, m.start + offset)
+            head.split_from = tail.split_from = m
             m.children = (head, tail)
             heads.append(head)
             tails.append(tail)

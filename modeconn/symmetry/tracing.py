@@ -120,7 +120,8 @@ def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[st
             shapes[n.name] = map_aggregate(result, _summarize)
             return result
 
-    with _preserved_state(gm):
+    # only a train-mode run changes buffers (BatchNorm statistics); eval needs no snapshot
+    with _preserved_state(gm) if gm.training else torch.no_grad():
         Recorder(gm).run(*inputs)
     return shapes
 

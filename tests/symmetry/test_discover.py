@@ -104,16 +104,12 @@ def test_unsupported_op_fixes_with_reason_and_strict_raises():
         discover(model, x, strict=True)
 
 
-def test_unknown_module_type_is_fixed():
-    class Opaque(nn.Module):
-        pass
-
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.LSTM(4, 4) if False else nn.Unfold(2), nn.Flatten(), nn.LazyLinear(2))
-    x = torch.randn(2, 3, 4, 4)
-    model(x)
-    spec = discover(model, x)
-    assert not spec["0"].permutable and "Unfold" in spec["0"].reason
-    del Opaque
+def test_module_without_rule_is_fixed():
+    """nn.Unfold is a torch.nn leaf with no rule: the conv before it is fixed, naming it."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Unfold(2), nn.Flatten(), nn.Linear(4 * 4 * 9, 2))
+    spec = discover(model, torch.randn(2, 3, 4, 4))
+    assert not spec["0"].permutable
+    assert spec["0"].reason == "unsupported op Unfold '1' at node '_1'"
 
 
 def test_untraceable_model_names_the_module():
