@@ -217,17 +217,22 @@ def embedding(ctx: RuleContext) -> TA:
 
 def multihead_attention(ctx: RuleContext) -> Ann:
     """nn.MultiheadAttention: the embedding axis of query/key/value and of the output are
-    permutable; the head dimensions inside are not permuted."""
+    permutable, and so is each head's inner dimension: head ``h`` has one permutation shared by
+    its rows of q and k (q·kᵀ sums over it) and one shared by its rows of v and the matching
+    columns of ``out_proj``."""
     m = ctx.module
-    if not m._qkv_same_embed_dim or m.bias_k is not None:
-        return ctx.unsupported("MultiheadAttention with separate q/k/v projections or bias_k")
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        return ctx.unsupported("MultiheadAttention with separate q/k/v projections, bias_k or add_zero_attn")
     q, k, v = (ctx.tensor(i, n) for i, n in enumerate(("query", "key", "value")))
     lin = ctx.merge_all([q[-1], k[-1], v[-1]], "attention projections share their input axis")
     ctx.bind_local("in_proj_weight", 1, lin)
-    internal = ctx.fixed_units(3 * m.embed_dim, "attention q/k/v head dims are not permuted")
+    d = m.head_dim
+    qk = [seg for h in range(m.num_heads) for seg in ctx.new_units(d, f"{ctx.module_name}.qk{h}")]
+    vs = [seg for h in range(m.num_heads) for seg in ctx.new_units(d, f"{ctx.module_name}.v{h}")]
+    internal = tuple(qk + qk + vs)
     ctx.bind_local("in_proj_weight", 0, internal)
     ctx.bind_local("in_proj_bias", 0, internal)
-    ctx.bind(ctx.param("out_proj.weight"), 1, ctx.fixed_units(m.embed_dim, "attention head dims are not permuted"))
+    ctx.bind(ctx.param("out_proj.weight"), 1, tuple(vs))
     lout = ctx.new_units(m.embed_dim)
     ctx.bind(ctx.param("out_proj.weight"), 0, lout)
     if m.out_proj.bias is not None:
@@ -684,6 +689,42 @@ def pad(ctx: RuleContext) -> Ann:
     return ctx.out([None if a in padded else x[a] for a in range(x.ndim)])
 
 
+def normalize(ctx: RuleContext) -> Ann:
+    """F.normalize divides by a norm over one axis: equivariant along it, elementwise elsewhere."""
+    x = ctx.tensor(0, "input")
+    return ctx.out(x.layouts)
+
+
+def like(ctx: RuleContext) -> Ann:
+    """zeros_like/ones_like/...: a constant tensor is unchanged by any permutation, so it may
+    take the input's layouts."""
+    x = ctx.tensor(0, "input")
+    return ctx.out(x.layouts) if tuple(ctx.out_value) == x.shape else ctx.out([None] * len(ctx.out_value))
+
+
+def new_tensor(ctx: RuleContext) -> Ann:
+    """new_empty/new_zeros/...: only the dtype and device of the input are used."""
+    return ctx.out([None] * len(ctx.out_value))
+
+
+def repeat_interleave(ctx: RuleContext) -> Ann:
+    x = ctx.tensor(0, "input")
+    repeats, dim = ctx.value(ctx.arg(1, "repeats")), ctx.value(ctx.arg(2, "dim"))
+    if not isinstance(repeats, int) or dim is None:
+        return ctx.unsupported("repeat_interleave without an int repeat and a dim")
+    d = _axis(dim, x.ndim)
+    lay = None if x[d] is None else tuple((s, inner * repeats) for s, inner in ctx.resolve(x[d]))
+    return ctx.out([lay if a == d else x[a] for a in range(x.ndim)])
+
+
+def unfold_windows(ctx: RuleContext) -> Ann:
+    """Tensor.unfold(dim, size, step): sliding windows along one (spatial) axis."""
+    x = ctx.tensor(0, "input")
+    d = _axis(int(ctx.value(ctx.arg(1, "dimension"))), x.ndim)
+    ctx.fix(x[d], "sliding windows over a permutable axis")
+    return ctx.out([None if a == d else x[a] for a in range(x.ndim)] + [None])
+
+
 def stochastic_depth(ctx: RuleContext) -> Ann:
     """torchvision's stochastic depth: a per-sample scale, elementwise along channels."""
     x = ctx.tensor(0, "input")
@@ -812,6 +853,16 @@ def register_builtin_rules(registry) -> None:
         add(f"method:{name}", expand)
     add(torch.broadcast_to, expand)
     add("method:repeat", repeat)
+    add("method:tile", repeat)
+    add(torch.tile, repeat)
+    add("method:repeat_interleave", repeat_interleave)
+    add(torch.repeat_interleave, repeat_interleave)
+    add("method:unfold", unfold_windows)
+    add(F.normalize, normalize)
+    for fn in (torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like):
+        add(fn, like)
+    for name in ("new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"):
+        add(f"method:{name}", new_tensor)
     add(torch.cat, cat)
     add(torch.concat, cat)
     add(torch.stack, stack)

@@ -71,8 +71,14 @@ def test_attention_internals(nets):
     heads = [g for g in spec.permutable if g.name.startswith("qkv")]
     assert heads and heads[0].size == 4  # head dim shared by q, k, v of every head
     mha = discover(nets.TorchMHA(), torch.randn(2, 5, 4))
-    fixed = [g for g in mha.fixed if "attention" in (g.reason or "")]
-    assert fixed and all("not permuted" in g.reason for g in fixed)
+    # per head: one permutation for q and k rows, one for v rows and out_proj columns
+    # (the attention output joins the residual stream `embed`)
+    assert {g.name: g.size for g in mha.permutable} == {"embed": 8, "attn.qk0": 4, "attn.qk1": 4, "attn.v0": 4, "attn.v1": 4}
+    qk0 = {(s.tensor, s.axis, s.start) for s in mha["attn.qk0"].slices}
+    assert qk0 == {("attn.in_proj_weight", 0, 0), ("attn.in_proj_weight", 0, 8),
+                   ("attn.in_proj_bias", 0, 0), ("attn.in_proj_bias", 0, 8)}
+    v1 = {(s.tensor, s.axis, s.start) for s in mha["attn.v1"].slices}
+    assert ("attn.out_proj.weight", 1, 4) in v1 and ("attn.in_proj_weight", 0, 20) in v1
 
 
 def test_outputs_and_inputs_never_permuted(nets):
