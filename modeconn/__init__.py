@@ -3,7 +3,9 @@
 The public API is what this module exports; everything else may change.
 """
 
+from modeconn.alignment import AlignResult, align
 from modeconn.errors import (
+    AlignmentError,
     DatasetNotFoundError,
     ModeconnError,
     PluginError,
@@ -31,6 +33,9 @@ __all__ = [
     "discover",
     "permute",
     "PermutationSpec",
+    # alignment
+    "align",
+    "AlignResult",
     # plugins
     "hookimpl",
     "get_plugin",
@@ -46,4 +51,5 @@ __all__ = [
     "SymmetryError",
     "TraceError",
     "UnsupportedOpError",
+    "AlignmentError",
 ]

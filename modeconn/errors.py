@@ -12,6 +12,7 @@ __all__ = [
     "SymmetryError",
     "TraceError",
     "UnsupportedOpError",
+    "AlignmentError",
 ]
 
 
@@ -55,3 +56,7 @@ class TraceError(SymmetryError):
 
 class UnsupportedOpError(SymmetryError):
     """Raised in ``strict`` discovery when an op has no permutation rule."""
+
+
+class AlignmentError(ModeconnError):
+    """``align`` cannot proceed: models of different architectures, bad data, NaN/Inf."""

@@ -13,7 +13,7 @@ from torch.fx.node import map_aggregate
 from modeconn.errors import SymmetryError, UnsupportedOpError
 from modeconn.symmetry.spaces import Layout, SpaceGraph, layout_size
 from modeconn.symmetry.spec import Group, PermutationSpec, Site, TensorSlice
-from modeconn.symmetry.tracing import record_values, trace
+from modeconn.symmetry.tracing import modes_restored, record_values, trace
 
 __all__ = ["discover", "TA", "RuleContext", "Rule"]
 
@@ -473,6 +473,21 @@ def _example_inputs(model: nn.Module, example_inputs: Any) -> tuple[torch.Tensor
     return example_inputs
 
 
+def _rules() -> dict[Hashable, Rule]:
+    from modeconn.plugin_manager import get_registry
+
+    return {e.key: e.obj for e in get_registry("rule")}
+
+
+def trace_model(model: nn.Module, *, training: bool = False) -> fx.GraphModule:
+    """The fx graph discovery uses, traced in eval mode (or train mode); its node names are the
+    ones a spec's sites refer to. The model's own mode is left as it was."""
+    state = _Discovery(model, _rules(), strict=False)
+    with modes_restored(model):
+        model.train(training)
+        return trace(model, lambda m: state.module_rule(m) is not None)
+
+
 def discover(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -488,22 +503,15 @@ def discover(
     Ops without a permutation rule fix the groups they touch, with the reason, or raise
     :class:`~modeconn.UnsupportedOpError` when ``strict=True``.
     """
-    from modeconn.plugin_manager import get_registry
-
     inputs = _example_inputs(model, example_inputs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = tuple(x.to(device) for x in inputs)
-    rules = {e.key: e.obj for e in get_registry("rule")}
-    state = _Discovery(model, rules, strict)
-    is_leaf = lambda m: state.module_rule(m) is not None  # noqa: E731
-    was_training = model.training
-    try:
-        for mode in (False, True):  # eval first: group names and sites come from the eval graph
-            model.train(mode)
-            gm = trace(model, is_leaf)
-            state.record_sites = not mode
+    state = _Discovery(model, _rules(), strict)
+    with modes_restored(model):
+        for training in (False, True):  # eval first: group names and sites come from the eval graph
+            gm = trace_model(model, training=training)
+            gm.train(training)  # its submodules are the model's own
+            state.record_sites = not training
             state.run(gm, inputs)
-    finally:
-        model.train(was_training)
     return _build_spec(state, model)
 

@@ -19,7 +19,7 @@ from torch.fx.node import map_aggregate
 
 from modeconn.errors import TraceError
 
-__all__ = ["ModeconnTracer", "trace", "record_values"]
+__all__ = ["ModeconnTracer", "trace", "record_values", "modes_restored"]
 
 
 def _timm_policy() -> tuple[set[type], set[Callable]]:
@@ -87,6 +87,17 @@ def _module_owning(model: nn.Module, frames: traceback.StackSummary) -> str | No
         if key in files and name and (best is None or name.count(".") >= best.count(".")):
             best = name
     return best
+
+
+@contextlib.contextmanager
+def modes_restored(model: nn.Module):
+    """Restore every submodule's train/eval flag afterwards (mixed modes included)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 @contextlib.contextmanager

@@ -1,0 +1,23 @@
+"""The linear assignment problem (paper eq. 2), solved with scipy's Hungarian/JV solver."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["solve_assignment"]
+
+
+def solve_assignment(matrix: torch.Tensor, maximize: bool = False) -> torch.Tensor:
+    """The permutation ``p`` optimizing ``sum_i matrix[i, p[i]]``.
+
+    The solver is deterministic for a given matrix, so ties always resolve the same way.
+    """
+    m = matrix.detach().double().cpu().numpy()
+    if not np.isfinite(m).all():
+        raise ValueError("the assignment matrix has NaN or Inf entries")
+    rows, cols = linear_sum_assignment(m, maximize=maximize)
+    perm = torch.empty(len(rows), dtype=torch.long)
+    perm[torch.from_numpy(rows)] = torch.from_numpy(cols).long()
+    return perm

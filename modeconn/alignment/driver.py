@@ -1,0 +1,296 @@
+"""``align``: find the permutation of model B that best matches model A (paper §3.1, Alg. 1)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from modeconn.alignment.assignment import solve_assignment
+from modeconn.alignment.costs import ActivationCost, WeightCost
+from modeconn.alignment.stats import Accumulator, PairStats, site_matrix
+from modeconn.data.batches import iter_inputs
+from modeconn.errors import AlignmentError, PluginError
+from modeconn.plugin_manager import PluginEntry, get_plugin
+from modeconn.symmetry.discovery import discover, trace_model
+from modeconn.symmetry.permute import permute
+from modeconn.symmetry.spec import Group, PermutationSpec, Site
+from modeconn.symmetry.tracing import modes_restored
+
+__all__ = ["align", "AlignResult", "Similarity"]
+
+Perms = dict[str, torch.Tensor]
+
+
+@dataclass
+class Similarity:
+    """Per group, the mean correlation between matched units before and after alignment (the
+    paper's "correlation signature", Fig. 1a), measured at the sites of ``kind``."""
+
+    rows: list[tuple[str, int, float, float]]  # (group, units, before, after)
+    kind: str
+
+    @property
+    def before(self) -> dict[str, float]:
+        return {g: b for g, _, b, _ in self.rows}
+
+    @property
+    def after(self) -> dict[str, float]:
+        return {g: a for g, _, _, a in self.rows}
+
+    def mean(self) -> tuple[float, float]:
+        """Unit-weighted mean correlation over all groups, before and after."""
+        total = sum(n for _, n, _, _ in self.rows) or 1
+        return (sum(n * b for _, n, b, _ in self.rows) / total, sum(n * a for _, n, _, a in self.rows) / total)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "groups": [dict(zip(("group", "units", "before", "after"), r)) for r in self.rows]}
+
+    def __str__(self) -> str:
+        width = max([len(r[0]) for r in self.rows] + [5])
+        lines = [f"mean correlation of matched units ({self.kind}-activations)",
+                 f"  {'group':<{width}}  {'units':>5}  {'before':>7}  {'after':>7}"]
+        lines += [f"  {g:<{width}}  {n:>5}  {b:>7.3f}  {a:>7.3f}" for g, n, b, a in self.rows]
+        mb, ma = self.mean()
+        lines.append(f"  {'(all)':<{width}}  {'':>5}  {mb:>7.3f}  {ma:>7.3f}")
+        return "\n".join(lines)
+
+
+@dataclass
+class AlignResult:
+    """What :func:`align` found.
+
+    ``model`` is a permuted copy of model B (the same function as B, its units matched to A's);
+    ``perms[g][i]`` is the unit of B now at position ``i`` of group ``g``.
+    """
+
+    model: nn.Module
+    perms: Perms
+    spec: PermutationSpec
+    cost: str
+    similarity: Similarity | None
+    notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        moved = sum(int((p != torch.arange(len(p))).any()) for p in self.perms.values())
+        return f"<AlignResult cost={self.cost!r}: {moved}/{len(self.perms)} groups permuted>"
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def _check_same_architecture(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    for (ka, va), (kb, vb) in itertools.zip_longest(sa.items(), sb.items(), fillvalue=(None, None)):
+        if ka != kb or va is None or vb is None or va.shape != vb.shape:
+            what = (
+                f"`{ka}`: shape {tuple(va.shape)} vs {tuple(vb.shape)}"
+                if ka == kb and va is not None and vb is not None
+                else f"entry `{ka}` vs `{kb}`"
+            )
+            raise AlignmentError(
+                f"model_b differs from model_a at {what}; align needs two models of one architecture."
+            )
+
+
+def _check_finite(model: nn.Module, label: str) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise AlignmentError(f"{label} has NaN or Inf in `{name}`; align needs finite weights.")
+
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+def _site_extractor(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
+    """A graph that returns a copy of each named node's output (copies: later in-place ops, such
+    as ReLU(inplace=True) after a BatchNorm, must not change what was observed)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    graph.graph_copy(gm.graph, env)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    outs = []
+    for name in names:
+        node = env[by_name[name]]
+        with graph.inserting_after(node):
+            outs.append(graph.call_method("clone", (node,)))
+    graph.output(tuple(outs))
+    extractor = fx.GraphModule(gm, graph)
+    extractor.graph.eliminate_dead_code()  # stop after the last site
+    extractor.recompile()
+    return extractor
+
+
+def _choose_sites(group: Group, kind: str) -> list[Site]:
+    preferred = [s for s in group.sites if s.kind == kind]
+    return preferred or list(group.sites)
+
+
+def _collect(
+    model_a: nn.Module, model_b: nn.Module, groups: list[Group], kind: str,
+    batches: Iterator[torch.Tensor], device: torch.device,
+) -> dict[str, list[PairStats]]:
+    """One eval forward pass of each model per batch; statistics for every site of every group."""
+    plan = {g.name: _choose_sites(g, kind) for g in groups}
+    names = sorted({s.node for sites in plan.values() for s in sites})
+    index = {n: i for i, n in enumerate(names)}
+    extract_a = _site_extractor(trace_model(model_a), names)
+    extract_b = _site_extractor(trace_model(model_b), names)
+    acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
+    dtype = next((p.dtype for p in model_a.parameters() if p.is_floating_point()), torch.float32)
+    with torch.no_grad():
+        for step, x in enumerate(batches):
+            x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+            try:
+                va = extract_a(x)
+            except Exception as e:
+                raise AlignmentError(f"model_a rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}") from e
+            try:
+                vb = extract_b(x)
+            except Exception as e:
+                raise AlignmentError(f"model_b rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}") from e
+            for g in groups:
+                for site, a in zip(plan[g.name], acc[g.name]):
+                    i = index[site.node]
+                    a.update(site_matrix(va[i], site, g.size), site_matrix(vb[i], site, g.size))
+            if step == 0:
+                _check_activations(va, vb, names)
+    out = {}
+    for g in groups:
+        if not acc[g.name] or acc[g.name][0].n == 0:
+            raise AlignmentError("no data: the data iterable yielded no batch")
+        out[g.name] = [a.result() for a in acc[g.name]]
+        for site, st in zip(plan[g.name], out[g.name]):
+            if not (torch.isfinite(st.cov).all() and torch.isfinite(st.var_a).all() and torch.isfinite(st.var_b).all()):
+                raise AlignmentError(f"activations at node `{site.node}` (group {g.name}) contain NaN or Inf")
+    return out
+
+
+def _check_activations(va, vb, names) -> None:
+    for label, values in (("model_a", va), ("model_b", vb)):
+        for name, v in zip(names, values):
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise AlignmentError(f"{label}'s activations at node `{name}` contain NaN or Inf")
+
+
+def _similarity(groups: list[Group], stats: dict[str, list[PairStats]], perms: Perms) -> Similarity:
+    rows = []
+    kinds = set()
+    for g in groups:
+        site_stats = stats.get(g.name)
+        if not site_stats:
+            continue
+        corr = torch.stack([s.correlation() for s in site_stats]).mean(0)
+        kinds.update(s.kind for s in site_stats)
+        idx = torch.arange(g.size)
+        rows.append((g.name, g.size, float(corr[idx, idx].mean()), float(corr[idx, perms[g.name]].mean())))
+    return Similarity(rows, "/".join(sorted(kinds)) or "none")
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+def _peek(it: Iterator[torch.Tensor]) -> tuple[torch.Tensor | None, Iterator[torch.Tensor]]:
+    first = next(it, None)
+    return first, (itertools.chain([first], it) if first is not None else iter(()))
+
+
+def _cost_entry(name: str) -> PluginEntry:
+    entry = get_plugin("cost", name)
+    if not isinstance(entry.obj, (ActivationCost, WeightCost)):
+        raise PluginError(
+            f"cost plugin {name!r} (from plugin {entry.plugin!r}) registered a {type(entry.obj).__name__}; "
+            f"costs must be ActivationCost or WeightCost instances"
+        )
+    return entry
+
+
+def _call(entry: PluginEntry, fn, *args):
+    try:
+        return fn(*args)
+    except (AlignmentError, PluginError):
+        raise
+    except Exception as e:
+        raise PluginError(f"cost plugin {entry.name!r} (from plugin {entry.plugin!r}) raised {type(e).__name__}: {e}") from e
+
+
+def align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any = None,
+    *,
+    cost: str = "correlation",
+    spec: PermutationSpec | None = None,
+    num_samples: int | None = None,
+    device: str | torch.device | None = None,
+    example_inputs: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> AlignResult:
+    """Permute model B's units to match model A's (neuron alignment).
+
+    ``data`` is a DataLoader, an iterable of ``(x, y)`` or ``x`` batches, or a tensor;
+    ``num_samples`` caps how many inputs are used. ``cost`` names a cost plugin:
+    ``"correlation"`` (post-activations, the paper's default), ``"l2_preact"`` (pre-activations,
+    the paper's Wasserstein-2 variant) or ``"weight_matching"`` (data-free). Statistics are
+    taken in eval mode with one forward pass of each model; both models are left unchanged.
+    ``spec`` defaults to ``discover(model_a, ...)`` on the first batch (or ``example_inputs``).
+    """
+    entry = _cost_entry(cost)
+    cost_obj = entry.obj
+    _check_same_architecture(model_a, model_b)
+    _check_finite(model_a, "model_a")
+    _check_finite(model_b, "model_b")
+    if device is None:
+        device = next((p.device for p in model_a.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    batches: Iterator[torch.Tensor] = iter(())
+    first = None
+    if data is not None:
+        first, batches = _peek(iter_inputs(data, num_samples, batch_size))
+        if first is None:
+            raise AlignmentError("no data: the data iterable yielded no batch")
+    elif cost_obj.requires_data:
+        raise AlignmentError(
+            f"cost {cost!r} needs data: pass a DataLoader, batches or a tensor of inputs "
+            f"(or use cost='weight_matching', which needs none)"
+        )
+
+    a, b = model_a, model_b
+    if any(p.device != device for p in itertools.chain(a.parameters(), b.parameters())):
+        a, b = copy.deepcopy(a).to(device), copy.deepcopy(b).to(device)
+    with modes_restored(a), modes_restored(b):
+        a.eval()
+        b.eval()
+        if spec is None:
+            probe = example_inputs if example_inputs is not None else first
+            spec = discover(a, probe.to(device) if probe is not None else None)
+        groups = spec.permutable
+        notes: list[str] = []
+        perms: Perms = spec.identity()
+        stats: dict[str, list[PairStats]] = {}
+        if isinstance(cost_obj, ActivationCost):
+            observed = [g for g in groups if g.sites]
+            for g in groups:
+                if not g.sites:
+                    notes.append(f"group {g.name} has no observation site; left in place (cost='weight_matching' aligns it)")
+            stats = _collect(a, b, observed, cost_obj.site_kind, batches, device)
+            for g in observed:
+                mats = [_call(entry, cost_obj.matrix, s) for s in stats[g.name]]
+                perms[g.name] = solve_assignment(torch.stack(mats).mean(0), maximize=cost_obj.maximize)
+        else:
+            state_a = {k: v.detach() for k, v in a.state_dict().items()}
+            state_b = {k: v.detach() for k, v in b.state_dict().items()}
+            found = _call(entry, cost_obj.solve, spec, state_a, state_b)
+            perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
+            if data is not None:
+                stats = _collect(a, b, [g for g in groups if g.sites], "post", batches, device)
+        spec.check(perms)
+        similarity = _similarity(groups, stats, perms) if stats else None
+    aligned = permute(model_b, spec, perms)
+    return AlignResult(model=aligned, perms=perms, spec=spec, cost=cost, similarity=similarity, notes=notes)
