@@ -16,6 +16,7 @@ from modeconn.errors import (
     UnknownPluginError,
     UnsupportedOpError,
 )
+from modeconn.evaluation import PathReport, evaluate, interpolate, update_bn
 from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin
 from modeconn.registry import create_model, is_model, list_models, register_model
 from modeconn.symmetry import PermutationSpec, discover, permute
@@ -36,6 +37,11 @@ __all__ = [
     # alignment
     "align",
     "AlignResult",
+    # evaluation
+    "evaluate",
+    "update_bn",
+    "interpolate",
+    "PathReport",
     # plugins
     "hookimpl",
     "get_plugin",

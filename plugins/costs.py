@@ -11,10 +11,10 @@ from collections.abc import Mapping
 import torch
 
 from modeconn import hookimpl
-from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost, WeightCost
 from modeconn.alignment.stats import PairStats
-from modeconn.symmetry.spec import PermutationSpec, TensorSlice
+from modeconn.alignment.weight_matching import match_weights
+from modeconn.symmetry.spec import PermutationSpec
 
 
 class Correlation(ActivationCost):
@@ -55,55 +55,7 @@ class WeightMatching(WeightCost):
     def solve(
         self, spec: PermutationSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        groups = spec.permutable
-        perms = {g.name: torch.arange(g.size) for g in groups}
-        by_tensor: dict[str, list[tuple[str, TensorSlice]]] = {}
-        for g in groups:
-            for sl in g.slices:
-                by_tensor.setdefault(sl.tensor, []).append((g.name, sl))
-        sizes = {g.name: g.size for g in groups}
-        gen = torch.Generator().manual_seed(self.seed)
-        for _ in range(self.max_iter):
-            changed = False
-            for gi in torch.randperm(len(groups), generator=gen).tolist():
-                g = groups[gi]
-                m = torch.zeros(g.size, g.size, dtype=torch.float64)
-                for sl in g.slices:
-                    a, b = state_a[sl.tensor], state_b[sl.tensor]
-                    if not a.is_floating_point():
-                        continue
-                    b = _permute_except(b, by_tensor[sl.tensor], perms, sizes, skip=g.name)
-                    m += _units(a, sl, g.size) @ _units(b, sl, g.size).T
-                new = solve_assignment(m, maximize=True)
-                idx = torch.arange(g.size)
-                if float(m[idx, new].sum()) > float(m[idx, perms[g.name]].sum()) + 1e-9 * float(m.abs().sum()):
-                    perms[g.name] = new
-                    changed = True
-            if not changed:
-                break
-        return perms
-
-
-def _units(t: torch.Tensor, sl: TensorSlice, size: int) -> torch.Tensor:
-    """(units, everything else) for one slice, in float64."""
-    block = t.narrow(sl.axis, sl.start, size * sl.inner)
-    shape = list(block.shape)
-    block = block.reshape(shape[: sl.axis] + [size, sl.inner] + shape[sl.axis + 1 :])
-    return block.movedim(sl.axis, 0).reshape(size, -1).double()
-
-
-def _permute_except(t, slices, perms, sizes, skip: str) -> torch.Tensor:
-    """``t`` with every group's current permutation applied, except group ``skip``'s."""
-    index: dict[int, torch.Tensor] = {}
-    for name, sl in slices:
-        if name == skip:
-            continue
-        idx = index.setdefault(sl.axis, torch.arange(t.shape[sl.axis]))
-        n = sizes[name]
-        idx[sl.start : sl.start + n * sl.inner] = (perms[name][:, None] * sl.inner + torch.arange(sl.inner)).reshape(-1) + sl.start
-    for axis, idx in index.items():
-        t = t.index_select(axis, idx.to(t.device))
-    return t
+        return match_weights(spec, state_a, state_b, seed=self.seed, max_iter=self.max_iter)
 
 
 @hookimpl

@@ -15,6 +15,7 @@ import torch.nn as nn
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost, WeightCost
 from modeconn.alignment.stats import Accumulator, PairStats, site_matrix
+from modeconn.alignment.weight_matching import match_weights, weight_similarity
 from modeconn.data.batches import iter_inputs
 from modeconn.errors import AlignmentError, PluginError
 from modeconn.plugin_manager import PluginEntry, get_plugin
@@ -193,6 +194,24 @@ def _similarity(groups: list[Group], stats: dict[str, list[PairStats]], perms: P
     return Similarity(rows, "/".join(sorted(kinds)) or "none")
 
 
+def _has_constant_units(site_stats: list[PairStats]) -> bool:
+    dead_a = torch.stack([s.var_a <= 0 for s in site_stats]).all(0)
+    dead_b = torch.stack([s.var_b <= 0 for s in site_stats]).all(0)
+    return bool(dead_a.any() or dead_b.any())
+
+
+def _break_ties(spec, silent, matrices, maximize, state_a, state_b, perms) -> Perms:
+    """Units that never vary (dead ReLUs) have identical activation costs: decide those exact ties,
+    and only those, by the weights (a weight-matching term scaled far below any activation
+    difference). Two passes, since a group's weights are compared through its neighbours' perms."""
+    for _ in range(2):
+        for g in silent:
+            w = weight_similarity(spec, g, state_a, state_b, perms)
+            w = w / w.abs().max().clamp_min(1e-300)
+            perms[g.name] = solve_assignment(matrices[g.name] + (1e-9 if maximize else -1e-9) * w, maximize=maximize)
+    return perms
+
+
 # -- the driver ------------------------------------------------------------------------------
 
 
@@ -276,13 +295,28 @@ def align(
         stats: dict[str, list[PairStats]] = {}
         if isinstance(cost_obj, ActivationCost):
             observed = [g for g in groups if g.sites]
-            for g in groups:
-                if not g.sites:
-                    notes.append(f"group {g.name} has no observation site; left in place (cost='weight_matching' aligns it)")
             stats = _collect(a, b, observed, cost_obj.site_kind, batches, device)
+            matrices = {}
             for g in observed:
                 mats = [_call(entry, cost_obj.matrix, s) for s in stats[g.name]]
-                perms[g.name] = solve_assignment(torch.stack(mats).mean(0), maximize=cost_obj.maximize)
+                matrices[g.name] = torch.stack(mats).mean(0).double()
+                perms[g.name] = solve_assignment(matrices[g.name], maximize=cost_obj.maximize)
+            state_a = {k: v.detach() for k, v in a.state_dict().items()}
+            state_b = {k: v.detach() for k, v in b.state_dict().items()}
+            silent = [g for g in observed if _has_constant_units(stats[g.name])]
+            if silent:
+                perms = _break_ties(spec, silent, matrices, cost_obj.maximize, state_a, state_b, perms)
+                notes.append(
+                    f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
+                    f"their exact ties were broken by weight similarity"
+                )
+            hidden = [g for g in groups if not g.sites]
+            if hidden:  # e.g. head dims inside nn.MultiheadAttention: no activation to observe
+                perms = match_weights(spec, state_a, state_b, groups=hidden, init=perms)
+                notes.append(
+                    f"{len(hidden)} group(s) without an observable activation were aligned by weight matching "
+                    f"with the others held fixed: {', '.join(g.name for g in hidden[:5])}{' ...' if len(hidden) > 5 else ''}"
+                )
         else:
             state_a = {k: v.detach() for k, v in a.state_dict().items()}
             state_b = {k: v.detach() for k, v in b.state_dict().items()}

@@ -1,0 +1,200 @@
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import modeconn
+from modeconn import AlignmentError, align, discover, permute
+from modeconn.alignment.stats import Accumulator, site_matrix
+from modeconn.symmetry import Site
+
+COSTS = ["correlation", "l2_preact", "weight_matching"]
+
+MODELS = {
+    "tinyten": (lambda: modeconn.create_model("tinyten"), (3, 32, 32)),
+    "resnet20": (lambda: modeconn.create_model("resnet20", width=8), (3, 32, 32)),
+    "googlenet": (lambda: modeconn.create_model("googlenet"), (3, 32, 32)),
+    "vgg16": (lambda: modeconn.create_model("vgg16", width_factor=0.125), (3, 32, 32)),
+    "mlp": (lambda: modeconn.create_model("mlp", in_chans=1, img_size=8, hidden=(32, 16)), (1, 8, 8)),
+    "torchvision/resnet18": (lambda: tvm.resnet18(num_classes=10), (3, 32, 32)),
+    "torchvision/mobilenet_v2": (lambda: tvm.mobilenet_v2(num_classes=10), (3, 32, 32)),
+    "timm/resnet10t": (lambda: timm.create_model("resnet10t", num_classes=10), (3, 32, 32)),
+    "timm/convnext_atto": (lambda: timm.create_model("convnext_atto", num_classes=10), (3, 32, 32)),
+    "timm/densenet121": (lambda: timm.create_model("densenet121", num_classes=10), (3, 32, 32)),
+    "timm/mobilenetv3_small_050": (lambda: timm.create_model("mobilenetv3_small_050", num_classes=10), (3, 32, 32)),
+    "timm/vit_tiny_patch16_224": (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10), (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("cost", COSTS)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_exact_recovery(name, cost, check):
+    """B = permute(A, π): align(A, B) gives back A's state exactly, and B's function."""
+    build, shape = MODELS[name]
+    torch.manual_seed(0)
+    x = torch.randn(48, *shape)
+    # random weights, and BatchNorm statistics of the data (as in a trained model): with
+    # arbitrary statistics some units are constant, and no activation cost can tell those apart
+    a = modeconn.update_bn(check.randomize(build()), [x]).eval()
+    spec = discover(a, x[:2])
+    b = permute(a, spec, spec.random_permutation(7))
+    result = align(a, b, x, cost=cost, spec=spec, batch_size=16)
+    aligned = result.model.state_dict()
+    mismatched = [k for k, v in a.state_dict().items() if not torch.equal(v, aligned[k])]
+    assert not mismatched, f"not recovered: {mismatched[:5]}"
+    with torch.no_grad():
+        assert torch.allclose(result.model(x[:8]), b(x[:8]), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("net", ["concat", "depthwise_se", "grouped_norms", "attention", "torch_mha", "sliced"])
+def test_exact_recovery_fixture_nets(net, nets, check):
+    ctor, shape = nets.NETS[net]
+    torch.manual_seed(0)
+    x = torch.randn(64, *shape)
+    a = modeconn.update_bn(check.randomize(ctor()), [x]).eval()
+    spec = discover(a, x[:2])
+    b = permute(a, spec, spec.random_permutation(11))
+    for cost in COSTS:
+        aligned = align(a, b, x, cost=cost, spec=spec).model.state_dict()
+        assert all(torch.equal(v, aligned[k]) for k, v in a.state_dict().items()), cost
+
+
+def _train(model: nn.Module, seed: int, steps: int = 60) -> nn.Module:
+    from modeconn.data import digits
+
+    torch.manual_seed(seed)
+    data = digits(train=True, augment=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True)
+    it = iter(loader)
+    for _ in range(steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_trained_pair_alignment_raises_every_groups_correlation():
+    from modeconn.data import alignment_subset, digits
+
+    widths = (8, 8, 16, 16, 16, 32, 32, 32)
+    torch.manual_seed(1)
+    a = _train(modeconn.create_model("tinyten", in_chans=1, widths=widths), seed=1)
+    torch.manual_seed(2)
+    b = _train(modeconn.create_model("tinyten", in_chans=1, widths=widths), seed=2)
+    subset = alignment_subset(digits(train=True, augment=False), num_samples=300, seed=0)
+    loader = torch.utils.data.DataLoader(subset, batch_size=100)
+    result = align(a, b, loader)
+    before, after = result.similarity.before, result.similarity.after
+    assert set(before) == {g.name for g in result.spec.permutable}
+    for g in before:
+        assert after[g] > before[g], f"{g}: {before[g]:.3f} -> {after[g]:.3f}"
+    x = torch.stack([subset[i][0] for i in range(32)])
+    with torch.no_grad():
+        assert torch.allclose(result.model(x), b(x), atol=1e-5)
+    assert "before" in str(result.similarity) and "(all)" in str(result.similarity)
+
+
+def test_models_are_left_unchanged(check):
+    a = check.randomize(modeconn.create_model("resnet20", width=4)).train()
+    b = check.randomize(modeconn.create_model("resnet20", width=4), seed=1)
+    b.eval()
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b)]
+    align(a, b, torch.randn(32, 3, 32, 32))
+    assert a.training and not b.training
+    for m, s in zip((a, b), states):
+        assert all(torch.equal(s[k], v) for k, v in m.state_dict().items())
+
+
+def test_data_forms_and_num_samples():
+    a, b = (modeconn.create_model("mlp", in_chans=1, img_size=8, hidden=(8,)) for _ in range(2))
+    x = torch.randn(40, 1, 8, 8)
+    y = torch.zeros(40, dtype=torch.long)
+    pairs = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 40, 10)]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=10)
+    p1 = align(a, b, x).perms
+    p2 = align(a, b, pairs).perms
+    p3 = align(a, b, loader).perms
+    p4 = align(a, b, [x[:20], x[20:]]).perms
+    assert all(torch.equal(p1[k], p[k]) for p in (p2, p3, p4) for k in p1)
+    p5 = align(a, b, x, num_samples=10).perms
+    p6 = align(a, b, x[:10]).perms
+    assert all(torch.equal(p5[k], p6[k]) for k in p5)
+
+
+def test_dead_units_give_no_nan_and_deterministic_ties():
+    a = modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6,))
+    with torch.no_grad():
+        a.net[1].bias[:3] = -100.0  # three units never fire
+    b = permute(a, *(lambda s: (s, s.random_permutation(0)))(discover(a, torch.randn(2, 1, 4, 4))))
+    x = torch.randn(64, 1, 4, 4)
+    r1, r2 = align(a, b, x), align(a, b, x)
+    assert all(torch.equal(r1.perms[k], r2.perms[k]) for k in r1.perms)
+    assert all(torch.isfinite(torch.tensor(v)) for v in r1.similarity.after.values())
+
+
+def test_clear_errors():
+    a = modeconn.create_model("resnet20", width=4)
+    other = modeconn.create_model("resnet20", width=8)
+    with pytest.raises(AlignmentError, match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)"):
+        align(a, other, torch.randn(4, 3, 32, 32))
+    b = modeconn.create_model("resnet20", width=4)
+    with pytest.raises(AlignmentError, match=r"model_a rejected the data \(a batch of shape \(4, 5, 32, 32\)\)"):
+        align(a, b, torch.randn(4, 5, 32, 32), spec=discover(a, torch.randn(2, 3, 32, 32)))
+    with pytest.raises(modeconn.UnknownPluginError, match=r"Available: correlation, l2_preact, weight_matching"):
+        align(a, b, torch.randn(4, 3, 32, 32), cost="corelation")
+    with pytest.raises(AlignmentError, match="needs data"):
+        align(a, b)
+    with torch.no_grad():
+        b.layer2[0].conv1.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(AlignmentError, match=r"model_b has NaN or Inf in `layer2.0.conv1.weight`"):
+        align(a, b, torch.randn(4, 3, 32, 32))
+
+
+def test_weight_matching_needs_no_data(check):
+    a = check.randomize(modeconn.create_model("resnet20", width=4))
+    spec = discover(a, torch.randn(2, 3, 32, 32))
+    b = permute(a, spec, spec.random_permutation(1))
+    result = align(a, b, cost="weight_matching", spec=spec)
+    assert result.similarity is None
+    assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(2, 60), units=st.integers(1, 5), cuts=st.lists(st.integers(1, 59), max_size=4),
+    offset=st.floats(-1e3, 1e3), seed=st.integers(0, 1000),
+)
+def test_streaming_statistics_equal_one_shot(n, units, cuts, offset, seed):
+    """However the samples are split into batches, the statistics equal the one-shot ones."""
+    gen = torch.Generator().manual_seed(seed)
+    xa = torch.randn(n, units, generator=gen, dtype=torch.float64) + offset
+    xb = torch.randn(n, units, generator=gen, dtype=torch.float64) * 3 - offset
+    acc = Accumulator(units, "post")
+    bounds = sorted({0, n, *[c for c in cuts if c < n]})
+    for lo, hi in zip(bounds, bounds[1:]):
+        acc.update(xa[lo:hi], xb[lo:hi])
+    st_ = acc.result()
+    assert st_.n == n
+    torch.testing.assert_close(st_.mean_a, xa.mean(0))
+    torch.testing.assert_close(st_.var_b, xb.var(0, unbiased=False))
+    expected = (xa - xa.mean(0)).T @ (xb - xb.mean(0)) / n
+    torch.testing.assert_close(st_.cov, expected, atol=1e-8, rtol=1e-6)
+
+
+def test_site_matrix_layouts():
+    v = torch.arange(2 * 6 * 2).reshape(2, 6, 2).float()  # (batch, channels, positions)
+    m = site_matrix(v, Site("n", axis=1, start=2, inner=1, kind="post"), size=3)
+    assert m.shape == (4, 3) and torch.equal(m[:, 0], v[:, 2, :].reshape(-1))
+    flat = torch.arange(2 * 12).reshape(2, 12).float()  # 3 units x 4 inner positions, channel-major
+    m = site_matrix(flat, Site("n", axis=1, start=0, inner=4, kind="pre"), size=3)
+    assert m.shape == (8, 3) and torch.equal(m[:, 1], flat[:, 4:8].reshape(-1))
