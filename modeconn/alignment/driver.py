@@ -200,15 +200,21 @@ def _has_constant_units(site_stats: list[PairStats]) -> bool:
     return bool(dead_a.any() or dead_b.any())
 
 
-def _break_ties(spec, silent, matrices, maximize, state_a, state_b, perms) -> Perms:
-    """Units that never vary (dead ReLUs) have identical activation costs: decide those exact ties,
-    and only those, by the weights (a weight-matching term scaled far below any activation
-    difference). Two passes, since a group's weights are compared through its neighbours' perms."""
+TIE_SCALE = 1e-5
+"""Weight of the tie-breaking term: above float32 noise in the statistics, below any real difference."""
+
+
+def _break_ties(spec, groups, matrices, maximize, state_a, state_b, perms) -> Perms:
+    """Units with (nearly) equal activation costs — dead ReLUs, units that fire on the same few
+    inputs — are told apart by their weights: a weight-similarity term, normalized to [-1, 1] and
+    scaled by TIE_SCALE, is added to each group's matrix. Two passes, since a group's weights
+    are compared through its neighbours' permutations."""
+    sign = 1.0 if maximize else -1.0
     for _ in range(2):
-        for g in silent:
+        for g in groups:
             w = weight_similarity(spec, g, state_a, state_b, perms)
             w = w / w.abs().max().clamp_min(1e-300)
-            perms[g.name] = solve_assignment(matrices[g.name] + (1e-9 if maximize else -1e-9) * w, maximize=maximize)
+            perms[g.name] = solve_assignment(matrices[g.name] + sign * TIE_SCALE * w, maximize=maximize)
     return perms
 
 
@@ -303,12 +309,12 @@ def align(
                 perms[g.name] = solve_assignment(matrices[g.name], maximize=cost_obj.maximize)
             state_a = {k: v.detach() for k, v in a.state_dict().items()}
             state_b = {k: v.detach() for k, v in b.state_dict().items()}
-            silent = [g for g in observed if _has_constant_units(stats[g.name])]
+            perms = _break_ties(spec, observed, matrices, cost_obj.maximize, state_a, state_b, perms)
+            silent = [g.name for g in observed if _has_constant_units(stats[g.name])]
             if silent:
-                perms = _break_ties(spec, silent, matrices, cost_obj.maximize, state_a, state_b, perms)
                 notes.append(
-                    f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
-                    f"their exact ties were broken by weight similarity"
+                    f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); weight "
+                    f"similarity decided their ties: {', '.join(silent[:5])}{' ...' if len(silent) > 5 else ''}"
                 )
             hidden = [g for g in groups if not g.sites]
             if hidden:  # e.g. head dims inside nn.MultiheadAttention: no activation to observe
