@@ -479,13 +479,13 @@ def _rules() -> dict[Hashable, Rule]:
     return {e.key: e.obj for e in get_registry("rule")}
 
 
-def trace_model(model: nn.Module, *, training: bool = False) -> fx.GraphModule:
+def trace_model(model: nn.Module, *, training: bool = False, num_inputs: int = 1) -> fx.GraphModule:
     """The fx graph discovery uses, traced in eval mode (or train mode); its node names are the
     ones a spec's sites refer to. The model's own mode is left as it was."""
     state = _Discovery(model, _rules(), strict=False)
     with modes_restored(model):
         model.train(training)
-        return trace(model, lambda m: state.module_rule(m) is not None)
+        return trace(model, lambda m: state.module_rule(m) is not None, num_inputs)
 
 
 def discover(
@@ -509,7 +509,7 @@ def discover(
     state = _Discovery(model, _rules(), strict)
     with modes_restored(model):
         for training in (False, True):  # eval first: group names and sites come from the eval graph
-            gm = trace_model(model, training=training)
+            gm = trace_model(model, training=training, num_inputs=len(inputs))
             gm.train(training)  # its submodules are the model's own
             state.record_sites = not training
             state.run(gm, inputs)

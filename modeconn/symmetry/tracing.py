@@ -8,6 +8,7 @@ not to trace it (``timm.layers.register_notrace_module``), or when fx's default 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,12 +46,27 @@ class ModeconnTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(model: nn.Module, is_rule_leaf: Callable[[nn.Module], bool]) -> fx.GraphModule:
-    """Trace ``model`` in its current mode; fx failures become a :class:`TraceError` that names
+def _defaults_beyond(model: nn.Module, num_inputs: int) -> dict[str, Any]:
+    """forward's parameters after the first ``num_inputs``, at their defaults: traced as
+    constants, so that ``if mask is not None`` follows the call discovery actually makes."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    out = {}
+    for p in params[num_inputs:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            return {}  # a required input we were not given: let fx report it
+        out[p.name] = p.default
+    return out
+
+
+def trace(model: nn.Module, is_rule_leaf: Callable[[nn.Module], bool], num_inputs: int = 1) -> fx.GraphModule:
+    """Trace ``model`` in its current mode, called with ``num_inputs`` positional inputs (other
+    forward parameters keep their defaults); fx failures become a :class:`TraceError` that names
     the module or function that broke the trace and the remedies."""
     tracer = ModeconnTracer(is_rule_leaf)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults_beyond(model, num_inputs) or None)
     except Exception as e:
         raise TraceError(_explain_trace_failure(model, e)) from e
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
