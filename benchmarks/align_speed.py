@@ -2,7 +2,7 @@
 
 For each size (2,000 and 10,000 CIFAR-sized inputs) a fresh subprocess loads the same data
 (the CIFAR-10 training set from ../shared/data when present, else the same amount of synthetic
-uint8 images), builds two ResNet32s, and alternates, 3 times each:
+uint8 images), builds two ResNet32s, and alternates, 5 times each:
   - forward: one eval forward pass of model A and of model B over the inputs;
   - align:   modeconn.align(A, B, inputs) (tracing, discovery, statistics, assignment, permute).
 It prints medians, their ratio (target <= 1.3) and the subprocess's peak RSS (target: the peak
@@ -26,7 +26,7 @@ import numpy as np
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py"
 SIZES = (2000, 10000)
-REPEATS = 3
+REPEATS = 5
 BATCH = 256
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost, WeightCost
-from modeconn.alignment.stats import Accumulator, PairStats, site_matrix
+from modeconn.alignment.stats import Accumulator, PairStats, site_view
 from modeconn.alignment.weight_matching import match_weights, weight_similarity
 from modeconn.data.batches import iter_inputs
 from modeconn.errors import AlignmentError, PluginError
@@ -109,18 +110,38 @@ def _check_finite(model: nn.Module, label: str) -> None:
 # -- statistics -----------------------------------------------------------------------------
 
 
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _has_inplace_ops(gm: fx.GraphModule) -> bool:
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and getattr(gm.get_submodule(n.target), "inplace", False):
+            return True
+        if n.op == "call_method" and n.target.endswith("_") and not n.target.startswith("__"):
+            return True
+        if n.op == "call_function" and (
+            n.target in _INPLACE_FUNCTIONS or n.kwargs.get("inplace") or getattr(n.target, "__name__", "").endswith("_")
+        ):
+            return True
+    return False
+
+
 def _site_extractor(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
-    """A graph that returns a copy of each named node's output (copies: later in-place ops, such
-    as ReLU(inplace=True) after a BatchNorm, must not change what was observed)."""
+    """A graph that returns each named node's output. If the graph has in-place ops (a
+    ReLU(inplace=True) after a BatchNorm), the outputs are copies taken right away, so that
+    later in-place ops cannot change what was observed."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     graph.graph_copy(gm.graph, env)
     by_name = {n.name: n for n in gm.graph.nodes}
+    copy_sites = _has_inplace_ops(gm)
     outs = []
     for name in names:
         node = env[by_name[name]]
-        with graph.inserting_after(node):
-            outs.append(graph.call_method("clone", (node,)))
+        if copy_sites:
+            with graph.inserting_after(node):
+                node = graph.call_method("clone", (node,))
+        outs.append(node)
     graph.output(tuple(outs))
     extractor = fx.GraphModule(gm, graph)
     extractor.graph.eliminate_dead_code()  # stop after the last site
@@ -156,12 +177,14 @@ def _collect(
                 vb = extract_b(x)
             except Exception as e:
                 raise AlignmentError(f"model_b rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}") from e
+            if step == 0:
+                _check_activations(va, vb, names)
+            # The site outputs are ours (fresh activations, or copies when the graph has in-place
+            # ops) and no two (group, site) slices overlap, so the statistics may shift them in place.
             for g in groups:
                 for site, a in zip(plan[g.name], acc[g.name]):
                     i = index[site.node]
-                    a.update(site_matrix(va[i], site, g.size), site_matrix(vb[i], site, g.size))
-            if step == 0:
-                _check_activations(va, vb, names)
+                    a.update(site_view(va[i], site, g.size), site_view(vb[i], site, g.size), inplace=True)
     out = {}
     for g in groups:
         if not acc[g.name] or acc[g.name][0].n == 0:
@@ -294,7 +317,7 @@ def align(
         b.eval()
         if spec is None:
             probe = example_inputs if example_inputs is not None else first
-            spec = discover(a, probe.to(device) if probe is not None else None)
+            spec = discover(a, probe[:2].to(device) if probe is not None else None)  # shapes only
         groups = spec.permutable
         notes: list[str] = []
         perms: Perms = spec.identity()

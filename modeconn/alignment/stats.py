@@ -9,21 +9,28 @@ Memory is O(units²) whatever the number of samples.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from modeconn.symmetry.spec import Site
 
-__all__ = ["PairStats", "site_matrix"]
+__all__ = ["PairStats", "site_view", "site_matrix"]
+
+
+def site_view(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:
+    """One group's units at one site output as (outer, units, samples) — a view in the usual
+    contiguous case; every position before and after the unit axis (batch, space, flattened
+    ``inner`` positions) is a sample."""
+    block = value.narrow(site.axis, site.start, size * site.inner)
+    outer = math.prod(block.shape[: site.axis])
+    return block.reshape(outer, size, -1)
 
 
 def site_matrix(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:
     """The (samples, units) matrix of one group's units at one site output."""
-    block = value.narrow(site.axis, site.start, size * site.inner)
-    shape = list(block.shape)
-    block = block.reshape(shape[: site.axis] + [size, site.inner] + shape[site.axis + 1 :])
-    return block.movedim(site.axis, -1).reshape(-1, size)  # inner positions count as samples
+    return site_view(value, site, size).movedim(1, -1).reshape(-1, size)
 
 
 @dataclass
@@ -63,27 +70,42 @@ class Accumulator:
         self.n = 0
         self.shift_a = self.shift_b = None
 
-    def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
+    def update(self, xa: torch.Tensor, xb: torch.Tensor, inplace: bool = False) -> None:
+        """Add one batch, given as (outer, units, samples) views (see :func:`site_view`).
+
+        Each batch is reduced in its own precision (torch's cascade sums keep that accurate)
+        and added to float64 totals; a float64 reduction over strided data would cost more than
+        the model's convolutions. ``inplace=True`` lets the shift overwrite ``xa`` and ``xb``.
+        """
         if self.shift_a is None:
-            self.shift_a, self.shift_b = xa.mean(0).detach(), xb.mean(0).detach()
+            self.shift_a = xa.mean((0, 2)).detach()[None, :, None]
+            self.shift_b = xb.mean((0, 2)).detach()[None, :, None]
             self.sa = torch.zeros(self.size, dtype=torch.float64, device=xa.device)
             self.sb, self.saa, self.sbb = self.sa.clone(), self.sa.clone(), self.sa.clone()
             self.sab = torch.zeros(self.size, self.size, dtype=torch.float64, device=xa.device)
-        xa, xb = xa - self.shift_a, xb - self.shift_b
-        self.n += xa.shape[0]
-        self.sa += xa.sum(0, dtype=torch.float64)
-        self.sb += xb.sum(0, dtype=torch.float64)
-        self.saa += (xa * xa).sum(0, dtype=torch.float64)
-        self.sbb += (xb * xb).sum(0, dtype=torch.float64)
-        self.sab += (xa.T @ xb).double()  # one GEMM per batch in the activations' precision
+        if inplace:
+            xa, xb = xa.sub_(self.shift_a), xb.sub_(self.shift_b)
+        else:
+            xa, xb = xa - self.shift_a, xb - self.shift_b
+        self.n += xa.shape[0] * xa.shape[2]
+        self.sa += xa.sum((0, 2)).double()
+        self.sb += xb.sum((0, 2)).double()
+        if xa.shape[2] == 1:  # no spatial samples: one GEMM over the batch
+            self.sab += (xa[:, :, 0].T @ xb[:, :, 0]).double()
+        else:
+            self.sab += torch.bmm(xa, xb.transpose(1, 2)).sum(0).double()
+        # squares last, so that an owned batch can be squared in place
+        sq_a, sq_b = (xa.square_(), xb.square_()) if inplace else (xa * xa, xb * xb)
+        self.saa += sq_a.sum((0, 2)).double()
+        self.sbb += sq_b.sum((0, 2)).double()
 
     def result(self) -> PairStats:
         n = self.n
         ma, mb = self.sa / n, self.sb / n
         return PairStats(
             n=n,
-            mean_a=(ma + self.shift_a.double()).cpu(),
-            mean_b=(mb + self.shift_b.double()).cpu(),
+            mean_a=(ma + self.shift_a.flatten().double()).cpu(),
+            mean_b=(mb + self.shift_b.flatten().double()).cpu(),
             var_a=(self.saa / n - ma * ma).cpu(),
             var_b=(self.sbb / n - mb * mb).cpu(),
             cov=(self.sab / n - torch.outer(ma, mb)).cpu(),

@@ -169,26 +169,29 @@ def test_weight_matching_needs_no_data(check):
     assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in a.state_dict().items())
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(2, 60), units=st.integers(1, 5), cuts=st.lists(st.integers(1, 59), max_size=4),
-    offset=st.floats(-1e3, 1e3), seed=st.integers(0, 1000),
+    n=st.integers(2, 60), units=st.integers(1, 5), samples=st.integers(1, 3),
+    cuts=st.lists(st.integers(1, 59), max_size=4), offset=st.floats(-1e3, 1e3), seed=st.integers(0, 1000),
 )
-def test_streaming_statistics_equal_one_shot(n, units, cuts, offset, seed):
-    """However the samples are split into batches, the statistics equal the one-shot ones."""
+def test_streaming_statistics_equal_one_shot(n, units, samples, cuts, offset, seed):
+    """However the samples are split into batches, the statistics equal the one-shot ones
+    (``samples`` > 1 plays the role of spatial positions)."""
     gen = torch.Generator().manual_seed(seed)
-    xa = torch.randn(n, units, generator=gen, dtype=torch.float64) + offset
-    xb = torch.randn(n, units, generator=gen, dtype=torch.float64) * 3 - offset
+    xa = torch.randn(n, units, samples, generator=gen, dtype=torch.float64) + offset
+    xb = torch.randn(n, units, samples, generator=gen, dtype=torch.float64) * 3 - offset
     acc = Accumulator(units, "post")
     bounds = sorted({0, n, *[c for c in cuts if c < n]})
     for lo, hi in zip(bounds, bounds[1:]):
         acc.update(xa[lo:hi], xb[lo:hi])
-    st_ = acc.result()
-    assert st_.n == n
-    torch.testing.assert_close(st_.mean_a, xa.mean(0))
-    torch.testing.assert_close(st_.var_b, xb.var(0, unbiased=False))
-    expected = (xa - xa.mean(0)).T @ (xb - xb.mean(0)) / n
-    torch.testing.assert_close(st_.cov, expected, atol=1e-8, rtol=1e-6)
+    result = acc.result()
+    ma, mb = (t.movedim(1, -1).reshape(-1, units) for t in (xa, xb))
+    assert result.n == n * samples
+    torch.testing.assert_close(result.mean_a, ma.mean(0))
+    torch.testing.assert_close(result.var_a, ma.var(0, unbiased=False))
+    torch.testing.assert_close(result.var_b, mb.var(0, unbiased=False))
+    expected = (ma - ma.mean(0)).T @ (mb - mb.mean(0)) / (n * samples)
+    torch.testing.assert_close(result.cov, expected, atol=1e-8, rtol=1e-6)
 
 
 def test_site_matrix_layouts():
