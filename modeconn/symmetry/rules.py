@@ -735,6 +735,15 @@ def noop_assert(ctx: RuleContext) -> None:
     return None
 
 
+def std_conv(ctx: RuleContext) -> Ann:
+    """timm's weight-standardized convolutions: standardization is per output channel, and
+    ``gain`` (when present) scales output channels."""
+    out = conv(ctx)
+    if isinstance(out, TA):
+        ctx.bind_local("gain", 0, out[1 if out.ndim == ctx.module.weight.ndim else 0])
+    return out
+
+
 def batch_norm_act(ctx: RuleContext) -> TA:
     """timm's BatchNormAct2d: BatchNorm, then dropout and an elementwise activation."""
     out = batch_norm(ctx)
@@ -918,7 +927,10 @@ def _register_library_rules(add) -> None:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from timm.layers import BatchNormAct2d
+        from timm.layers import BatchNormAct2d, Conv2dSame, ScaledStdConv2dSame, StdConv2dSame
     except ImportError:  # pragma: no cover
         return
     add(BatchNormAct2d, batch_norm_act)
+    add(Conv2dSame, conv)  # "same" padding is spatial only
+    add(StdConv2dSame, std_conv)
+    add(ScaledStdConv2dSame, std_conv)

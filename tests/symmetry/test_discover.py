@@ -180,3 +180,16 @@ def test_custom_rule_through_plugin_hook(fresh_plugins):
     assert spec["0"].permutable and "1.offset" in spec["0"].tensors
     with torch.no_grad():
         assert torch.allclose(net(x), permute(net, spec, spec.random_permutation(3))(x), atol=1e-6)
+
+
+def test_timm_same_padding_convolutions(check):
+    from timm.layers import Conv2dSame, ScaledStdConv2dSame, StdConv2dSame
+
+    net = nn.Sequential(  # 9x9 -> 5x5 -> 5x5 -> 3x3
+        Conv2dSame(3, 6, 3, stride=2), nn.ReLU(), StdConv2dSame(6, 5, 3), nn.ReLU(),
+        ScaledStdConv2dSame(5, 7, 3, stride=2), nn.Flatten(), nn.Linear(7 * 3 * 3, 2),
+    )
+    net = check.randomize(net.double())
+    spec = check.assert_equivalent(net, torch.randn(4, 3, 9, 9, dtype=torch.double), seeds=(0, 1))
+    assert [g.name for g in spec.permutable] == ["0", "2", "4"]
+    assert "4.gain" in spec["4"].tensors
