@@ -28,11 +28,14 @@ hookspec = pluggy.HookspecMarker("modeconn")
 def modeconn_register_costs(registry: PluginRegistry) -> None:
     """Add alignment cost functions: ``registry.add(name, cost)``.
 
-    A cost tells ``modeconn.align`` how similar unit ``i`` of model A is to unit ``j`` of
-    model B within one permutation group, from activation statistics or from weights
-    (``"correlation"``, ``"l2_preact"`` and ``"weight_matching"`` are built in). ``name`` is what
-    users pass as ``align(..., cost=name)``. Called once, when the plugin manager is built.
-    Returns nothing.
+    A cost tells ``modeconn.align`` how to match the units of model A and model B within each
+    permutation group. Register an instance of a subclass of
+    :class:`modeconn.alignment.ActivationCost` (implement ``matrix(stats)`` for one observation
+    site; modeconn streams the data, averages your matrices over a group's sites and solves the
+    assignment) or of :class:`modeconn.alignment.WeightCost` (implement
+    ``solve(spec, state_a, state_b)`` and return the permutations). ``"correlation"``,
+    ``"l2_preact"`` and ``"weight_matching"`` are built in. ``name`` is what users pass as
+    ``align(..., cost=name)``. Called once, when the plugin manager is built. Returns nothing.
     """
 
 
@@ -67,8 +70,8 @@ def modeconn_permutation_rules(registry: PluginRegistry) -> None:
     (``call_method`` nodes, e.g. ``"method:view"``). ``rule(ctx)`` receives a
     :class:`modeconn.symmetry.RuleContext` describing one graph node and declares which
     channel spaces it couples and which parameter axes follow them; see the docs page
-    "How symmetry discovery works". Rules registered by plugins take precedence over the
-    built-in table for the same key only if the built-in table does not have it already;
-    a key registered twice is an error. Called once, when the plugin manager is built.
+    "How symmetry discovery works". A module class with a rule becomes a leaf of the trace.
+    Each key has one rule: registering a key that the built-in table or another plugin already
+    has is an error naming both plugins. Called once, when the plugin manager is built.
     Returns nothing.
     """

@@ -160,6 +160,14 @@ def test_clear_errors():
         align(a, b, torch.randn(4, 3, 32, 32))
 
 
+def test_nan_activations_are_named():
+    a, b = modeconn.create_model("tinyten", widths=(4,) * 8), modeconn.create_model("tinyten", widths=(4,) * 8)
+    x = torch.randn(8, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(AlignmentError, match=r"model_a's activations at node `\w+` contain NaN or Inf"):
+        align(a, b, x, spec=discover(a, torch.randn(2, 3, 32, 32)))
+
+
 def test_weight_matching_needs_no_data(check):
     a = check.randomize(modeconn.create_model("resnet20", width=4))
     spec = discover(a, torch.randn(2, 3, 32, 32))
