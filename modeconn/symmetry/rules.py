@@ -88,6 +88,20 @@ def _require_trivial(ctx: RuleContext, t: TA, axes: Sequence[int], why: str) -> 
         ctx.fix(t[a], why)
 
 
+def _conv_channel_axis(ctx: RuleContext, x: TA, weight_ndim: int) -> int:
+    """The channel axis of a convolution's input (batched or not); its spatial axes must not
+    carry a permutation, since the kernel mixes positions."""
+    cax = 1 if x.ndim == weight_ndim else 0
+    _require_trivial(ctx, x, [a for a in range(x.ndim) if a > cax], "spatial axis of a convolution")
+    return cax
+
+
+def _conv_output(ctx: RuleContext, x: TA, cax: int, lout: Layout | None) -> TA:
+    out = ctx.out(tuple(lout if a == cax else None for a in range(x.ndim)))
+    ctx.site("pre", out)
+    return out
+
+
 def conv(ctx: RuleContext) -> Ann:
     """ConvNd: input channels follow ``weight`` axis 1 (per group); outputs are new units.
 
@@ -98,12 +112,11 @@ def conv(ctx: RuleContext) -> Ann:
     """
     m = ctx.module
     x = ctx.tensor(0, "input")
-    cax = 1 if x.ndim == m.weight.ndim else 0  # batched or not
-    _require_trivial(ctx, x, [a for a in range(x.ndim) if a > cax], "spatial axis of a convolution")
+    cax = _conv_channel_axis(ctx, x, m.weight.ndim)
     cin, cout, g = m.in_channels, m.out_channels, m.groups
     lin = x[cax]
     if g == 1:
-        ctx.bind_local("weight", 1, ctx.merge(lin, None) if lin is None else lin)
+        ctx.bind_local("weight", 1, lin)
         lout = ctx.new_units(cout)
     elif g == cin:  # depthwise, channel multiplier cout // cin
         mult = cout // cin
@@ -118,9 +131,7 @@ def conv(ctx: RuleContext) -> Ann:
         lout = tuple(seg for i in range(g) for seg in ctx.new_units(per_out, f"{ctx.module_name}.g{i}"))
     ctx.bind_local("weight", 0, lout)
     ctx.bind_local("bias", 0, lout)
-    out = ctx.out(tuple(lout if a == cax else None for a in range(x.ndim)))
-    ctx.site("pre", out)
-    return out
+    return _conv_output(ctx, x, cax, lout)
 
 
 def conv_transpose(ctx: RuleContext) -> Ann:
@@ -129,15 +140,12 @@ def conv_transpose(ctx: RuleContext) -> Ann:
     if m.groups != 1:
         return ctx.unsupported("grouped transposed convolution")
     x = ctx.tensor(0, "input")
-    cax = 1 if x.ndim == m.weight.ndim else 0
-    _require_trivial(ctx, x, [a for a in range(x.ndim) if a > cax], "spatial axis of a convolution")
+    cax = _conv_channel_axis(ctx, x, m.weight.ndim)
     ctx.bind_local("weight", 0, x[cax])
     lout = ctx.new_units(m.out_channels)
     ctx.bind_local("weight", 1, lout)
     ctx.bind_local("bias", 0, lout)
-    out = ctx.out(tuple(lout if a == cax else None for a in range(x.ndim)))
-    ctx.site("pre", out)
-    return out
+    return _conv_output(ctx, x, cax, lout)
 
 
 def linear(ctx: RuleContext) -> TA:
@@ -265,28 +273,30 @@ def f_conv(ctx: RuleContext) -> Ann:
     groups = ctx.value(ctx.arg(6, "groups", 1))
     if groups != 1:
         return ctx.unsupported("functional grouped convolution")
-    cax = 1 if x.ndim == w.ndim else 0
-    _require_trivial(ctx, x, [a for a in range(x.ndim) if a > cax], "spatial axis of a convolution")
+    cax = _conv_channel_axis(ctx, x, w.ndim)
     ctx.merge(x[cax], w[1], "convolution input")
     lout = w[0]
     if isinstance(b, TA):
         lout = ctx.merge(lout, b[0], "convolution bias")
     ctx.mark_producer(lout)
-    out = ctx.out(tuple(lout if a == cax else None for a in range(x.ndim)))
+    return _conv_output(ctx, x, cax, lout)
+
+
+def _per_channel_arguments(ctx: RuleContext, x: TA, lay: Layout | None, params, why: str) -> TA:
+    """Per-channel tensor arguments (statistics, affine parameters) follow channel axis 1."""
+    for i, name in params:
+        t = ctx.ann(ctx.arg(i, name))
+        if isinstance(t, TA):
+            lay = ctx.merge(lay, t[0], why)
+    out = ctx.out(x.layouts[:1] + (lay,) + x.layouts[2:])
     ctx.site("pre", out)
     return out
 
 
 def f_batch_norm(ctx: RuleContext) -> Ann:
     x = ctx.tensor(0, "input")
-    lay = x[1]
-    for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
-        t = ctx.ann(ctx.arg(i, name))
-        if isinstance(t, TA):
-            lay = ctx.merge(lay, t[0], "batch norm")
-    out = ctx.out(x.layouts[:1] + (lay,) + x.layouts[2:])
-    ctx.site("pre", out)
-    return out
+    params = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+    return _per_channel_arguments(ctx, x, x[1], params, "batch norm")
 
 
 def f_layer_norm(ctx: RuleContext) -> Ann:
@@ -304,22 +314,12 @@ def f_layer_norm(ctx: RuleContext) -> Ann:
     return out
 
 
-def f_rms_norm(ctx: RuleContext) -> Ann:
-    return f_layer_norm(ctx)
-
-
 def f_group_norm(ctx: RuleContext) -> Ann:
     x = ctx.tensor(0, "input")
     g = ctx.value(ctx.arg(1, "num_groups"))
     c = x.shape[1]
     lay = ctx.split(x[1], [c // g * i for i in range(1, g)]) if g > 1 else x[1]
-    for i, name in ((2, "weight"), (3, "bias")):
-        t = ctx.ann(ctx.arg(i, name))
-        if isinstance(t, TA):
-            lay = ctx.merge(lay, t[0], "group norm")
-    out = ctx.out(x.layouts[:1] + (lay,) + x.layouts[2:])
-    ctx.site("pre", out)
-    return out
+    return _per_channel_arguments(ctx, x, lay, ((2, "weight"), (3, "bias")), "group norm")
 
 
 def sdpa(ctx: RuleContext) -> Ann:
@@ -888,7 +888,7 @@ def register_builtin_rules(registry) -> None:
     add(F.batch_norm, f_batch_norm)
     add(F.layer_norm, f_layer_norm)
     if hasattr(F, "rms_norm"):
-        add(F.rms_norm, f_rms_norm)
+        add(F.rms_norm, f_layer_norm)  # (input, normalized_shape, weight, eps): weight where layer_norm has it
     add(F.group_norm, f_group_norm)
     add(F.scaled_dot_product_attention, sdpa)
     add(torch.matmul, matmul)
