@@ -4,6 +4,7 @@ The public API is what this module exports; everything else may change.
 """
 
 from modeconn.alignment import AlignResult, align
+from modeconn.curves import Curve
 from modeconn.errors import (
     AlignmentError,
     DatasetNotFoundError,
@@ -37,6 +38,8 @@ __all__ = [
     # alignment
     "align",
     "AlignResult",
+    # curves
+    "Curve",
     # evaluation
     "evaluate",
     "update_bn",
