@@ -9,12 +9,11 @@ Memory is O(units²) whatever the number of samples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from modeconn.symmetry.spec import Site
+from modeconn.symmetry.spec import Site, unit_view
 
 __all__ = ["PairStats", "site_view", "site_matrix"]
 
@@ -23,9 +22,7 @@ def site_view(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:
     """One group's units at one site output as (outer, units, samples) — a view in the usual
     contiguous case; every position before and after the unit axis (batch, space, flattened
     ``inner`` positions) is a sample."""
-    block = value.narrow(site.axis, site.start, size * site.inner)
-    outer = math.prod(block.shape[: site.axis])
-    return block.reshape(outer, size, -1)
+    return unit_view(value, site.axis, site.start, site.inner, size)
 
 
 def site_matrix(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:

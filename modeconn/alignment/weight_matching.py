@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from modeconn.alignment.assignment import solve_assignment
-from modeconn.symmetry.spec import Group, PermutationSpec, TensorSlice
+from modeconn.symmetry.spec import Group, PermutationSpec, TensorSlice, unit_positions, unit_view
 
 __all__ = ["match_weights", "weight_similarity"]
 
@@ -85,11 +85,9 @@ def _similarity(g: Group, state_a, state_b, perms, sizes, by_tensor) -> torch.Te
 
 
 def _units(t: torch.Tensor, sl: TensorSlice, size: int) -> torch.Tensor:
-    """(units, everything else) for one slice, in float64."""
-    block = t.narrow(sl.axis, sl.start, size * sl.inner)
-    shape = list(block.shape)
-    block = block.reshape(shape[: sl.axis] + [size, sl.inner] + shape[sl.axis + 1 :])
-    return block.movedim(sl.axis, 0).reshape(size, -1).double().cpu()
+    """(units, everything else) for one slice, in float64; A and B are flattened alike, so
+    their rows can be compared by dot products."""
+    return unit_view(t, sl.axis, sl.start, sl.inner, size).transpose(0, 1).reshape(size, -1).double().cpu()
 
 
 def _permute_except(t, slices, perms, sizes, skip: str) -> torch.Tensor:
@@ -99,9 +97,7 @@ def _permute_except(t, slices, perms, sizes, skip: str) -> torch.Tensor:
         if name == skip:
             continue
         idx = index.setdefault(sl.axis, torch.arange(t.shape[sl.axis]))
-        n = sizes[name]
-        block = (perms[name][:, None] * sl.inner + torch.arange(sl.inner)).reshape(-1) + sl.start
-        idx[sl.start : sl.start + n * sl.inner] = block
+        idx[sl.start : sl.start + sizes[name] * sl.inner] = unit_positions(perms[name], sl.start, sl.inner)
     for axis, idx in index.items():
         t = t.index_select(axis, idx.to(t.device))
     return t

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from modeconn.errors import SymmetryError
-from modeconn.symmetry.spec import PermutationSpec
+from modeconn.symmetry.spec import PermutationSpec, unit_positions
 
 __all__ = ["permute", "permute_state_dict", "axis_indices"]
 
@@ -34,8 +34,7 @@ def axis_indices(
             key = (sl.tensor, sl.axis)
             if key not in out:
                 out[key] = torch.arange(shapes[sl.tensor][sl.axis])
-            block = (perm[:, None] * sl.inner + torch.arange(sl.inner)).reshape(-1) + sl.start
-            out[key][sl.start : sl.start + group.size * sl.inner] = block
+            out[key][sl.start : sl.start + group.size * sl.inner] = unit_positions(perm, sl.start, sl.inner)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -10,7 +11,7 @@ import torch
 
 from modeconn.errors import SymmetryError
 
-__all__ = ["TensorSlice", "Site", "Group", "PermutationSpec"]
+__all__ = ["TensorSlice", "Site", "Group", "PermutationSpec", "unit_positions", "unit_view"]
 
 Perms = dict[str, torch.Tensor]
 
@@ -40,6 +41,19 @@ class Site:
     start: int
     inner: int
     kind: str
+
+
+def unit_positions(perm: torch.Tensor, start: int, inner: int) -> torch.Tensor:
+    """The axis indices of a slice's units in the order ``perm`` puts them (unit ``c`` owns
+    ``start + c * inner ... start + c * inner + inner - 1``)."""
+    return (perm[:, None] * inner + torch.arange(inner)).reshape(-1) + start
+
+
+def unit_view(t: torch.Tensor, axis: int, start: int, inner: int, size: int) -> torch.Tensor:
+    """A slice's ``size`` units of ``t`` as (outer, units, rest) — a view in the usual contiguous
+    case; ``rest`` holds the ``inner`` positions and every axis after ``axis``."""
+    block = t.narrow(axis, start, size * inner)
+    return block.reshape(math.prod(block.shape[:axis]), size, -1)
 
 
 @dataclass(frozen=True)
