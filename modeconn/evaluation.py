@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modeconn.symmetry.tracing import modes_restored
+
 __all__ = ["evaluate", "update_bn", "interpolate", "lerp_state", "PathReport"]
 
 
@@ -34,19 +36,16 @@ def _batches(data: Any) -> Iterable:
 def evaluate(model: nn.Module, data: Any) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (in %) of ``model`` in eval mode over ``data`` (an iterable
     of ``(x, y)`` batches, or a pair of tensors). The model's mode is restored."""
-    was_training = model.training
-    model.eval()
     device = _device_of(model)
     total, loss_sum, correct = 0, 0.0, 0
-    try:
+    with modes_restored(model):
+        model.eval()
         for x, y in _batches(data):
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ValueError("evaluate got no data")
     return loss_sum / total, 100.0 * correct / total
@@ -60,27 +59,25 @@ def update_bn(model: nn.Module, data: Any, num_samples: int | None = None) -> nn
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return model
-    was_training = [(m, m.training) for m in model.modules()]
     momenta = {m: m.momentum for m in bns}
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: the exact mean over batches
-    model.train()
-    for m in model.modules():  # BN statistics only; dropout stays off
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.eval()
     device = _device_of(model)
     seen = 0
     try:
-        for batch in _batches(data):
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if num_samples is not None and seen >= num_samples:
-                break
-            model(x.to(device))
-            seen += len(x)
+        with modes_restored(model):
+            model.train()
+            for m in model.modules():  # BN statistics only; dropout stays off
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.eval()
+            for batch in _batches(data):
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if num_samples is not None and seen >= num_samples:
+                    break
+                model(x.to(device))
+                seen += len(x)
     finally:
-        for m, t in was_training:
-            m.training = t
         for m in bns:
             m.momentum = momenta[m]
     return model

@@ -53,3 +53,13 @@ def test_report_barrier_table_and_files(tmp_path):
     assert (tmp_path / "r.png").stat().st_size > 1000
     with pytest.raises(ValueError, match=".csv or .json"):
         r.save(tmp_path / "r.txt")
+
+
+def test_evaluate_and_update_bn_restore_mixed_modes(pair):
+    a, _, (x, y) = pair
+    a.train()
+    a.bn1.eval()  # frozen BatchNorm inside a training model
+    evaluate(a, (x, y))
+    assert a.training and not a.bn1.training
+    update_bn(a, [x])
+    assert a.training and not a.bn1.training
