@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from modeconn import hookspecs
-from modeconn.errors import PluginError, UnknownPluginError
+from modeconn.errors import ModeconnError, PluginError, UnknownPluginError
 
 __all__ = [
     "hookimpl",
@@ -74,9 +74,14 @@ class PluginEntry:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the registered object; an exception is re-raised naming the plugin."""
+        return self.invoke(self.obj, *args, **kwargs)
+
+    def invoke(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn`` (the object or one of its methods); an exception other than modeconn's own
+        is re-raised as a :class:`PluginError` naming the plugin."""
         try:
-            return self.obj(*args, **kwargs)
-        except PluginError:
+            return fn(*args, **kwargs)
+        except ModeconnError:
             raise
         except Exception as e:
             raise PluginError(

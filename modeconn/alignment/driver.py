@@ -259,15 +259,6 @@ def _cost_entry(name: str) -> PluginEntry:
     return entry
 
 
-def _call(entry: PluginEntry, fn, *args):
-    try:
-        return fn(*args)
-    except (AlignmentError, PluginError):
-        raise
-    except Exception as e:
-        raise PluginError(f"cost plugin {entry.name!r} (from plugin {entry.plugin!r}) raised {type(e).__name__}: {e}") from e
-
-
 def align(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -327,7 +318,7 @@ def align(
             stats = _collect(a, b, observed, cost_obj.site_kind, batches, device)
             matrices = {}
             for g in observed:
-                mats = [_call(entry, cost_obj.matrix, s) for s in stats[g.name]]
+                mats = [entry.invoke(cost_obj.matrix, s) for s in stats[g.name]]
                 matrices[g.name] = torch.stack(mats).mean(0).double()
                 perms[g.name] = solve_assignment(matrices[g.name], maximize=cost_obj.maximize)
             state_a = {k: v.detach() for k, v in a.state_dict().items()}
@@ -349,7 +340,7 @@ def align(
         else:
             state_a = {k: v.detach() for k, v in a.state_dict().items()}
             state_b = {k: v.detach() for k, v in b.state_dict().items()}
-            found = _call(entry, cost_obj.solve, spec, state_a, state_b)
+            found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
             if data is not None:
                 stats = _collect(a, b, [g for g in groups if g.sites], "post", batches, device)

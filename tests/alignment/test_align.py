@@ -209,3 +209,21 @@ def test_site_matrix_layouts():
     flat = torch.arange(2 * 12).reshape(2, 12).float()  # 3 units x 4 inner positions, channel-major
     m = site_matrix(flat, Site("n", axis=1, start=0, inner=4, kind="pre"), size=3)
     assert m.shape == (8, 3) and torch.equal(m[:, 1], flat[:, 4:8].reshape(-1))
+
+
+def test_a_failing_cost_plugin_is_named(fresh_plugins):
+    from modeconn.alignment import ActivationCost
+
+    class Broken(ActivationCost):
+        def matrix(self, stats):
+            raise RuntimeError("bad matrix")
+
+    class Plugin:
+        @modeconn.hookimpl
+        def modeconn_register_costs(self, registry):
+            registry.add("broken", Broken())
+
+    modeconn.register_plugin(Plugin(), name="broken_costs")
+    a, b = (modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(4,)) for _ in range(2))
+    with pytest.raises(modeconn.PluginError, match=r"cost plugin 'broken' \(from plugin 'broken_costs'.*bad matrix"):
+        align(a, b, torch.randn(8, 1, 4, 4), cost="broken")
