@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from modeconn.symmetry.tracing import modes_restored
 
-__all__ = ["evaluate", "update_bn", "interpolate", "lerp_state", "PathReport"]
+__all__ = ["evaluate", "update_bn", "interpolate", "lerp_state", "architecture_difference", "PathReport"]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -81,6 +82,18 @@ def update_bn(model: nn.Module, data: Any, num_samples: int | None = None) -> nn
         for m in bns:
             m.momentum = momenta[m]
     return model
+
+
+def architecture_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> str | None:
+    """Where two state dicts stop being of one architecture (``None`` if they are):
+    "`name`: shape (...) vs (...)" or "entry `x` vs `y`"."""
+    for (ka, va), (kb, vb) in itertools.zip_longest(a.items(), b.items(), fillvalue=(None, None)):
+        if ka == kb and va is not None and vb is not None:
+            if va.shape != vb.shape:
+                return f"`{ka}`: shape {tuple(va.shape)} vs {tuple(vb.shape)}"
+        else:
+            return f"entry `{ka}` vs `{kb}`"
+    return None
 
 
 def lerp_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
@@ -182,8 +195,8 @@ def interpolate(
     if isinstance(ts, int):
         ts = [i / (ts - 1) for i in range(ts)] if ts > 1 else [0.0]
     sa, sb = model_a.state_dict(), model_b.state_dict()
-    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
-        raise ValueError("interpolate needs two models of one architecture")
+    if (where := architecture_difference(sa, sb)) is not None:
+        raise ValueError(f"model_b differs from model_a at {where}; interpolate needs two models of one architecture")
     probe = copy.deepcopy(model_a)
     losses, accs = [], []
     for t in ts:

@@ -19,6 +19,7 @@ from modeconn.alignment.stats import Accumulator, PairStats, site_view
 from modeconn.alignment.weight_matching import match_weights, weight_similarity
 from modeconn.data.batches import iter_inputs
 from modeconn.errors import AlignmentError, PluginError
+from modeconn.evaluation import architecture_difference
 from modeconn.plugin_manager import PluginEntry, get_plugin
 from modeconn.symmetry.discovery import discover, trace_model
 from modeconn.symmetry.permute import permute
@@ -88,17 +89,8 @@ class AlignResult:
 
 
 def _check_same_architecture(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    for (ka, va), (kb, vb) in itertools.zip_longest(sa.items(), sb.items(), fillvalue=(None, None)):
-        if ka != kb or va is None or vb is None or va.shape != vb.shape:
-            what = (
-                f"`{ka}`: shape {tuple(va.shape)} vs {tuple(vb.shape)}"
-                if ka == kb and va is not None and vb is not None
-                else f"entry `{ka}` vs `{kb}`"
-            )
-            raise AlignmentError(
-                f"model_b differs from model_a at {what}; align needs two models of one architecture."
-            )
+    if (where := architecture_difference(a.state_dict(), b.state_dict())) is not None:
+        raise AlignmentError(f"model_b differs from model_a at {where}; align needs two models of one architecture.")
 
 
 def _check_finite(model: nn.Module, label: str) -> None:

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from modeconn.curves.family import CurveFamily
 from modeconn.errors import ModeconnError, PluginError
-from modeconn.evaluation import lerp_state, update_bn
+from modeconn.evaluation import architecture_difference, lerp_state, update_bn
 from modeconn.plugin_manager import get_plugin
 
 __all__ = ["Curve"]
@@ -51,9 +51,8 @@ class Curve(nn.Module):
         self.num_bends = num_bends
 
         sa, sb = model_a.state_dict(), model_b.state_dict()
-        if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
-            first = next((k for k in sa if k not in sb or sa[k].shape != sb[k].shape), next(iter(sb.keys() - sa.keys()), "?"))
-            raise ModeconnError(f"model_b differs from model_a at `{first}`; a curve joins two models of one architecture")
+        if (where := architecture_difference(sa, sb)) is not None:
+            raise ModeconnError(f"model_b differs from model_a at {where}; a curve joins two models of one architecture")
         self.base = copy.deepcopy(model_a)
         for p in self.base.parameters():
             p.requires_grad_(False)
