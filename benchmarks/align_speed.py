@@ -81,24 +81,43 @@ def child(n: int) -> None:
         t_align.append(time.perf_counter() - t0)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mb, ma = result.similarity.mean()
-    print(json.dumps({
-        "n": n, "source": source, "forward": statistics.median(t_fwd), "align": statistics.median(t_align),
-        "forward_all": t_fwd, "align_all": t_align, "peak_mb": peak_mb, "corr_before": mb, "corr_after": ma,
-    }))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "source": source,
+                "forward": statistics.median(t_fwd),
+                "align": statistics.median(t_align),
+                "forward_all": t_fwd,
+                "align_all": t_align,
+                "peak_mb": peak_mb,
+                "corr_before": mb,
+                "corr_after": ma,
+            }
+        )
+    )
 
 
 def main() -> None:
     rows = []
     for n in SIZES:
-        out = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"ResNet32, batch {BATCH}, inputs: {rows[0]['source']}; medians of {REPEATS} runs")
-    print(f"{'inputs':>7} | {'2x eval forward (s)':>19} | {'align (s)':>9} | {'ratio':>5} | {'peak RSS (MB)':>13} | corr before -> after")
+    print(
+        f"{'inputs':>7} | {'2x eval forward (s)':>19} | {'align (s)':>9} | {'ratio':>5} | {'peak RSS (MB)':>13} | corr before -> after"
+    )
     for r in rows:
-        print(f"{r['n']:>7} | {r['forward']:>19.2f} | {r['align']:>9.2f} | {r['align'] / r['forward']:>5.2f} | "
-              f"{r['peak_mb']:>13.0f} | {r['corr_before']:.3f} -> {r['corr_after']:.3f}")
+        print(
+            f"{r['n']:>7} | {r['forward']:>19.2f} | {r['align']:>9.2f} | {r['align'] / r['forward']:>5.2f} | "
+            f"{r['peak_mb']:>13.0f} | {r['corr_before']:.3f} -> {r['corr_after']:.3f}"
+        )
     small, large = rows[0], rows[-1]
-    print(f"peak memory at {large['n']} / at {small['n']}: {large['peak_mb'] / small['peak_mb']:.3f} (target <= 1.10)")
+    print(
+        f"peak memory at {large['n']} / at {small['n']}: {large['peak_mb'] / small['peak_mb']:.3f} (target <= 1.10)"
+    )
     ratios = ", ".join(f"{r['align'] / r['forward']:.2f}" for r in rows)
     print(f"time ratio align / forward: {ratios} (target <= 1.3)")
 

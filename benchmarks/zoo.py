@@ -62,7 +62,15 @@ def randomize(model: torch.nn.Module) -> None:
 
 
 def check(name: str) -> dict:
-    row = {"model": name, "groups": "", "permutable": "", "units": "", "outcome": "", "seconds": "", "detail": ""}
+    row = {
+        "model": name,
+        "groups": "",
+        "permutable": "",
+        "units": "",
+        "outcome": "",
+        "seconds": "",
+        "detail": "",
+    }
     try:
         model = timm.create_model(name).double().eval()
         randomize(model)
@@ -80,14 +88,17 @@ def check(name: str) -> dict:
         err = float((y - yp).abs().max() / y.abs().max().clamp_min(1e-30))
         before, after = model.state_dict(), permuted.state_dict()
         still = [
-            g.name for g in spec.permutable
+            g.name
+            for g in spec.permutable
             if not torch.equal(perms[g.name], torch.arange(g.size))  # a small group may draw the identity
             and all(torch.equal(before[s.tensor], after[s.tensor]) for s in g.slices)
         ]
         unsupported = sorted({g.reason for g in spec.fixed if g.reason and "unsupported" in g.reason})
         if err > 1e-4 or still:
             row["outcome"] = "failed"
-            row["detail"] = f"rel. error {err:.1e}" + (f"; groups that did not move: {still[:3]}" if still else "")
+            row["detail"] = f"rel. error {err:.1e}" + (
+                f"; groups that did not move: {still[:3]}" if still else ""
+            )
         elif unsupported:
             row["outcome"] = "fixed"
             row["detail"] = unsupported[0][:160]
@@ -122,7 +133,10 @@ def main() -> None:
         t0 = time.perf_counter()
         discover(r50, x)
         times.append(time.perf_counter() - t0)
-    print(f"trace + discover timm/resnet50: median {sorted(times)[1]:.2f}s over 3 runs (target < 2 s)", flush=True)
+    print(
+        f"trace + discover timm/resnet50: median {sorted(times)[1]:.2f}s over 3 runs (target < 2 s)",
+        flush=True,
+    )
 
     start = time.perf_counter()
     rows = []
@@ -134,7 +148,15 @@ def main() -> None:
             break
         row = check(name)
         rows.append(row)
-        print("| " + " | ".join(str(row[k]) for k in ("model", "groups", "permutable", "units", "outcome", "seconds", "detail")) + " |", flush=True)
+        print(
+            "| "
+            + " | ".join(
+                str(row[k])
+                for k in ("model", "groups", "permutable", "units", "outcome", "seconds", "detail")
+            )
+            + " |",
+            flush=True,
+        )
 
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("ok", "fixed", "failed")}
     shares = [float(r["units"].rstrip("%")) for r in rows if r["units"] and r["outcome"] != "failed"]
@@ -149,7 +171,14 @@ def main() -> None:
         with open(args.out, "w") as f:
             f.write(header + "\n|---|---|---|---|---|---|---|\n")
             for row in rows:
-                f.write("| " + " | ".join(str(row[k]) for k in ("model", "groups", "permutable", "units", "outcome", "seconds", "detail")) + " |\n")
+                f.write(
+                    "| "
+                    + " | ".join(
+                        str(row[k])
+                        for k in ("model", "groups", "permutable", "units", "outcome", "seconds", "detail")
+                    )
+                    + " |\n"
+                )
             f.write(summary + "\n")
 
 

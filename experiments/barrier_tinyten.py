@@ -29,7 +29,9 @@ def train(seed: int, train_set, epochs: int, lr: float) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = modeconn.create_model("tinyten", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    loader = DataLoader(train_set, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        train_set, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
     model.train()
     for _ in range(epochs):
@@ -44,7 +46,9 @@ def train(seed: int, train_set, epochs: int, lr: float) -> torch.nn.Module:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    p.add_argument("--verify", action="store_true", help="check torchvision's md5s (off: the local copy is rebuilt)")
+    p.add_argument(
+        "--verify", action="store_true", help="check torchvision's md5s (off: the local copy is rebuilt)"
+    )
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--train-size", type=int, default=10000)
     p.add_argument("--test-size", type=int, default=2000)
@@ -72,26 +76,40 @@ def main() -> None:
         t_train = time.time() - t0
         result = modeconn.align(a, b, DataLoader(align_set, batch_size=256))
         unaligned = modeconn.interpolate(a, b, args.points, test_loader, bn_data=bn_loader, label="unaligned")
-        aligned = modeconn.interpolate(a, result.model, args.points, test_loader, bn_data=bn_loader, label="aligned")
+        aligned = modeconn.interpolate(
+            a, result.model, args.points, test_loader, bn_data=bn_loader, label="aligned"
+        )
         corr_before, corr_after = result.similarity.mean()
         row = {
-            "pair": pair, "train_seconds": round(t_train), "acc_a": unaligned.accuracy[0], "acc_b": unaligned.accuracy[-1],
-            "corr_before": corr_before, "corr_after": corr_after,
-            "unaligned": unaligned.to_dict(), "aligned": aligned.to_dict(),
+            "pair": pair,
+            "train_seconds": round(t_train),
+            "acc_a": unaligned.accuracy[0],
+            "acc_b": unaligned.accuracy[-1],
+            "corr_before": corr_before,
+            "corr_after": corr_after,
+            "unaligned": unaligned.to_dict(),
+            "aligned": aligned.to_dict(),
         }
         rows.append(row)
-        print(f"pair {pair}: end points {row['acc_a']:.1f}% / {row['acc_b']:.1f}% (trained in {t_train:.0f}s), "
-              f"mean matched correlation {corr_before:.3f} -> {corr_after:.3f}", flush=True)
+        print(
+            f"pair {pair}: end points {row['acc_a']:.1f}% / {row['acc_b']:.1f}% (trained in {t_train:.0f}s), "
+            f"mean matched correlation {corr_before:.3f} -> {corr_after:.3f}",
+            flush=True,
+        )
         print(unaligned, flush=True)
         print(aligned, flush=True)
         modeconn.PathReport.plot([unaligned, aligned], f"barrier_tinyten_pair{pair}.png")
 
-    print("\n| pair | end points (acc %) | barrier unaligned | barrier aligned | min acc unaligned | min acc aligned |")
+    print(
+        "\n| pair | end points (acc %) | barrier unaligned | barrier aligned | min acc unaligned | min acc aligned |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
         u, al = r["unaligned"], r["aligned"]
-        print(f"| {r['pair']} | {r['acc_a']:.1f} / {r['acc_b']:.1f} | {u['barrier']:.3f} | {al['barrier']:.3f} | "
-              f"{u['min_accuracy']:.1f} | {al['min_accuracy']:.1f} |")
+        print(
+            f"| {r['pair']} | {r['acc_a']:.1f} / {r['acc_b']:.1f} | {u['barrier']:.3f} | {al['barrier']:.3f} | "
+            f"{u['min_accuracy']:.1f} | {al['min_accuracy']:.1f} |"
+        )
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "pairs": rows}, f, indent=1)
 

@@ -57,7 +57,9 @@ def update_bn(model: nn.Module, data: Any, num_samples: int | None = None) -> nn
     """Recompute BatchNorm running statistics on ``data`` as an exact average over its batches
     (Garipov et al.'s ``update_bn``; momentum ``None``), in place. Models without BatchNorm
     are returned unchanged."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not bns:
         return model
     momenta = {m: m.momentum for m in bns}
@@ -128,12 +130,16 @@ class PathReport:
     def barrier(self) -> float:
         l0, l1 = self.loss[0], self.loss[-1]
         t0, t1 = self.t[0], self.t[-1]
-        return max(loss - (l0 + (l1 - l0) * (t - t0) / ((t1 - t0) or 1.0)) for t, loss in zip(self.t, self.loss))
+        return max(
+            loss - (l0 + (l1 - l0) * (t - t0) / ((t1 - t0) or 1.0)) for t, loss in zip(self.t, self.loss)
+        )
 
     def __str__(self) -> str:
         head = f"{self.label or 'path'}: average accuracy {self.average_accuracy:.2f}%, minimum {self.min_accuracy:.2f}%, loss barrier {self.barrier:.4f}"
         rows = [head, "       t      loss  accuracy"]
-        rows += [f"  {t:6.3f}  {loss:8.4f}  {acc:7.2f}%" for t, loss, acc in zip(self.t, self.loss, self.accuracy)]
+        rows += [
+            f"  {t:6.3f}  {loss:8.4f}  {acc:7.2f}%" for t, loss, acc in zip(self.t, self.loss, self.accuracy)
+        ]
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
@@ -196,7 +202,9 @@ def interpolate(
         ts = [i / (ts - 1) for i in range(ts)] if ts > 1 else [0.0]
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if (where := architecture_difference(sa, sb)) is not None:
-        raise ValueError(f"model_b differs from model_a at {where}; interpolate needs two models of one architecture")
+        raise ValueError(
+            f"model_b differs from model_a at {where}; interpolate needs two models of one architecture"
+        )
     probe = copy.deepcopy(model_a)
     losses, accs = [], []
     for t in ts:

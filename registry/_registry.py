@@ -186,5 +186,3 @@ def _create_torchvision(name: str, num_classes, in_chans, pretrained, kwargs) ->
                 f"$TORCH_HOME/hub/checkpoints or pass pretrained=False."
             ) from e
     return torchvision.models.get_model(name, weights=None, **kwargs)
-
-

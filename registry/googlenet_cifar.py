@@ -24,9 +24,15 @@ AUX_WEIGHT = 0.3
 class CifarGoogLeNet(GoogLeNet):
     """torchvision's GoogLeNet with the 32x32 adaptations described in the module docstring."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, aux_logits: bool = True, dropout: float = 0.2):
+    def __init__(
+        self, num_classes: int = 10, in_chans: int = 3, aux_logits: bool = True, dropout: float = 0.2
+    ):
         super().__init__(
-            num_classes=num_classes, aux_logits=aux_logits, transform_input=False, init_weights=True, dropout=dropout
+            num_classes=num_classes,
+            aux_logits=aux_logits,
+            transform_input=False,
+            init_weights=True,
+            dropout=dropout,
         )
         self.conv1 = BasicConv2d(in_chans, 64, kernel_size=7, stride=1, padding=3)
         self.maxpool1 = nn.Identity()

@@ -29,7 +29,11 @@ class TinyTen(nn.Module):
         layers: list[nn.Module] = []
         c_in = in_chans
         for c_out, (k, s, p) in zip(widths, _LAYOUT):
-            layers += [nn.Conv2d(c_in, c_out, k, stride=s, padding=p), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c_out, k, stride=s, padding=p),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -22,7 +22,9 @@ def test_plugins_lists_kinds_and_sources(capsys):
 
 
 def test_console_script_installed():
-    out = subprocess.run([sys.executable, "-m", "modeconn.cli", "models", "tiny*"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "modeconn.cli", "models", "tiny*"], capture_output=True, text=True
+    )
     assert out.stdout.strip() == "tinyten"
 
 
@@ -31,7 +33,9 @@ def test_discover_checks_a_random_permutation_on_digits(capsys, tmp_path):
     assert main(["discover", "tinyten", "--batch", "16", "--json", str(spec_file)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("PermutationSpec(TinyTen): 8 permutable / 9 groups")
-    assert "on 16 embedded digits: 17 tensors moved" in out  # 8 convs x (weight, bias) + fc.weight; fresh BN tensors are constant
+    assert (
+        "on 16 embedded digits: 17 tensors moved" in out
+    )  # 8 convs x (weight, bias) + fc.weight; fresh BN tensors are constant
     from modeconn import PermutationSpec
 
     assert len(PermutationSpec.from_json(spec_file.read_text())) == 9

@@ -31,7 +31,9 @@ def test_docs_code_runs(page, repo_root, capsys):
 def test_mkdocs_build_strict(repo_root, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=repo_root, capture_output=True, text=True,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "site" / "symmetry" / "index.html").is_file()

@@ -67,5 +67,7 @@ def test_evaluate_and_update_bn_restore_mixed_modes(pair):
 
 def test_interpolate_names_where_architectures_differ(pair):
     a, _, data = pair
-    with pytest.raises(ValueError, match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)"
+    ):
         interpolate(a, modeconn.create_model("resnet20", width=8), 2, data)

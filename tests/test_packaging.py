@@ -38,6 +38,15 @@ def test_ruff_passes_and_bans_bare_imports(tmp_path, repo_root):
     bad.write_text("import plugins\nfrom registry import create_model\n")
     out = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--config", str(REPO / "pyproject.toml"), str(bad)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode != 0 and out.stdout.count("TID251") == 2, out.stdout
+
+
+def test_code_is_formatted(repo_root):
+    """One style everywhere (ruff format, incl. the tutorials' code): run `ruff format .` to fix."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", str(repo_root)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

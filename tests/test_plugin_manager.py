@@ -62,7 +62,10 @@ def test_unknown_name_lists_available():
             registry.add("polychain_test", object)
 
     register_plugin(Plugin(), name="curves_for_test")
-    with pytest.raises(UnknownPluginError, match=r"no curve plugin named 'beziers_test'.*Did you mean 'bezier_test'.*Available: .*bezier_test, .*polychain_test"):
+    with pytest.raises(
+        UnknownPluginError,
+        match=r"no curve plugin named 'beziers_test'.*Did you mean 'bezier_test'.*Available: .*bezier_test, .*polychain_test",
+    ):
         get_plugin("curve", "beziers_test")
     with pytest.raises(ValueError, match="kinds are"):
         get_registry("colour")
@@ -80,9 +83,13 @@ def test_plugin_raising_on_registration_is_named():
 
 
 def test_plugin_failing_to_import_is_named(tmp_path, monkeypatch):
-    _install_fake_distribution(tmp_path, "modeconn-bad", "modeconn_bad", "raise ImportError('missing dep')", entry="bad")
+    _install_fake_distribution(
+        tmp_path, "modeconn-bad", "modeconn_bad", "raise ImportError('missing dep')", entry="bad"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match=r"plugin 'bad'.*modeconn-bad.*missing dep.*MODECONN_BLOCK_PLUGINS=bad"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'bad'.*modeconn-bad.*missing dep.*MODECONN_BLOCK_PLUGINS=bad"
+    ):
         get_registry("cost")
 
 
@@ -96,7 +103,9 @@ def test_plugin_raising_on_use_is_named():
             registry.add("bad_cost", bad_cost)
 
     register_plugin(Plugin(), name="bad_costs")
-    with pytest.raises(PluginError, match=r"cost plugin 'bad_cost' \(from plugin 'bad_costs'.*shape mismatch"):
+    with pytest.raises(
+        PluginError, match=r"cost plugin 'bad_cost' \(from plugin 'bad_costs'.*shape mismatch"
+    ):
         get_plugin("cost", "bad_cost")(1, 2)
 
 

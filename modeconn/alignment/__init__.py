@@ -5,4 +5,12 @@ from modeconn.alignment.costs import ActivationCost, WeightCost
 from modeconn.alignment.driver import AlignResult, Similarity, align
 from modeconn.alignment.stats import PairStats
 
-__all__ = ["align", "AlignResult", "Similarity", "ActivationCost", "WeightCost", "PairStats", "solve_assignment"]
+__all__ = [
+    "align",
+    "AlignResult",
+    "Similarity",
+    "ActivationCost",
+    "WeightCost",
+    "PairStats",
+    "solve_assignment",
+]

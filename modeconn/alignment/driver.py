@@ -50,15 +50,23 @@ class Similarity:
     def mean(self) -> tuple[float, float]:
         """Unit-weighted mean correlation over all groups, before and after."""
         total = sum(n for _, n, _, _ in self.rows) or 1
-        return (sum(n * b for _, n, b, _ in self.rows) / total, sum(n * a for _, n, _, a in self.rows) / total)
+        return (
+            sum(n * b for _, n, b, _ in self.rows) / total,
+            sum(n * a for _, n, _, a in self.rows) / total,
+        )
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "groups": [dict(zip(("group", "units", "before", "after"), r)) for r in self.rows]}
+        return {
+            "kind": self.kind,
+            "groups": [dict(zip(("group", "units", "before", "after"), r)) for r in self.rows],
+        }
 
     def __str__(self) -> str:
         width = max([len(r[0]) for r in self.rows] + [5])
-        lines = [f"mean correlation of matched units ({self.kind}-activations)",
-                 f"  {'group':<{width}}  {'units':>5}  {'before':>7}  {'after':>7}"]
+        lines = [
+            f"mean correlation of matched units ({self.kind}-activations)",
+            f"  {'group':<{width}}  {'units':>5}  {'before':>7}  {'after':>7}",
+        ]
         lines += [f"  {g:<{width}}  {n:>5}  {b:>7.3f}  {a:>7.3f}" for g, n, b, a in self.rows]
         mb, ma = self.mean()
         lines.append(f"  {'(all)':<{width}}  {'':>5}  {mb:>7.3f}  {ma:>7.3f}")
@@ -90,7 +98,9 @@ class AlignResult:
 
 def _check_same_architecture(a: nn.Module, b: nn.Module) -> None:
     if (where := architecture_difference(a.state_dict(), b.state_dict())) is not None:
-        raise AlignmentError(f"model_b differs from model_a at {where}; align needs two models of one architecture.")
+        raise AlignmentError(
+            f"model_b differs from model_a at {where}; align needs two models of one architecture."
+        )
 
 
 def _check_finite(model: nn.Module, label: str) -> None:
@@ -112,7 +122,9 @@ def _has_inplace_ops(gm: fx.GraphModule) -> bool:
         if n.op == "call_method" and n.target.endswith("_") and not n.target.startswith("__"):
             return True
         if n.op == "call_function" and (
-            n.target in _INPLACE_FUNCTIONS or n.kwargs.get("inplace") or getattr(n.target, "__name__", "").endswith("_")
+            n.target in _INPLACE_FUNCTIONS
+            or n.kwargs.get("inplace")
+            or getattr(n.target, "__name__", "").endswith("_")
         ):
             return True
     return False
@@ -147,8 +159,12 @@ def _choose_sites(group: Group, kind: str) -> list[Site]:
 
 
 def _collect(
-    model_a: nn.Module, model_b: nn.Module, groups: list[Group], kind: str,
-    batches: Iterator[torch.Tensor], device: torch.device,
+    model_a: nn.Module,
+    model_b: nn.Module,
+    groups: list[Group],
+    kind: str,
+    batches: Iterator[torch.Tensor],
+    device: torch.device,
 ) -> dict[str, list[PairStats]]:
     """One eval forward pass of each model per batch; statistics for every site of every group."""
     plan = {g.name: _choose_sites(g, kind) for g in groups}
@@ -164,11 +180,15 @@ def _collect(
             try:
                 va = extract_a(x)
             except Exception as e:
-                raise AlignmentError(f"model_a rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}") from e
+                raise AlignmentError(
+                    f"model_a rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}"
+                ) from e
             try:
                 vb = extract_b(x)
             except Exception as e:
-                raise AlignmentError(f"model_b rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}") from e
+                raise AlignmentError(
+                    f"model_b rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}"
+                ) from e
             if step == 0:
                 _check_activations(va, vb, names)
             # The site outputs are ours (fresh activations, or copies when the graph has in-place
@@ -183,7 +203,11 @@ def _collect(
             raise AlignmentError("no data: the data iterable yielded no batch")
         out[g.name] = [a.result() for a in acc[g.name]]
         for site, st in zip(plan[g.name], out[g.name]):
-            if not (torch.isfinite(st.cov).all() and torch.isfinite(st.var_a).all() and torch.isfinite(st.var_b).all()):
+            if not (
+                torch.isfinite(st.cov).all()
+                and torch.isfinite(st.var_a).all()
+                and torch.isfinite(st.var_b).all()
+            ):
                 raise AlignmentError(f"activations at node `{site.node}` (group {g.name}) contain NaN or Inf")
     return out
 

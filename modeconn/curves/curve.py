@@ -35,24 +35,32 @@ class Curve(nn.Module):
     :meth:`model_at` recomputes them with ``bn_data``.
     """
 
-    def __init__(self, model_a: nn.Module, model_b: nn.Module, family: str = "bezier", num_bends: int | None = None):
+    def __init__(
+        self, model_a: nn.Module, model_b: nn.Module, family: str = "bezier", num_bends: int | None = None
+    ):
         super().__init__()
         entry = get_plugin("curve", family)
         if not isinstance(entry.obj, CurveFamily):
-            raise PluginError(f"curve plugin {family!r} (from plugin {entry.plugin!r}) is not a CurveFamily instance")
+            raise PluginError(
+                f"curve plugin {family!r} (from plugin {entry.plugin!r}) is not a CurveFamily instance"
+            )
         self.family_name = family
         self.family: CurveFamily = entry.obj
         if num_bends is None:
             num_bends = self.family.default_bends
         if self.family.fixed_bends is not None and num_bends != self.family.fixed_bends:
-            raise ModeconnError(f"curve family {family!r} has exactly {self.family.fixed_bends} bends, not {num_bends}")
+            raise ModeconnError(
+                f"curve family {family!r} has exactly {self.family.fixed_bends} bends, not {num_bends}"
+            )
         if num_bends < 0:
             raise ModeconnError(f"num_bends must be >= 0, got {num_bends}")
         self.num_bends = num_bends
 
         sa, sb = model_a.state_dict(), model_b.state_dict()
         if (where := architecture_difference(sa, sb)) is not None:
-            raise ModeconnError(f"model_b differs from model_a at {where}; a curve joins two models of one architecture")
+            raise ModeconnError(
+                f"model_b differs from model_a at {where}; a curve joins two models of one architecture"
+            )
         self.base = copy.deepcopy(model_a)
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -62,10 +70,15 @@ class Curve(nn.Module):
         # end points: frozen, kept as buffers (saved with the curve, never trained)
         self.ends = nn.ModuleList()
         for state in (sa, sb):
-            self.ends.append(_Frozen({n: state[n] for n in self.param_names}, {n: state[n] for n in self.buffer_names}))
+            self.ends.append(
+                _Frozen({n: state[n] for n in self.param_names}, {n: state[n] for n in self.buffer_names})
+            )
         self.bends = nn.ModuleList()
         for s in self.family.bend_times(num_bends):
-            point = {n: torch.lerp(sa[n].detach().float(), sb[n].detach().float(), s).to(sa[n].dtype) for n in self.param_names}
+            point = {
+                n: torch.lerp(sa[n].detach().float(), sb[n].detach().float(), s).to(sa[n].dtype)
+                for n in self.param_names
+            }
             self.bends.append(_Bend(point))
 
     # -- weights along the curve --------------------------------------------------------------

@@ -85,15 +85,27 @@ def _cifar(cls, label: str, root, train, augment, download, verify) -> Dataset:
         ) from e
 
 
-def cifar10(root: str | os.PathLike, train: bool = True, *, augment: bool | None = None,
-            download: bool = False, verify: bool = True) -> Dataset:
+def cifar10(
+    root: str | os.PathLike,
+    train: bool = True,
+    *,
+    augment: bool | None = None,
+    download: bool = False,
+    verify: bool = True,
+) -> Dataset:
     """CIFAR-10 from ``root`` (the folder holding ``cifar-10-batches-py``); augmented when training
     unless ``augment=False``. Downloads only with ``download=True``."""
     return _cifar(LocalCIFAR10, "CIFAR-10", root, train, augment, download, verify)
 
 
-def cifar100(root: str | os.PathLike, train: bool = True, *, augment: bool | None = None,
-             download: bool = False, verify: bool = True) -> Dataset:
+def cifar100(
+    root: str | os.PathLike,
+    train: bool = True,
+    *,
+    augment: bool | None = None,
+    download: bool = False,
+    verify: bool = True,
+) -> Dataset:
     """CIFAR-100 from ``root`` (the folder holding ``cifar-100-python``); see :func:`cifar10`."""
     return _cifar(LocalCIFAR100, "CIFAR-100", root, train, augment, download, verify)
 

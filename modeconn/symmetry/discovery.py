@@ -101,7 +101,9 @@ class RuleContext:
         """The annotation of a tensor argument (error if the argument is not a tensor)."""
         a = self.ann(self.arg(index, name))
         if not isinstance(a, TA):
-            raise SymmetryError(f"internal: argument {index}/{name} of {self.node.format_node()} is not a tensor")
+            raise SymmetryError(
+                f"internal: argument {index}/{name} of {self.node.format_node()} is not a tensor"
+            )
         return a
 
     @property
@@ -279,7 +281,9 @@ class _Discovery:
         self.reached.add(tensor)
         key = (tensor, axis)
         if key in self.bindings:
-            self.bindings[key] = self.spaces.merge(self.bindings[key], layout, f"shared tensor {tensor} in {where}")
+            self.bindings[key] = self.spaces.merge(
+                self.bindings[key], layout, f"shared tensor {tensor} in {where}"
+            )
         else:
             self.bindings[key] = layout
             self.binding_order.append(key)
@@ -373,7 +377,11 @@ def _blank(value: Any) -> Any:
     if isinstance(value, torch.Size):
         return TA(value)
     if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-        return type(value)(_blank(v) for v in value) if type(value) in (list, tuple) else tuple(_blank(v) for v in value)
+        return (
+            type(value)(_blank(v) for v in value)
+            if type(value) in (list, tuple)
+            else tuple(_blank(v) for v in value)
+        )
     return None
 
 
@@ -423,7 +431,11 @@ def _build_spec(d: _Discovery, model: nn.Module) -> PermutationSpec:
         producers = [leaf for leaf in entry["leaves"] if leaf.producer] or entry["leaves"]
         first = min(producers, key=lambda s: s.uid)
         # a piece of a split space is named by its unit range within the original space
-        name = first.label if first.split_from is None else f"{first.label}[{first.start}:{first.start + first.size}]"
+        name = (
+            first.label
+            if first.split_from is None
+            else f"{first.label}[{first.start}:{first.start + first.size}]"
+        )
         base, k = name, 2
         while name in groups:
             name, k = f"{base}#{k}", k + 1
@@ -514,4 +526,3 @@ def discover(
             state.record_sites = not training
             state.run(gm, inputs)
     return _build_spec(state, model)
-

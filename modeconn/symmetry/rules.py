@@ -341,15 +341,20 @@ def matmul(ctx: RuleContext) -> Ann:
     ctx.merge(a[-1], b[-2], "contracted axis of a matmul")
     out_shape = tuple(ctx.out_value)
     nb = len(out_shape) - 2
-    batch = _broadcast_layouts(ctx, [TA(a.shape[:-2], a.layouts[:-2]), TA(b.shape[:-2], b.layouts[:-2])], out_shape[:nb])
+    batch = _broadcast_layouts(
+        ctx, [TA(a.shape[:-2], a.layouts[:-2]), TA(b.shape[:-2], b.layouts[:-2])], out_shape[:nb]
+    )
     return ctx.out(batch + [a[-2], b[-1]])
 
 
 def _broadcast_layouts(ctx: RuleContext, inputs: Sequence[TA], out_shape: Sequence[int]) -> list:
     layouts = []
     for i in range(len(out_shape)):
-        cands = [t[t.ndim - len(out_shape) + i] for t in inputs
-                 if t.ndim - len(out_shape) + i >= 0 and t.shape[t.ndim - len(out_shape) + i] == out_shape[i]]
+        cands = [
+            t[t.ndim - len(out_shape) + i]
+            for t in inputs
+            if t.ndim - len(out_shape) + i >= 0 and t.shape[t.ndim - len(out_shape) + i] == out_shape[i]
+        ]
         layouts.append(ctx.merge_all(cands, "broadcast") if cands and out_shape[i] != 1 else None)
     return layouts
 
@@ -505,7 +510,9 @@ def permute_axes(ctx: RuleContext) -> Ann:
         dims = dims or ctx.value(ctx.kwargs.get("dims"))
         order = [_axis(int(d), n) for d in dims]
     elif name in ("transpose", "swapaxes", "swapdims"):
-        a, b = (_axis(int(d), n) for d in (rest or [ctx.value(ctx.kwargs["dim0"]), ctx.value(ctx.kwargs["dim1"])]))
+        a, b = (
+            _axis(int(d), n) for d in (rest or [ctx.value(ctx.kwargs["dim0"]), ctx.value(ctx.kwargs["dim1"])])
+        )
         order[a], order[b] = order[b], order[a]
     elif name in ("t",):
         order = order[::-1]
@@ -548,7 +555,9 @@ def expand(ctx: RuleContext) -> Ann:
     x = ctx.tensor(0, "input")
     out_shape = tuple(ctx.out_value)
     lead = len(out_shape) - x.ndim
-    return ctx.out([None] * lead + [x[a] if x.shape[a] == out_shape[lead + a] else None for a in range(x.ndim)])
+    return ctx.out(
+        [None] * lead + [x[a] if x.shape[a] == out_shape[lead + a] else None for a in range(x.ndim)]
+    )
 
 
 def repeat(ctx: RuleContext) -> Ann:
@@ -580,7 +589,11 @@ def cat(ctx: RuleContext) -> Ann:
         for t in tensors:
             lay = t[a] if t[a] is not None or t.shape[a] == 1 else None
             if lay is None:
-                lay = ctx.fixed_units(t.shape[a], "concatenated with an unpermutable tensor") if t.shape[a] else ()
+                lay = (
+                    ctx.fixed_units(t.shape[a], "concatenated with an unpermutable tensor")
+                    if t.shape[a]
+                    else ()
+                )
             segs.extend(ctx.resolve(lay))
         layouts.append(tuple(segs))
     return ctx.out(layouts)
@@ -754,38 +767,179 @@ def batch_norm_act(ctx: RuleContext) -> TA:
 # -- the table --------------------------------------------------------------------------------
 
 _ACTIVATION_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
     nn.GLU,
 )
 _PASSTHROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.LPPool1d, nn.LPPool2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.LPPool1d,
+    nn.LPPool2d,
 )
 _ACTIVATION_FUNCTIONS = (
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, torch.sigmoid, torch.tanh, F.softplus, F.hardtanh, F.softsign,
-    F.logsigmoid, F.tanhshrink, torch.erf, torch.exp, torch.sqrt, torch.rsqrt, torch.abs, torch.neg, torch.clamp,
-    torch.clip, torch.square, torch.sign,
+    F.relu,
+    F.relu_,
+    torch.relu,
+    torch.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.sigmoid,
+    F.tanh,
+    torch.sigmoid,
+    torch.tanh,
+    F.softplus,
+    F.hardtanh,
+    F.softsign,
+    F.logsigmoid,
+    F.tanhshrink,
+    torch.erf,
+    torch.exp,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.abs,
+    torch.neg,
+    torch.clamp,
+    torch.clip,
+    torch.square,
+    torch.sign,
 )
 _ELEMENTWISE_FUNCTIONS = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd, operator.imul,
-    operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.pow, torch.maximum, torch.minimum,
-    torch.where, torch.lerp, torch.addcmul,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.neg,
+    operator.iadd,
+    operator.imul,
+    operator.pow,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.pow,
+    torch.maximum,
+    torch.minimum,
+    torch.where,
+    torch.lerp,
+    torch.addcmul,
 )
-_ACTIVATION_METHODS = ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "exp",
-                       "sqrt", "rsqrt", "abs", "neg", "square", "sign", "pow", "hardtanh", "hardtanh_")
-_ELEMENTWISE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "__add__", "__mul__",
-                        "__radd__", "__rmul__", "masked_fill", "lerp", "maximum", "minimum")
-_PASSTHROUGH_METHODS = ("contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type",
-                        "type_as", "requires_grad_", "cuda", "cpu")
-_PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone,
-                          torch.Tensor.contiguous)
-_REDUCTIONS = ("sum", "mean", "amax", "amin", "max", "min", "var", "std", "norm", "logsumexp", "prod", "nansum",
-               "nanmean")
+_ACTIVATION_METHODS = (
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "clamp",
+    "clamp_",
+    "clip",
+    "exp",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "neg",
+    "square",
+    "sign",
+    "pow",
+    "hardtanh",
+    "hardtanh_",
+)
+_ELEMENTWISE_METHODS = (
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+    "__add__",
+    "__mul__",
+    "__radd__",
+    "__rmul__",
+    "masked_fill",
+    "lerp",
+    "maximum",
+    "minimum",
+)
+_PASSTHROUGH_METHODS = (
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "to",
+    "type",
+    "type_as",
+    "requires_grad_",
+    "cuda",
+    "cpu",
+)
+_PASSTHROUGH_FUNCTIONS = (
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    torch.clone,
+    torch.Tensor.contiguous,
+)
+_REDUCTIONS = (
+    "sum",
+    "mean",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "var",
+    "std",
+    "norm",
+    "logsumexp",
+    "prod",
+    "nansum",
+    "nanmean",
+)
 _NON_TENSOR_METHODS = ("size", "dim", "numel", "nelement", "ndimension", "get_device")
 
 
@@ -802,8 +956,15 @@ def register_builtin_rules(registry) -> None:
         add(cls, conv_transpose)
     add(nn.Linear, linear)
     add(nn.Bilinear, bilinear_unsupported)
-    for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+    for cls in (
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.SyncBatchNorm,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+    ):
         add(cls, batch_norm)
     add(nn.LayerNorm, layer_norm)
     if hasattr(nn, "RMSNorm"):
@@ -888,16 +1049,31 @@ def register_builtin_rules(registry) -> None:
     add(F.batch_norm, f_batch_norm)
     add(F.layer_norm, f_layer_norm)
     if hasattr(F, "rms_norm"):
-        add(F.rms_norm, f_layer_norm)  # (input, normalized_shape, weight, eps): weight where layer_norm has it
+        add(
+            F.rms_norm, f_layer_norm
+        )  # (input, normalized_shape, weight, eps): weight where layer_norm has it
     add(F.group_norm, f_group_norm)
     add(F.scaled_dot_product_attention, sdpa)
     add(torch.matmul, matmul)
     add(operator.matmul, matmul)
     add(torch.bmm, matmul)
     add("method:matmul", matmul)
-    for fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-               F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-               F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.upsample):
+    for fn in (
+        F.max_pool1d,
+        F.max_pool2d,
+        F.max_pool3d,
+        F.avg_pool1d,
+        F.avg_pool2d,
+        F.avg_pool3d,
+        F.adaptive_avg_pool1d,
+        F.adaptive_avg_pool2d,
+        F.adaptive_avg_pool3d,
+        F.adaptive_max_pool1d,
+        F.adaptive_max_pool2d,
+        F.adaptive_max_pool3d,
+        F.interpolate,
+        F.upsample,
+    ):
         add(fn, pool)
     add(F.pad, pad)
     add(torch._assert, noop_assert)

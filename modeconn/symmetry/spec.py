@@ -130,7 +130,9 @@ class PermutationSpec:
             if p.shape != (g.size,) or not torch.equal(p.sort().values, torch.arange(g.size)):
                 raise SymmetryError(f"perms[{name!r}] is not a permutation of {g.size} units")
             if not g.permutable and not torch.equal(p, torch.arange(g.size)):
-                raise SymmetryError(f"group {name!r} is fixed ({g.reason}); its permutation must be the identity")
+                raise SymmetryError(
+                    f"group {name!r} is fixed ({g.reason}); its permutation must be the identity"
+                )
 
     # -- serialization ----------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -159,5 +159,3 @@ def _summarize(value: Any) -> Any:
     if isinstance(value, (int, float, bool, str, type(None), torch.dtype, torch.device, slice)):
         return value
     return type(value)
-
-

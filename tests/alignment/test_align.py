@@ -24,8 +24,14 @@ MODELS = {
     "timm/resnet10t": (lambda: timm.create_model("resnet10t", num_classes=10), (3, 32, 32)),
     "timm/convnext_atto": (lambda: timm.create_model("convnext_atto", num_classes=10), (3, 32, 32)),
     "timm/densenet121": (lambda: timm.create_model("densenet121", num_classes=10), (3, 32, 32)),
-    "timm/mobilenetv3_small_050": (lambda: timm.create_model("mobilenetv3_small_050", num_classes=10), (3, 32, 32)),
-    "timm/vit_tiny_patch16_224": (lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10), (3, 32, 32)),
+    "timm/mobilenetv3_small_050": (
+        lambda: timm.create_model("mobilenetv3_small_050", num_classes=10),
+        (3, 32, 32),
+    ),
+    "timm/vit_tiny_patch16_224": (
+        lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10),
+        (3, 32, 32),
+    ),
 }
 
 
@@ -49,7 +55,9 @@ def test_exact_recovery(name, cost, check):
         assert torch.allclose(result.model(x[:8]), b(x[:8]), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("net", ["concat", "depthwise_se", "grouped_norms", "attention", "torch_mha", "sliced"])
+@pytest.mark.parametrize(
+    "net", ["concat", "depthwise_se", "grouped_norms", "attention", "torch_mha", "sliced"]
+)
 def test_exact_recovery_fixture_nets(net, nets, check):
     ctor, shape = nets.NETS[net]
     torch.manual_seed(0)
@@ -145,12 +153,19 @@ def test_dead_units_give_no_nan_and_deterministic_ties():
 def test_clear_errors():
     a = modeconn.create_model("resnet20", width=4)
     other = modeconn.create_model("resnet20", width=8)
-    with pytest.raises(AlignmentError, match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)"):
+    with pytest.raises(
+        AlignmentError,
+        match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)",
+    ):
         align(a, other, torch.randn(4, 3, 32, 32))
     b = modeconn.create_model("resnet20", width=4)
-    with pytest.raises(AlignmentError, match=r"model_a rejected the data \(a batch of shape \(4, 5, 32, 32\)\)"):
+    with pytest.raises(
+        AlignmentError, match=r"model_a rejected the data \(a batch of shape \(4, 5, 32, 32\)\)"
+    ):
         align(a, b, torch.randn(4, 5, 32, 32), spec=discover(a, torch.randn(2, 3, 32, 32)))
-    with pytest.raises(modeconn.UnknownPluginError, match=r"Available: correlation, l2_preact, weight_matching"):
+    with pytest.raises(
+        modeconn.UnknownPluginError, match=r"Available: correlation, l2_preact, weight_matching"
+    ):
         align(a, b, torch.randn(4, 3, 32, 32), cost="corelation")
     with pytest.raises(AlignmentError, match="needs data"):
         align(a, b)
@@ -161,7 +176,10 @@ def test_clear_errors():
 
 
 def test_nan_activations_are_named():
-    a, b = modeconn.create_model("tinyten", widths=(4,) * 8), modeconn.create_model("tinyten", widths=(4,) * 8)
+    a, b = (
+        modeconn.create_model("tinyten", widths=(4,) * 8),
+        modeconn.create_model("tinyten", widths=(4,) * 8),
+    )
     x = torch.randn(8, 3, 32, 32)
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(AlignmentError, match=r"model_a's activations at node `\w+` contain NaN or Inf"):
@@ -179,8 +197,12 @@ def test_weight_matching_needs_no_data(check):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(2, 60), units=st.integers(1, 5), samples=st.integers(1, 3),
-    cuts=st.lists(st.integers(1, 59), max_size=4), offset=st.floats(-1e3, 1e3), seed=st.integers(0, 1000),
+    n=st.integers(2, 60),
+    units=st.integers(1, 5),
+    samples=st.integers(1, 3),
+    cuts=st.lists(st.integers(1, 59), max_size=4),
+    offset=st.floats(-1e3, 1e3),
+    seed=st.integers(0, 1000),
 )
 def test_streaming_statistics_equal_one_shot(n, units, samples, cuts, offset, seed):
     """However the samples are split into batches, the statistics equal the one-shot ones
@@ -225,5 +247,7 @@ def test_a_failing_cost_plugin_is_named(fresh_plugins):
 
     modeconn.register_plugin(Plugin(), name="broken_costs")
     a, b = (modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(4,)) for _ in range(2))
-    with pytest.raises(modeconn.PluginError, match=r"cost plugin 'broken' \(from plugin 'broken_costs'.*bad matrix"):
+    with pytest.raises(
+        modeconn.PluginError, match=r"cost plugin 'broken' \(from plugin 'broken_costs'.*bad matrix"
+    ):
         align(a, b, torch.randn(8, 1, 4, 4), cost="broken")

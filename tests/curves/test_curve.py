@@ -30,7 +30,9 @@ def test_end_points_are_the_models(pair, family, bends):
         assert torch.equal(curve(x, 1.0), b(x))
 
 
-@pytest.mark.parametrize(("family", "bends"), [("bezier", 1), ("bezier", 3), ("polychain", 1), ("polychain", 2)])
+@pytest.mark.parametrize(
+    ("family", "bends"), [("bezier", 1), ("bezier", 3), ("polychain", 1), ("polychain", 2)]
+)
 def test_bends_start_on_the_segment(pair, family, bends):
     """The paper's linear initialization: at the start the curve is the straight line."""
     a, b, _ = pair

@@ -64,8 +64,13 @@ def test_register_and_create_custom_model():
 # 100 classes, 9.96M with 10) and the task statement 86.8k for TinyTen.
 @pytest.mark.parametrize(
     ("name", "num_classes", "paper"),
-    [("tinyten", 10, 86_800), ("tinyten", 10, 90_000), ("resnet32", 10, 470_000),
-     ("googlenet", 100, 10_240_000), ("googlenet", 10, 9_960_000)],
+    [
+        ("tinyten", 10, 86_800),
+        ("tinyten", 10, 90_000),
+        ("resnet32", 10, 470_000),
+        ("googlenet", 100, 10_240_000),
+        ("googlenet", 10, 9_960_000),
+    ],
 )
 def test_parameter_counts_match_paper(name, num_classes, paper):
     model = modeconn.create_model(name, num_classes=num_classes)
@@ -95,9 +100,20 @@ def test_googlenet_returns_aux_logits_in_training_only():
 
 def test_tinyten_layout_follows_paper_code():
     convs = [m for m in modeconn.create_model("tinyten").modules() if isinstance(m, torch.nn.Conv2d)]
-    got = [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0], c.bias is not None) for c in convs]
-    assert got == [(3, 16, 3, 1, 1, True), (16, 16, 3, 1, 1, True), (16, 32, 3, 2, 1, True), (32, 32, 3, 1, 1, True),
-                   (32, 32, 3, 1, 1, True), (32, 64, 3, 2, 1, True), (64, 64, 3, 1, 0, True), (64, 64, 1, 1, 0, True)]
+    got = [
+        (c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0], c.bias is not None)
+        for c in convs
+    ]
+    assert got == [
+        (3, 16, 3, 1, 1, True),
+        (16, 16, 3, 1, 1, True),
+        (16, 32, 3, 2, 1, True),
+        (32, 32, 3, 1, 1, True),
+        (32, 32, 3, 1, 1, True),
+        (32, 64, 3, 2, 1, True),
+        (64, 64, 3, 1, 0, True),
+        (64, 64, 1, 1, 0, True),
+    ]
 
 
 def test_bridges_build_timm_and_torchvision():

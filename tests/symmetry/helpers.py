@@ -64,5 +64,7 @@ def assert_equivalent(model: nn.Module, x: torch.Tensor, seeds=(0, 1), spec=None
             if train:  # on copies: a train-mode forward updates BatchNorm running statistics
                 yt = _outputs(train_without_dropout(copy.deepcopy(model)), x)
                 ytp = _outputs(train_without_dropout(permuted), x)
-                assert float((yt - ytp).abs().max()) <= 1e-4 * float(yt.abs().max()), f"train outputs differ (seed {seed})"
+                assert float((yt - ytp).abs().max()) <= 1e-4 * float(yt.abs().max()), (
+                    f"train outputs differ (seed {seed})"
+                )
     return spec

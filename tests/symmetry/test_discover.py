@@ -14,7 +14,10 @@ def test_fixture_nets_keep_their_function(net, check):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), which=st.sampled_from(["residual", "concat", "attention", "sliced", "depthwise_se"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    which=st.sampled_from(["residual", "concat", "attention", "sliced", "depthwise_se"]),
+)
 def test_any_permutation_keeps_the_function(seed, which, nets, check):
     """The law: for every permutation of every group, permute() preserves the outputs."""
     ctor, shape = nets.NETS[which]
@@ -32,7 +35,9 @@ def test_residual_stage_is_one_group(nets):
     spec = discover(nets.Residual(), torch.randn(2, 3, 8, 8))
     stream = spec["stem"]
     assert stream.permutable and stream.size == 8
-    assert {"stem.weight", "bn.weight", "bn.running_mean", "c2.weight", "c4.weight", "fc.weight"} <= set(stream.tensors)
+    assert {"stem.weight", "bn.weight", "bn.running_mean", "c2.weight", "c4.weight", "fc.weight"} <= set(
+        stream.tensors
+    )
     assert spec["c1"].permutable and spec["c3"].permutable
     assert {s.kind for s in stream.sites} == {"pre", "post"}
 
@@ -73,10 +78,20 @@ def test_attention_internals(nets):
     mha = discover(nets.TorchMHA(), torch.randn(2, 5, 4))
     # per head: one permutation for q and k rows, one for v rows and out_proj columns
     # (the attention output joins the residual stream `embed`)
-    assert {g.name: g.size for g in mha.permutable} == {"embed": 8, "attn.qk0": 4, "attn.qk1": 4, "attn.v0": 4, "attn.v1": 4}
+    assert {g.name: g.size for g in mha.permutable} == {
+        "embed": 8,
+        "attn.qk0": 4,
+        "attn.qk1": 4,
+        "attn.v0": 4,
+        "attn.v1": 4,
+    }
     qk0 = {(s.tensor, s.axis, s.start) for s in mha["attn.qk0"].slices}
-    assert qk0 == {("attn.in_proj_weight", 0, 0), ("attn.in_proj_weight", 0, 8),
-                   ("attn.in_proj_bias", 0, 0), ("attn.in_proj_bias", 0, 8)}
+    assert qk0 == {
+        ("attn.in_proj_weight", 0, 0),
+        ("attn.in_proj_weight", 0, 8),
+        ("attn.in_proj_bias", 0, 0),
+        ("attn.in_proj_bias", 0, 8),
+    }
     v1 = {(s.tensor, s.axis, s.start) for s in mha["attn.v1"].slices}
     assert ("attn.out_proj.weight", 1, 4) in v1 and ("attn.in_proj_weight", 0, 20) in v1
 
@@ -187,8 +202,13 @@ def test_timm_same_padding_convolutions(check):
     from timm.layers import Conv2dSame, ScaledStdConv2dSame, StdConv2dSame
 
     net = nn.Sequential(  # 9x9 -> 5x5 -> 5x5 -> 3x3
-        Conv2dSame(3, 6, 3, stride=2), nn.ReLU(), StdConv2dSame(6, 5, 3), nn.ReLU(),
-        ScaledStdConv2dSame(5, 7, 3, stride=2), nn.Flatten(), nn.Linear(7 * 3 * 3, 2),
+        Conv2dSame(3, 6, 3, stride=2),
+        nn.ReLU(),
+        StdConv2dSame(6, 5, 3),
+        nn.ReLU(),
+        ScaledStdConv2dSame(5, 7, 3, stride=2),
+        nn.Flatten(),
+        nn.Linear(7 * 3 * 3, 2),
     )
     net = check.randomize(net.double())
     spec = check.assert_equivalent(net, torch.randn(4, 3, 9, 9, dtype=torch.double), seeds=(0, 1))
