@@ -17,7 +17,7 @@ from modeconn.errors import (
     UnknownPluginError,
     UnsupportedOpError,
 )
-from modeconn.evaluation import PathReport, evaluate, interpolate, update_bn
+from modeconn.evaluation import CurveReport, evaluate, interpolate, update_bn
 from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin
 from modeconn.registry import create_model, is_model, list_models, register_model
 from modeconn.symmetry import PermutationSpec, discover, permute
@@ -44,7 +44,7 @@ __all__ = [
     "evaluate",
     "update_bn",
     "interpolate",
-    "PathReport",
+    "CurveReport",
     # plugins
     "hookimpl",
     "get_plugin",

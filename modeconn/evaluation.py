@@ -19,7 +19,15 @@ import torch.nn.functional as F
 
 from modeconn.symmetry.tracing import modes_restored
 
-__all__ = ["evaluate", "update_bn", "interpolate", "lerp_state", "architecture_difference", "PathReport"]
+__all__ = [
+    "evaluate",
+    "update_bn",
+    "interpolate",
+    "evaluate_path",
+    "lerp_state",
+    "architecture_difference",
+    "CurveReport",
+]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -104,7 +112,7 @@ def lerp_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float)
 
 
 @dataclass
-class PathReport:
+class CurveReport:
     """Loss and accuracy at points ``t`` of a path between two models (a line or a curve).
 
     ``barrier`` is the largest excess of the loss over the straight line between the end points'
@@ -162,15 +170,12 @@ class PathReport:
             raise ValueError(f"save to a .csv or .json file, not {path!r}")
 
     @staticmethod
-    def plot(reports: Sequence[PathReport], path: str | os.PathLike | None = None):
+    def plot(reports: Sequence[CurveReport], path: str | os.PathLike | None = None):
         """Accuracy and loss against t for several paths on one figure (the paper's Fig. 3,
         right); saved to ``path`` when given. Returns the matplotlib figure."""
-        import matplotlib
+        from modeconn.plotting import finish, pyplot
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, (ax_acc, ax_loss) = pyplot().subplots(1, 2, figsize=(10, 3.8))
         for r in reports:
             ax_acc.plot(r.t, r.accuracy, marker="o", ms=3, label=r.label or None)
             ax_loss.plot(r.t, r.loss, marker="o", ms=3, label=r.label or None)
@@ -180,10 +185,7 @@ class PathReport:
             ax.grid(alpha=0.3)
             if any(r.label for r in reports):
                 ax.legend()
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=120)
-        return fig
+        return finish(fig, path)
 
 
 def interpolate(
@@ -194,7 +196,7 @@ def interpolate(
     bn_data: Any = None,
     *,
     label: str = "",
-) -> PathReport:
+) -> CurveReport:
     """Loss and accuracy of ``(1 - t) θ_A + t θ_B`` at each ``t`` (or at ``ts`` evenly spaced points
     in [0, 1]), with BatchNorm statistics recomputed on ``bn_data`` at each t when given
     (otherwise the running statistics are interpolated too). The models are left unchanged."""
@@ -205,13 +207,30 @@ def interpolate(
         raise ValueError(
             f"model_b differs from model_a at {where}; interpolate needs two models of one architecture"
         )
-    probe = copy.deepcopy(model_a)
-    losses, accs = [], []
-    for t in ts:
-        probe.load_state_dict(lerp_state(sa, sb, float(t)))
+    return evaluate_path(
+        model_a, ((float(t), lerp_state(sa, sb, float(t))) for t in ts), data, bn_data, label=label
+    )
+
+
+def evaluate_path(
+    template: nn.Module,
+    states: Iterable[tuple[float, dict[str, torch.Tensor]]],
+    data: Any,
+    bn_data: Any = None,
+    *,
+    label: str = "",
+    meta: dict | None = None,
+) -> CurveReport:
+    """Loss and accuracy of a copy of ``template`` loaded with each ``(t, state_dict)`` in turn,
+    BatchNorm statistics recomputed on ``bn_data`` first when given. ``template`` is unchanged."""
+    probe = copy.deepcopy(template)
+    ts, losses, accs = [], [], []
+    for t, state in states:
+        probe.load_state_dict(state)
         if bn_data is not None:
             update_bn(probe, bn_data)
         loss, acc = evaluate(probe, data)
+        ts.append(t)
         losses.append(loss if math.isfinite(loss) else float("inf"))
         accs.append(acc)
-    return PathReport([float(t) for t in ts], losses, accs, label=label)
+    return CurveReport(ts, losses, accs, label=label, meta=meta or {})

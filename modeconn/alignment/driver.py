@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import operator
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,25 @@ class Similarity:
             "kind": self.kind,
             "groups": [dict(zip(("group", "units", "before", "after"), r)) for r in self.rows],
         }
+
+    def plot(self, path: str | os.PathLike | None = None):
+        """The correlation signature as in the paper's Fig. 1a: mean matched correlation per
+        group, in network order, before and after alignment; saved to ``path`` when given.
+        Returns the matplotlib figure."""
+        from modeconn.plotting import finish, pyplot
+
+        fig, ax = pyplot().subplots(figsize=(max(5.0, 0.35 * len(self.rows) + 2), 3.8))
+        idx = list(range(len(self.rows)))
+        ax.plot(idx, [r[2] for r in self.rows], marker="o", label="before alignment")
+        ax.plot(idx, [r[3] for r in self.rows], marker="o", label="after alignment")
+        ax.set_xticks(idx, [r[0] for r in self.rows], rotation=60, ha="right", fontsize=7)
+        ax.set(
+            ylabel="mean correlation of matched units",
+            title=f"correlation signature ({self.kind}-activations)",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return finish(fig, path)
 
     def __str__(self) -> str:
         width = max([len(r[0]) for r in self.rows] + [5])
