@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 import modeconn
-from modeconn import data
+
+from common import add_data_args, cifar_subsets
 
 
 def train(seed: int, train_set, epochs: int, lr: float) -> torch.nn.Module:
@@ -45,13 +45,8 @@ def train(seed: int, train_set, epochs: int, lr: float) -> torch.nn.Module:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    p.add_argument(
-        "--verify", action="store_true", help="check torchvision's md5s (off: the local copy is rebuilt)"
-    )
+    add_data_args(p, train_size=10000, test_size=2000)
     p.add_argument("--pairs", type=int, default=2)
-    p.add_argument("--train-size", type=int, default=10000)
-    p.add_argument("--test-size", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--points", type=int, default=11)
@@ -59,14 +54,8 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_num_threads(2)
-    full_train = data.cifar10(args.root, train=True, verify=args.verify)  # augmented
-    plain_train = data.cifar10(args.root, train=True, augment=False, verify=args.verify)
-    test = data.cifar10(args.root, train=False, verify=args.verify)
-    idx = data.alignment_subset(full_train, num_samples=args.train_size, seed=0).indices
-    train_set = Subset(full_train, idx)
-    align_set = data.alignment_subset(Subset(plain_train, idx), fraction=0.2, seed=0)
-    bn_loader = DataLoader(Subset(plain_train, idx[:2000]), batch_size=256)
-    test_loader = DataLoader(Subset(test, range(args.test_size)), batch_size=256)
+    sets = cifar_subsets(args)
+    train_set, align_set, bn_loader, test_loader = sets.train, sets.align, sets.bn, sets.test
 
     rows = []
     for pair in range(args.pairs):
@@ -98,7 +87,7 @@ def main() -> None:
         )
         print(unaligned, flush=True)
         print(aligned, flush=True)
-        modeconn.PathReport.plot([unaligned, aligned], f"barrier_tinyten_pair{pair}.png")
+        modeconn.CurveReport.plot([unaligned, aligned], f"barrier_tinyten_pair{pair}.png")
 
     print(
         "\n| pair | end points (acc %) | barrier unaligned | barrier aligned | min acc unaligned | min acc aligned |"

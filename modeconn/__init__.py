@@ -4,9 +4,10 @@ The public API is what this module exports; everything else may change.
 """
 
 from modeconn.alignment import AlignResult, align
-from modeconn.curves import Curve
+from modeconn.curves import Curve, evaluate_curve
 from modeconn.errors import (
     AlignmentError,
+    CheckpointError,
     DatasetNotFoundError,
     ModeconnError,
     PluginError,
@@ -21,6 +22,7 @@ from modeconn.evaluation import CurveReport, evaluate, interpolate, update_bn
 from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin
 from modeconn.registry import create_model, is_model, list_models, register_model
 from modeconn.symmetry import PermutationSpec, discover, permute
+from modeconn.training import fit_curve, load_checkpoint, save_checkpoint, train_model
 
 __version__ = "0.1.0"
 
@@ -38,8 +40,13 @@ __all__ = [
     # alignment
     "align",
     "AlignResult",
-    # curves
+    # curves and training
     "Curve",
+    "train_model",
+    "fit_curve",
+    "evaluate_curve",
+    "save_checkpoint",
+    "load_checkpoint",
     # evaluation
     "evaluate",
     "update_bn",
@@ -61,4 +68,5 @@ __all__ = [
     "TraceError",
     "UnsupportedOpError",
     "AlignmentError",
+    "CheckpointError",
 ]

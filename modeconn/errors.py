@@ -60,3 +60,7 @@ class UnsupportedOpError(SymmetryError):
 
 class AlignmentError(ModeconnError):
     """``align`` cannot proceed: models of different architectures, bad data, NaN/Inf."""
+
+
+class CheckpointError(ModeconnError):
+    """A checkpoint cannot be used: damaged or truncated, or written for another architecture."""

@@ -51,12 +51,18 @@ def modeconn_register_curves(registry: PluginRegistry) -> None:
 
 @hookspec
 def modeconn_register_optimizers(registry: PluginRegistry) -> None:
-    """Add curve optimizers: ``registry.add(name, optimizer)``.
+    """Add curve optimizers: ``registry.add(name, cls)``.
 
-    An optimizer fits a curve's bends to data (``"sgd"`` is built in; PAM updates the
-    permutation between epochs, PGD-robust training perturbs each batch against r(t)).
-    ``name`` is what users pass as ``fit_curve(..., optimizer=name)``. Called once, when the
-    plugin manager is built. Returns nothing.
+    An optimizer fits a curve's bends to data. Register a subclass of
+    :class:`modeconn.training.CurveOptimizer` (the class, not an instance): ``fit_curve`` builds
+    one per fit as ``cls(curve, lr=..., momentum=..., weight_decay=..., lr_step=...,
+    lr_gamma=..., **options)``, where ``options`` are the extra keyword arguments the user gave
+    ``fit_curve``. Override ``on_epoch_start(epoch)`` to act between epochs (PAM re-estimates
+    the permutation of end point B there), ``perturb(x, y, t)`` to change each batch's inputs
+    against ``r(t)`` (PGD-robust training), ``sample_t()`` or ``loss(x, y)`` to change what a
+    step minimizes, and ``state_dict``/``load_state_dict`` for state that must survive a resume.
+    ``"sgd"`` is built in. ``name`` is what users pass as ``fit_curve(..., optimizer=name)``.
+    Called once, when the plugin manager is built. Returns nothing.
     """
 
 

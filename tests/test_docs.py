@@ -8,7 +8,7 @@ import pytest
 
 from modeconn.plugin_manager import reset_plugins
 
-PAGES = ["getting-started.md", "symmetry.md", "align.md", "plugins.md"]
+PAGES = ["getting-started.md", "symmetry.md", "align.md", "curves.md", "plugins.md"]
 
 
 def _python_blocks(text: str) -> list[str]:

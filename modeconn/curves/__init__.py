@@ -1,6 +1,8 @@
-"""Curves between networks: the ``Curve`` module and the curve-family plugin API."""
+"""Curves between networks: the ``Curve`` module, the curve-family plugin API, and evaluation
+along a curve."""
 
 from modeconn.curves.curve import Curve
+from modeconn.curves.evaluate import evaluate_curve
 from modeconn.curves.family import CurveFamily
 
-__all__ = ["Curve", "CurveFamily"]
+__all__ = ["Curve", "CurveFamily", "evaluate_curve"]

@@ -108,6 +108,14 @@ class Curve(nn.Module):
         """The end points' buffers (BatchNorm statistics) interpolated linearly in t."""
         return lerp_state(self.ends[0].buffers_dict(), self.ends[1].buffers_dict(), float(t))
 
+    @torch.no_grad()
+    def state_at(self, t: float) -> dict[str, torch.Tensor]:
+        """The base model's full state dict at ``t`` (detached): ``r(t)``'s parameters and the
+        end points' buffers interpolated linearly."""
+        state = {k: v.detach().clone() for k, v in self.weights(t).items()}
+        state.update(self.buffers_at(t))
+        return state
+
     def forward(self, x: Any, t: float | torch.Tensor) -> Any:
         state = self.weights(t)
         if not self.training:
@@ -118,10 +126,7 @@ class Curve(nn.Module):
         """A plain model with ``r(t)``'s weights; BatchNorm statistics are recomputed on
         ``bn_data`` when given (otherwise interpolated from the end points)."""
         model = copy.deepcopy(self.base)
-        with torch.no_grad():
-            state = {k: v.detach().clone() for k, v in self.weights(t).items()}
-            state.update(self.buffers_at(t))
-            model.load_state_dict(state)
+        model.load_state_dict(self.state_at(t))
         for p in model.parameters():
             p.requires_grad_(True)
         if bn_data is not None:

@@ -1,0 +1,41 @@
+"""What the CIFAR-10 experiment scripts share: data arguments and the subsets they train on."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Subset
+
+from modeconn import data
+
+
+def add_data_args(p: argparse.ArgumentParser, *, train_size: int, test_size: int) -> None:
+    p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p.add_argument(
+        "--verify", action="store_true", help="check torchvision's md5s (off: the local copy is rebuilt)"
+    )
+    p.add_argument("--train-size", type=int, default=train_size)
+    p.add_argument("--test-size", type=int, default=test_size)
+
+
+@dataclass
+class CifarSubsets:
+    train: Subset  # augmented, for training
+    align: Subset  # not augmented, 20% of the training subset, for alignment
+    bn: DataLoader  # not augmented, 2,000 training images, for BatchNorm recomputation
+    test: DataLoader
+
+
+def cifar_subsets(args: argparse.Namespace) -> CifarSubsets:
+    full_train = data.cifar10(args.root, train=True, verify=args.verify)
+    plain_train = data.cifar10(args.root, train=True, augment=False, verify=args.verify)
+    test = data.cifar10(args.root, train=False, verify=args.verify)
+    idx = data.alignment_subset(full_train, num_samples=args.train_size, seed=0).indices
+    return CifarSubsets(
+        train=Subset(full_train, idx),
+        align=data.alignment_subset(Subset(plain_train, idx), fraction=0.2, seed=0),
+        bn=DataLoader(Subset(plain_train, idx[:2000]), batch_size=256),
+        test=DataLoader(Subset(test, range(args.test_size)), batch_size=256),
+    )

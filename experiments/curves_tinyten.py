@@ -1,0 +1,129 @@
+"""The shape of the paper's Table 1 on CIFAR-10 with TinyTen, at a budget for two CPU cores.
+
+For each pair of seeds: train two end points, align B to A by correlation, fit an unaligned and
+an aligned quadratic Bezier curve (one bend), and evaluate both curves and both straight lines
+at evenly spaced t on the test set, with BatchNorm statistics recomputed at each t. Prints a
+table of average / minimum test accuracy along the curves next to the paper's TinyTen row, and
+writes a JSON file and a plot per pair. Checkpoints make an interrupted run resumable: run the
+same command again.
+
+    python experiments/curves_tinyten.py --root ../shared/data --pairs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import modeconn
+
+from common import add_data_args, cifar_subsets
+
+PAPER = {"endpoints": 89.0, "unaligned": (87.4, 82.8), "aligned": (88.5, 87.8)}  # Tatro et al., Table 1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_args(p, train_size=20000, test_size=10000)
+    p.add_argument("--pairs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=20, help="end-point epochs")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr-step", type=int, default=5, help="halve the end points' lr every this many epochs")
+    p.add_argument("--curve-epochs", type=int, default=10)
+    p.add_argument("--curve-lr", type=float, default=0.02)
+    p.add_argument("--curve-lr-step", type=int, default=4)
+    p.add_argument("--points", type=int, default=11)
+    p.add_argument("--out", default="experiments/out/curves_tinyten")
+    args = p.parse_args()
+
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = cifar_subsets(args)
+    quiet = dict(progress=False, callbacks=[lambda s: print(f"  {s.history[-1]}", flush=True)])
+
+    rows = []
+    for pair in range(args.pairs):
+        t0 = time.time()
+        ends = []
+        for k, seed in enumerate((2 * pair + 1, 2 * pair + 2)):
+            torch.manual_seed(seed)
+            model = modeconn.create_model("tinyten", num_classes=10)
+            print(f"pair {pair}: training end point {'AB'[k]} (seed {seed})", flush=True)
+            modeconn.train_model(
+                model,
+                sets.train,
+                epochs=args.epochs,
+                lr=args.lr,
+                lr_step=args.lr_step,
+                checkpoint=out / f"pair{pair}_{'ab'[k]}.pt",
+                **quiet,
+            )
+            ends.append(model)
+        a, b = ends
+        t_train = time.time() - t0
+        result = modeconn.align(a, b, DataLoader(sets.align, batch_size=256))
+        reports, t_curves = {}, 0.0
+        for name, end_b in (("unaligned", b), ("aligned", result.model)):
+            torch.manual_seed(100 + pair)
+            curve = modeconn.Curve(a, end_b, family="bezier", num_bends=1)
+            print(f"pair {pair}: fitting the {name} curve", flush=True)
+            t1 = time.time()
+            modeconn.fit_curve(
+                curve,
+                sets.train,
+                epochs=args.curve_epochs,
+                lr=args.curve_lr,
+                lr_step=args.curve_lr_step,
+                checkpoint=out / f"pair{pair}_{name}_curve.pt",
+                **quiet,
+            )
+            t_curves += time.time() - t1
+            reports[name] = modeconn.evaluate_curve(
+                curve, sets.test, bn_data=sets.bn, num_points=args.points, label=f"{name} curve"
+            )
+            reports[name + "_line"] = modeconn.interpolate(
+                a, end_b, args.points, sets.test, sets.bn, label=f"{name} line"
+            )
+            print(reports[name], flush=True)
+        modeconn.CurveReport.plot(
+            [reports[k] for k in ("unaligned", "aligned", "unaligned_line", "aligned_line")],
+            out / f"pair{pair}.png",
+        )
+        row = {
+            "pair": pair,
+            "train_seconds": round(t_train),
+            "curve_seconds": round(t_curves),
+            "acc_a": reports["aligned"].accuracy[0],
+            "acc_b": reports["aligned"].accuracy[-1],
+            "corr": result.similarity.mean(),
+            **{k: r.to_dict() for k, r in reports.items()},
+        }
+        rows.append(row)
+
+    print(
+        "\n| | end points | unaligned curve avg / min | aligned curve avg / min | line barrier unaligned / aligned | curve barrier unaligned / aligned |"
+    )
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| paper (full budget) | {PAPER['endpoints']} | {PAPER['unaligned'][0]} / {PAPER['unaligned'][1]} | "
+        f"{PAPER['aligned'][0]} / {PAPER['aligned'][1]} | | |"
+    )
+    for r in rows:
+        u, al, ul, all_ = r["unaligned"], r["aligned"], r["unaligned_line"], r["aligned_line"]
+        print(
+            f"| pair {r['pair']} | {r['acc_a']:.1f} / {r['acc_b']:.1f} | {u['average_accuracy']:.1f} / {u['min_accuracy']:.1f} | "
+            f"{al['average_accuracy']:.1f} / {al['min_accuracy']:.1f} | {ul['barrier']:.3f} / {all_['barrier']:.3f} | "
+            f"{u['barrier']:.3f} / {al['barrier']:.3f} |"
+        )
+    with open(out / "results.json", "w") as f:
+        json.dump({"args": vars(args), "pairs": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Loss and accuracy along a curve, with BatchNorm statistics recomputed at each point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeconn.curves.curve import Curve
+from modeconn.evaluation import CurveReport, evaluate_path
+
+__all__ = ["evaluate_curve"]
+
+
+def evaluate_curve(
+    curve: Curve, test_data: Any, *, bn_data: Any, num_points: int = 11, label: str = ""
+) -> CurveReport:
+    """Loss and accuracy of ``r(t)`` at ``num_points`` evenly spaced ``t`` in [0, 1].
+
+    At each t, BatchNorm running statistics are recomputed on ``bn_data`` (Garipov et al.'s
+    ``update_bn``: weights along a curve are not the weights the end points' statistics were
+    gathered for). ``bn_data=None`` keeps the end points' statistics interpolated in t instead,
+    which is only right at the end points. The curve is left unchanged.
+    """
+    if num_points < 2:
+        raise ValueError(f"num_points must be >= 2 (the end points at least), got {num_points}")
+    ts = [i / (num_points - 1) for i in range(num_points)]
+    meta = {"family": curve.family_name, "num_bends": curve.num_bends, "bn_recomputed": bn_data is not None}
+    return evaluate_path(
+        curve.base, ((t, curve.state_at(t)) for t in ts), test_data, bn_data, label=label, meta=meta
+    )

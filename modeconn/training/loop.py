@@ -1,0 +1,204 @@
+"""The epoch loop behind ``train_model`` and ``fit_curve``: data, device, progress bars,
+callbacks, checkpoints after every epoch, and resuming from them."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from tqdm.auto import tqdm
+
+from modeconn.errors import ModeconnError
+from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
+from modeconn.training.trainer import Trainer
+
+__all__ = ["EpochRecord", "TrainState", "Callback", "run_epochs", "as_loader", "resolve_device"]
+
+
+@dataclass
+class EpochRecord:
+    """One finished epoch: mean training loss and accuracy (%) over its batches, the learning
+    rate it ran at, and its wall time."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    lr: float
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch}: loss {self.loss:.4f}, accuracy {self.accuracy:.2f}%, lr {self.lr:g}, {self.seconds:.1f}s"
+
+
+@dataclass
+class TrainState:
+    """What callbacks see. Set ``stop = True`` to end training after the current epoch."""
+
+    module: nn.Module
+    trainer: Trainer
+    epoch: int
+    epochs: int
+    batch: int = 0
+    loss: float = float("nan")
+    history: list[EpochRecord] = field(default_factory=list)
+    stop: bool = False
+
+
+class Callback:
+    """Hooks into the training loop; override what you need. A plain function passed as a
+    callback is called as ``on_epoch_end(state)``."""
+
+    def on_epoch_start(self, state: TrainState) -> None: ...
+
+    def on_batch_end(self, state: TrainState) -> None: ...
+
+    def on_epoch_end(self, state: TrainState) -> None: ...
+
+
+class _FunctionCallback(Callback):
+    def __init__(self, fn: Callable[[TrainState], Any]):
+        self.on_epoch_end = fn  # type: ignore[method-assign]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_loader(data: Any, batch_size: int = 128) -> Iterable:
+    """A re-iterable source of ``(x, y)`` batches: a DataLoader or iterable as given, a Dataset
+    or an ``(x, y)`` pair of tensors as a shuffled DataLoader."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        data = TensorDataset(*data)
+    if isinstance(data, IterableDataset):
+        return DataLoader(data, batch_size=batch_size)
+    if isinstance(data, Dataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=True)
+    if not isinstance(data, Iterable):
+        raise TypeError(
+            f"train_data must be a DataLoader, a Dataset or an (x, y) pair of tensors; got {type(data).__name__}"
+        )
+    if iter(data) is data:
+        raise TypeError(
+            "train_data is a one-shot iterator; pass a DataLoader, a Dataset or a list of batches so every epoch can read it"
+        )
+    return data
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def run_epochs(
+    trainer: Trainer,
+    data: Iterable,
+    *,
+    epochs: int,
+    device: torch.device,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Callback | Callable] = (),
+    progress: bool = True,
+    desc: str = "train",
+) -> list[EpochRecord]:
+    """Train ``trainer.module`` for ``epochs`` epochs over ``data``; with ``checkpoint``, save
+    after every epoch and, when the file exists and ``resume`` is true, continue from it."""
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    module = trainer.module
+    cbs = [c if isinstance(c, Callback) else _FunctionCallback(c) for c in callbacks]
+    state = TrainState(module=module, trainer=trainer, epoch=0, epochs=epochs)
+    start = 1
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        saved = load_checkpoint(module, checkpoint)
+        trainer.load_state_dict(saved["trainer"])
+        _set_rng_state(saved["rng"])
+        state.history = [EpochRecord(**r) for r in saved["history"]]
+        start = int(saved["epoch"]) + 1
+        if progress:
+            tqdm.write(f"{desc}: resuming from {os.fspath(checkpoint)} after epoch {start - 1}")
+
+    with torch.enable_grad():
+        for epoch in range(start, epochs + 1):
+            state.epoch, state.batch = epoch, 0
+            module.train()
+            trainer.on_epoch_start(epoch)
+            for cb in cbs:
+                cb.on_epoch_start(state)
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            began, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+            bar = tqdm(data, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False, unit="batch")
+            for batch in bar:
+                x, y = _to(batch[0], device), _to(batch[1], device)
+                loss, logits = trainer.training_step(x, y)
+                loss_value = float(loss)
+                if not math.isfinite(loss_value):
+                    raise ModeconnError(
+                        f"{desc} diverged in epoch {epoch}, batch {state.batch + 1}: the loss is {loss_value}. "
+                        f"Lower the learning rate (now {lr:g})"
+                        + (
+                            f"; the last finished epoch is saved in {os.fspath(checkpoint)}"
+                            if checkpoint
+                            else ""
+                        )
+                    )
+                n = len(y)
+                loss_sum += loss_value * n
+                correct += int((logits.argmax(1) == y).sum())
+                seen += n
+                state.batch, state.loss = state.batch + 1, loss_value
+                bar.set_postfix(
+                    loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%", refresh=False
+                )
+                for cb in cbs:
+                    cb.on_batch_end(state)
+            if seen == 0:
+                raise ValueError("train_data produced no batches")
+            trainer.scheduler.step()
+            record = EpochRecord(
+                epoch, loss_sum / seen, 100.0 * correct / seen, lr, time.perf_counter() - began
+            )
+            state.history.append(record)
+            if checkpoint is not None:
+                save_checkpoint(
+                    module,
+                    checkpoint,
+                    trainer=trainer.state_dict(),
+                    epoch=epoch,
+                    history=[asdict(r) for r in state.history],
+                    rng=_rng_state(),
+                )
+            if progress:
+                tqdm.write(f"{desc} {record} (of {epochs})")
+            for cb in cbs:
+                cb.on_epoch_end(state)
+            if state.stop:
+                break
+    module.eval()
+    return state.history

@@ -1,0 +1,144 @@
+"""What one training step does, and the state it keeps: the base of every optimizer plugin.
+
+A :class:`Trainer` owns the torch optimizer and learning-rate schedule of one module and knows
+how to take one step on a batch. :func:`modeconn.train_model` uses it as is; the curve
+optimizers that plugins register (:class:`CurveOptimizer`) specialize it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from modeconn.registry.googlenet_cifar import AUX_WEIGHT
+
+__all__ = ["Trainer", "CurveOptimizer", "classification_loss"]
+
+
+def classification_loss(
+    output: Any, y: torch.Tensor, aux_weight: float = AUX_WEIGHT
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``output`` against ``y``, and the main logits.
+
+    Models with auxiliary heads (GoogLeNet in train mode returns ``(logits, aux2, aux1)``) add
+    ``aux_weight`` times each auxiliary head's cross-entropy (Szegedy et al. 2015 use 0.3).
+    """
+    if isinstance(output, torch.Tensor):
+        return F.cross_entropy(output, y), output
+    if isinstance(output, (tuple, list)) and output and all(isinstance(o, torch.Tensor) for o in output):
+        logits, *aux = output
+        loss = F.cross_entropy(logits, y)
+        for head in aux:
+            loss = loss + aux_weight * F.cross_entropy(head, y)
+        return loss, logits
+    raise TypeError(
+        f"the model returned {type(output).__name__}; expected logits or a tuple of logits (main head first)"
+    )
+
+
+class Trainer:
+    """SGD with momentum and weight decay over ``module``'s trainable parameters, with the
+    learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs (the paper's recipe).
+
+    Subclasses change what a step does (:meth:`loss`, :meth:`training_step`), which parameters
+    train (:meth:`parameters`), which torch optimizer is used (:meth:`configure_optimizer`),
+    and what happens between epochs (:meth:`on_epoch_start`). Extra state a subclass must keep
+    across an interruption goes into :meth:`state_dict`/:meth:`load_state_dict`.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_step: int = 20,
+        lr_gamma: float = 0.5,
+        aux_weight: float = AUX_WEIGHT,
+    ):
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.module = module
+        self.aux_weight = aux_weight
+        params = list(self.parameters())
+        if not params:
+            raise ValueError(f"{type(module).__name__} has no trainable parameters")
+        self.optimizer = self.configure_optimizer(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_step, gamma=lr_gamma)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters to train: every parameter that requires a gradient."""
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def configure_optimizer(
+        self, params: list[nn.Parameter], *, lr: float, momentum: float, weight_decay: float
+    ) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch (1-based), after a resume too. No-op by default."""
+
+    def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss on one batch and the logits it came from."""
+        return classification_loss(self.module(x), y, self.aux_weight)
+
+    def training_step(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimization step on a batch; returns the (detached) loss and logits."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.loss(x, y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class CurveOptimizer(Trainer):
+    """Fits a curve's bends: each step draws a fresh ``t ~ U[0, 1]`` and minimizes the loss of
+    ``r(t)`` on the batch (paper Algorithm 2; Garipov et al. 2018). This is the ``"sgd"`` plugin.
+
+    Plugins subclass it and register the class; ``fit_curve`` calls it as
+    ``cls(curve, lr=..., momentum=..., weight_decay=..., lr_step=..., lr_gamma=..., **options)``.
+    The extension points: :meth:`on_epoch_start` (PAM re-estimates the permutation of the end
+    point B here, through ``self.module``, the curve), :meth:`perturb` (PGD replaces each
+    batch's inputs by adversarial ones against ``r(t)``), :meth:`sample_t`, :meth:`loss`.
+    """
+
+    def __init__(self, curve: nn.Module, **settings: Any):
+        super().__init__(curve, **settings)
+        # t has its own generator, seeded from torch's global one: seeded runs repeat, and the
+        # sequence of t survives a resume
+        self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+
+    @property
+    def curve(self) -> nn.Module:
+        return self.module
+
+    def sample_t(self) -> float:
+        """The point of the curve to train at for the next batch: uniform in [0, 1]."""
+        return float(torch.rand((), generator=self.generator))
+
+    def perturb(self, x: Any, y: torch.Tensor, t: float) -> Any:
+        """The inputs to train on at ``t``: ``x`` itself here; adversarial training replaces it."""
+        return x
+
+    def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.sample_t()
+        x = self.perturb(x, y, t)
+        return classification_loss(self.curve(x, t), y, self.aux_weight)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "t_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["t_generator"])

@@ -1,0 +1,11 @@
+"""Built-in curve optimizer: ``sgd`` (a fresh t ~ U[0, 1] per batch, paper Algorithm 2)."""
+
+from __future__ import annotations
+
+from modeconn import hookimpl
+from modeconn.training import CurveOptimizer
+
+
+@hookimpl
+def modeconn_register_optimizers(registry) -> None:
+    registry.add("sgd", CurveOptimizer)

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+import torch
+
+import modeconn
+from modeconn import Curve, CurveReport, evaluate_curve
+
+
+def test_report_along_a_curve(digits_pair, tmp_path):
+    a, b, test, bn = digits_pair
+    report = evaluate_curve(Curve(a, b), test, bn_data=None, num_points=5, label="stale")
+    assert report.t == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(report.loss) == len(report.accuracy) == 5
+    # at the end points the curve is the models, with their own statistics
+    assert report.accuracy[0] == modeconn.evaluate(a, test)[1]
+    assert report.accuracy[-1] == modeconn.evaluate(b, test)[1]
+    assert report.loss[0] == pytest.approx(modeconn.evaluate(a, test)[0])
+    assert report.average_accuracy == pytest.approx(sum(report.accuracy) / 5)
+    assert report.min_accuracy == min(report.accuracy)
+    assert report.barrier >= 0.0
+    assert "stale: average accuracy" in str(report)
+    report.save(tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["min_accuracy"] == report.min_accuracy
+    report.save(tmp_path / "r.csv")
+    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "t,loss,accuracy"
+    CurveReport.plot([report, report], tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="num_points"):
+        evaluate_curve(Curve(a, b), test, bn_data=None, num_points=1)
+
+
+def test_bn_recomputation_changes_statistics_and_improves_mid_curve_accuracy(digits_pair):
+    """Weights in the middle of the path are not the weights the end points' statistics were
+    gathered for (Garipov et al.): recomputed statistics must do better than interpolated ones."""
+    a, b, test, bn = digits_pair
+    curve = Curve(a, b)
+    stale = curve.model_at(0.5)
+    fresh = curve.model_at(0.5, bn_data=bn)
+    bn_name = next(n for n, m in stale.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(
+        stale.get_submodule(bn_name).running_var, fresh.get_submodule(bn_name).running_var
+    )
+    assert all(torch.equal(p, q) for p, q in zip(stale.parameters(), fresh.parameters()))
+
+    stale_report = evaluate_curve(curve, test, bn_data=None, num_points=3)
+    fresh_report = evaluate_curve(curve, test, bn_data=bn, num_points=3)
+    assert fresh_report.accuracy[1] == modeconn.evaluate(fresh, test)[1]
+    assert fresh_report.accuracy[1] > stale_report.accuracy[1] + 5.0
+    assert fresh_report.meta["bn_recomputed"] and not stale_report.meta["bn_recomputed"]

@@ -1,0 +1,177 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import modeconn
+from modeconn import Curve, fit_curve, train_model
+from modeconn.errors import ModeconnError, UnknownPluginError
+from modeconn.training import Callback, CurveOptimizer, classification_loss
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x, y
+
+
+def _resnet(seed):
+    torch.manual_seed(seed)
+    return modeconn.create_model("resnet20", width=4)
+
+
+def test_classification_loss_adds_auxiliary_heads():
+    y = torch.tensor([1, 2, 3])
+    main, aux1, aux2 = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    loss, logits = classification_loss((main, aux1, aux2), y, aux_weight=0.3)
+    expected = F.cross_entropy(main, y) + 0.3 * (F.cross_entropy(aux1, y) + F.cross_entropy(aux2, y))
+    torch.testing.assert_close(loss, expected)
+    assert logits is main
+    assert classification_loss(main, y)[0] == F.cross_entropy(main, y)
+    with pytest.raises(TypeError, match="expected logits"):
+        classification_loss({"logits": main}, y)
+
+
+def test_train_model_learns_and_records_epochs(digits_pair):
+    from modeconn.data import digits
+
+    torch.manual_seed(0)
+    model = modeconn.create_model("tinyten", in_chans=1, widths=(8, 8, 16, 16, 16, 32, 32, 32))
+    seen = []
+    history = train_model(
+        model,
+        digits(train=True, augment=False),
+        epochs=3,
+        lr=0.05,
+        lr_step=2,
+        progress=False,
+        callbacks=[lambda state: seen.append(state.epoch)],
+    )
+    assert [r.epoch for r in history] == seen == [1, 2, 3]
+    assert [r.lr for r in history] == [0.05, 0.05, 0.025]  # halved every lr_step epochs
+    assert history[-1].loss < history[0].loss
+    assert not model.training
+    assert modeconn.evaluate(model, digits_pair[2])[1] > 50.0  # chance is 10%
+
+
+def test_train_model_trains_googlenet_style_auxiliary_heads():
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return (self.body(x), self.aux(x)) if self.training else self.body(x)
+
+    torch.manual_seed(0)
+    model = Aux()
+    before = model.aux.weight.clone()
+    train_model(
+        model, (torch.randn(32, 4), torch.randint(0, 3, (32,))), epochs=1, batch_size=8, progress=False
+    )
+    assert not torch.equal(before, model.aux.weight)  # the auxiliary loss reached its head
+
+
+def test_seeded_training_repeats_exactly():
+    states = []
+    for _ in range(2):
+        model = _resnet(0)
+        torch.manual_seed(5)
+        train_model(model, _data(), epochs=2, batch_size=32, progress=False)
+        states.append(model.state_dict())
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
+
+
+def test_fit_curve_lowers_the_loss_on_a_fixed_batch_and_keeps_the_ends():
+    a, b = _resnet(0).eval(), _resnet(1).eval()
+    x, y = _data(64)
+    curve = Curve(a, b)
+    ends = [{k: v.clone() for k, v in e.state_dict().items()} for e in curve.ends]
+
+    def mean_loss():
+        curve.train()  # batch statistics, as in training
+        with torch.no_grad():
+            return sum(float(F.cross_entropy(curve(x, t), y)) for t in torch.linspace(0, 1, 9).tolist()) / 9
+
+    before = mean_loss()
+    torch.manual_seed(0)
+    history = fit_curve(curve, [(x, y)] * 8, epochs=2, lr=0.05, progress=False)
+    assert len(history) == 2
+    assert mean_loss() < before
+    for e, saved in zip(curve.ends, ends):
+        assert all(torch.equal(v, saved[k]) for k, v in e.state_dict().items())
+    with torch.no_grad():
+        curve.eval()
+        assert torch.equal(curve(x, 0.0), a(x)) and torch.equal(curve(x, 1.0), b(x))
+
+
+def test_fit_curve_errors():
+    a, b = _resnet(0), _resnet(1)
+    with pytest.raises(ValueError, match="no learnable bends"):
+        fit_curve(Curve(a, b, family="linear"), _data(), epochs=1, progress=False)
+    with pytest.raises(UnknownPluginError, match="sgd"):
+        fit_curve(Curve(a, b), _data(), optimizer="adamw", epochs=1, progress=False)
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        fit_curve(Curve(a, b), iter([_data(8)]), epochs=1, progress=False)
+    with pytest.raises(ModeconnError, match=r"diverged in epoch 1, batch 1.*Lower the learning rate"):
+        fit_curve(
+            Curve(a, b),
+            [(torch.full((4, 3, 32, 32), float("nan")), torch.zeros(4, dtype=torch.long))],
+            epochs=1,
+            progress=False,
+        )
+
+
+def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plugins):
+    """The hook has what PAM (update the permutation between epochs) and PGD (perturb each
+    batch against r(t)) need."""
+    calls = {"epochs": [], "ts": []}
+
+    class Probe(CurveOptimizer):
+        def __init__(self, curve, *, noise, **settings):
+            super().__init__(curve, **settings)
+            self.noise = noise
+
+        def on_epoch_start(self, epoch):
+            calls["epochs"].append(epoch)
+
+        def perturb(self, x, y, t):
+            calls["ts"].append(t)
+            return x + self.noise * torch.randn_like(x)
+
+    class Plugin:
+        @modeconn.hookimpl
+        def modeconn_register_optimizers(self, registry):
+            registry.add("probe", Probe)
+
+    modeconn.register_plugin(Plugin(), name="probe-plugin")
+    curve = Curve(_resnet(0), _resnet(1))
+    fit_curve(curve, [_data(8)] * 3, optimizer="probe", epochs=2, noise=0.1, progress=False)
+    assert calls["epochs"] == [1, 2]
+    assert len(calls["ts"]) == 6 and all(0.0 <= t <= 1.0 for t in calls["ts"]) and len(set(calls["ts"])) == 6
+
+
+def test_callbacks_can_stop_training():
+    class StopAfterOne(Callback):
+        def __init__(self):
+            self.batches = 0
+
+        def on_batch_end(self, state):
+            self.batches += 1
+
+        def on_epoch_end(self, state):
+            state.stop = True
+
+    cb = StopAfterOne()
+    history = train_model(_resnet(0), _data(64), epochs=5, batch_size=16, progress=False, callbacks=[cb])
+    assert len(history) == 1 and cb.batches == 4
+
+
+def test_progress_bars_and_quiet_mode(capsys):
+    train_model(_resnet(0), _data(32), epochs=1, batch_size=16, progress=True)
+    captured = capsys.readouterr()
+    assert "train epoch 1: loss" in captured.out
+    train_model(_resnet(0), _data(32), epochs=1, batch_size=16, progress=False)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
