@@ -1,4 +1,4 @@
-"""The ``modeconn`` command line: ``models``, ``plugins``, ``discover``."""
+"""The ``modeconn`` command line: ``demo``, ``models``, ``plugins``, ``discover``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,21 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     return 0 if diff < 1e-4 else 1
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from modeconn.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        seed=args.seed, epochs=args.epochs, curve_epochs=args.curve_epochs, num_points=args.points
+    )
+    result = run_demo(args.out, settings, progress=not args.quiet)
+    print(result.table())
+    print(
+        f"\nplots, reports and models written to {args.out}/ "
+        f"(curves.png, correlation_signature.png, results.json) in {result.seconds:.0f}s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modeconn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on ops without a permutation rule")
     p.add_argument("--json", help="also write the spec as JSON to this file")
     p.set_defaults(func=_cmd_discover)
+    p = sub.add_parser(
+        "demo",
+        help="offline, on the embedded digits: train two models, align them, fit unaligned and aligned "
+        "curves, print a table and write plots",
+    )
+    p.add_argument("--out", default="modeconn-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10, help="end-point training epochs")
+    p.add_argument("--curve-epochs", type=int, default=5)
+    p.add_argument("--points", type=int, default=11, help="evenly spaced t at which paths are evaluated")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
