@@ -67,46 +67,51 @@ class Curve(nn.Module):
         self.param_names = [n for n, _ in model_a.named_parameters()]
         param_set = set(self.param_names)
         self.buffer_names = [n for n in sa if n not in param_set]
-        # end points: frozen, kept as buffers (saved with the curve, never trained)
-        self.ends = nn.ModuleList()
-        for state in (sa, sb):
-            self.ends.append(
-                _Frozen({n: state[n] for n in self.param_names}, {n: state[n] for n in self.buffer_names})
+        dtypes = {sa[n].dtype for n in self.param_names}
+        if len(dtypes) > 1:
+            raise ModeconnError(
+                f"a curve needs all parameters in one dtype, got {sorted(map(str, dtypes))}; "
+                "convert both models first, e.g. model.float()"
             )
-        self.bends = nn.ModuleList()
-        for s in self.family.bend_times(num_bends):
-            point = {
-                n: torch.lerp(sa[n].detach().float(), sb[n].detach().float(), s).to(sa[n].dtype)
-                for n in self.param_names
-            }
-            self.bends.append(_Bend(point))
+        self._shapes = [sa[n].shape for n in self.param_names]
+        self._numels = [sa[n].numel() for n in self.param_names]
+        # Control points are flat vectors, one row each: r(t) is one weighted sum over a few
+        # rows however many tensors the model has (per-tensor sums cost ~10% of a ResNet32 step).
+        ends = torch.stack([_flatten(state, self.param_names) for state in (sa, sb)])
+        self.register_buffer("ends", ends)  # θ_A and θ_B: saved with the curve, never trained
+        times = self.family.bend_times(num_bends)
+        bends = [torch.lerp(ends[0].float(), ends[1].float(), s).to(ends.dtype) for s in times]
+        bends = torch.stack(bends) if bends else ends.new_empty(0, ends.shape[1])
+        self.bends = nn.Parameter(bends, requires_grad=num_bends > 0)  # one row per bend
+        self.end_buffers = nn.ModuleList(_Buffers({n: st[n] for n in self.buffer_names}) for st in (sa, sb))
 
     # -- weights along the curve --------------------------------------------------------------
     def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
         return self.family.coefficients(torch.as_tensor(float(t)), self.num_bends)
 
     def control_points(self) -> list[dict[str, torch.Tensor]]:
-        """θ_A, the bends, θ_B: dicts of parameters (bends are the live, trainable tensors)."""
-        return [self.ends[0].params(), *[b.params() for b in self.bends], self.ends[1].params()]
+        """θ_A, the bends, θ_B: dicts of parameters (views; the bends' are trainable)."""
+        rows = [self.ends[0], *self.bends, self.ends[1]]
+        return [self._unflatten(row) for row in rows]
 
     def weights(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """The parameters at ``t``, differentiable with respect to the bends."""
-        coeffs = self.coefficients(t)
-        points = self.control_points()
-        out = {}
-        for name in self.param_names:
-            total = None
-            for c, point in zip(coeffs.tolist(), points):
-                if c == 0.0:
-                    continue  # keeps r(0) and r(1) exactly the end points
-                term = point[name] if c == 1.0 else c * point[name]
-                total = term if total is None else total + term
-            out[name] = total if total is not None else torch.zeros_like(points[0][name])
-        return out
+        rows = [self.ends[0], *self.bends, self.ends[1]]
+        total = None
+        for c, row in zip(self.coefficients(t).tolist(), rows):
+            if c == 0.0:
+                continue  # keeps r(0) and r(1) exactly the end points
+            term = row if c == 1.0 else c * row
+            total = term if total is None else total + term
+        return self._unflatten(total if total is not None else torch.zeros_like(self.ends[0]))
+
+    def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = flat.split(self._numels)
+        return {n: part.view(shape) for n, part, shape in zip(self.param_names, parts, self._shapes)}
 
     def buffers_at(self, t: float) -> dict[str, torch.Tensor]:
         """The end points' buffers (BatchNorm statistics) interpolated linearly in t."""
-        return lerp_state(self.ends[0].buffers_dict(), self.ends[1].buffers_dict(), float(t))
+        return lerp_state(self.end_buffers[0].tensors(), self.end_buffers[1].tensors(), float(t))
 
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
@@ -137,35 +142,18 @@ class Curve(nn.Module):
         return f"family={self.family_name!r}, num_bends={self.num_bends}, parameters={len(self.param_names)}"
 
 
-def _safe(name: str) -> str:
-    return name.replace(".", "__")
+def _flatten(state: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    return torch.cat([state[n].detach().reshape(-1) for n in names])
 
 
-class _Frozen(nn.Module):
-    """An end point: its parameters and buffers, stored as (non-trainable) buffers."""
+class _Buffers(nn.Module):
+    """An end point's buffers (BatchNorm statistics), kept under names without dots."""
 
-    def __init__(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]):
+    def __init__(self, buffers: dict[str, torch.Tensor]):
         super().__init__()
-        self._param_names, self._buffer_names = list(params), list(buffers)
-        for n, v in params.items():
-            self.register_buffer("p_" + _safe(n), v.detach().clone())
+        self._names = list(buffers)
         for n, v in buffers.items():
-            self.register_buffer("b_" + _safe(n), v.detach().clone())
+            self.register_buffer(n.replace(".", "__"), v.detach().clone())
 
-    def params(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, "p_" + _safe(n)) for n in self._param_names}
-
-    def buffers_dict(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, "b_" + _safe(n)) for n in self._buffer_names}
-
-
-class _Bend(nn.Module):
-    """One learnable control point."""
-
-    def __init__(self, point: dict[str, torch.Tensor]):
-        super().__init__()
-        self._names = list(point)
-        self.values = nn.ParameterList([nn.Parameter(v.clone()) for v in point.values()])
-
-    def params(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self._names, self.values))
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {n: getattr(self, n.replace(".", "__")) for n in self._names}

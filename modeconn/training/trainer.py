@@ -77,6 +77,7 @@ class Trainer:
     def configure_optimizer(
         self, params: list[nn.Parameter], *, lr: float, momentum: float, weight_decay: float
     ) -> torch.optim.Optimizer:
+        """The torch optimizer over ``params``: SGD with momentum and weight decay."""
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -95,6 +96,8 @@ class Trainer:
         return loss.detach(), logits.detach()
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this trainer: optimizer and schedule state (tensors,
+        numbers, strings, lists and dicts only: checkpoints load with ``weights_only=True``)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

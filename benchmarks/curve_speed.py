@@ -1,0 +1,73 @@
+"""A curve training step vs a plain training step of the same architecture (ResNet32, CPU).
+
+Both are the steps modeconn itself takes: ``Trainer.training_step`` (what ``train_model`` runs)
+on a ResNet32, and ``CurveOptimizer.training_step`` (what ``fit_curve(optimizer="sgd")`` runs)
+on a one-bend Bezier curve between two ResNet32s: sample t, combine the control points,
+forward and backward through ``functional_call``, SGD step on the bend. Same batch (128
+CIFAR-sized inputs), same process; the two alternate in rounds so that load on the machine hits
+both alike. Prints per-round medians, the overall medians and their ratio (target <= 1.15).
+
+    python benchmarks/curve_speed.py [--rounds 7] [--steps 10] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import modeconn
+from modeconn.training import CurveOptimizer, Trainer
+
+
+def timed_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.training_step(x, y)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet32")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=10, help="steps per round and kind")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    a = modeconn.create_model(args.model)
+    b = modeconn.create_model(args.model)
+    plain = Trainer(modeconn.create_model(args.model).train(), lr=0.01)
+    curve = modeconn.Curve(a, b, family="bezier", num_bends=1).train()
+    curved = CurveOptimizer(curve, lr=0.01)
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+
+    timed_steps(plain, x, y, 3), timed_steps(curved, x, y, 3)  # warm-up
+    print(
+        f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, {args.steps} steps per round\n"
+    )
+    print(f"{'round':>5}  {'plain step (ms)':>15}  {'curve step (ms)':>15}  {'ratio':>6}")
+    all_plain, all_curve = [], []
+    for r in range(args.rounds):
+        tp = timed_steps(plain, x, y, args.steps)
+        tc = timed_steps(curved, x, y, args.steps)
+        all_plain += tp
+        all_curve += tc
+        mp, mc = statistics.median(tp), statistics.median(tc)
+        print(f"{r + 1:>5}  {1000 * mp:>15.1f}  {1000 * mc:>15.1f}  {mc / mp:>6.3f}")
+    mp, mc = statistics.median(all_plain), statistics.median(all_curve)
+    print(
+        f"\nmedian  plain {1000 * mp:.1f} ms, curve {1000 * mc:.1f} ms, ratio curve/plain {mc / mp:.3f} (target <= 1.15)"
+    )
+
+
+if __name__ == "__main__":
+    main()
