@@ -41,6 +41,8 @@ class DemoSettings:
 
 @dataclass
 class DemoResult:
+    """What :func:`run_demo` measured; :meth:`table` is what ``modeconn demo`` prints."""
+
     accuracy_a: float
     accuracy_b: float
     alignment: AlignResult

@@ -164,7 +164,7 @@ def run_epochs(
                         f"Lower the learning rate (now {lr:g})"
                         + (
                             f"; the last finished epoch is saved in {os.fspath(checkpoint)}"
-                            if checkpoint
+                            if checkpoint is not None and os.path.exists(checkpoint)
                             else ""
                         )
                     )
