@@ -5,8 +5,8 @@ For each size (2,000 and 10,000 CIFAR-sized inputs) a fresh subprocess loads the
 uint8 images), builds two ResNet32s, and alternates, 5 times each:
   - forward: one eval forward pass of model A and of model B over the inputs;
   - align:   modeconn.align(A, B, inputs) (tracing, discovery, statistics, assignment, permute).
-It prints medians, their ratio (target <= 1.3) and the subprocess's peak RSS (target: the peak
-at 10,000 within 10% of the peak at 2,000).
+It prints medians, their ratio (target <= 1.3), the median of the ratios of each back-to-back
+pair, and the subprocess's peak RSS (target: the peak at 10,000 within 10% of the peak at 2,000).
 
     python benchmarks/align_speed.py
 """
@@ -120,6 +120,14 @@ def main() -> None:
     )
     ratios = ", ".join(f"{r['align'] / r['forward']:.2f}" for r in rows)
     print(f"time ratio align / forward: {ratios} (target <= 1.3)")
+    # each align runs right after its forward pass: the ratio within a pair is less exposed to
+    # load that drifts over minutes on a shared machine than the ratio of the two medians
+    for r in rows:
+        paired = sorted(al / fw for fw, al in zip(r["forward_all"], r["align_all"]))
+        print(
+            f"paired ratios at {r['n']}: median {statistics.median(paired):.2f} "
+            f"(all: {', '.join(f'{x:.2f}' for x in paired)})"
+        )
 
 
 if __name__ == "__main__":
