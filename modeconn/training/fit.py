@@ -41,7 +41,8 @@ def train_model(
     ``train_data`` is a DataLoader, a Dataset or an ``(x, y)`` pair of tensors (the last two
     are shuffled in batches of ``batch_size``). With ``checkpoint`` (a ``.pt`` path) the state
     is saved atomically after every epoch, and a later call with the same path resumes after
-    the last finished epoch. ``device`` defaults to CUDA when available. Returns one
+    the last finished epoch, with the optimizer and learning-rate schedule as saved (the
+    resumed call's ``lr`` and schedule arguments do not override them). ``device`` defaults to CUDA when available. Returns one
     :class:`EpochRecord` per epoch (training loss and accuracy); the model ends in eval mode.
     """
     device = resolve_device(device)
