@@ -23,6 +23,7 @@ __all__ = [
     "evaluate",
     "update_bn",
     "interpolate",
+    "evenly_spaced",
     "evaluate_path",
     "lerp_state",
     "architecture_difference",
@@ -188,6 +189,11 @@ class CurveReport:
         return finish(fig, path)
 
 
+def evenly_spaced(num_points: int) -> list[float]:
+    """``num_points`` evenly spaced t in [0, 1], both ends included (``[0.0]`` for one point)."""
+    return [i / (num_points - 1) for i in range(num_points)] if num_points > 1 else [0.0]
+
+
 def interpolate(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -201,7 +207,7 @@ def interpolate(
     in [0, 1]), with BatchNorm statistics recomputed on ``bn_data`` at each t when given
     (otherwise the running statistics are interpolated too). The models are left unchanged."""
     if isinstance(ts, int):
-        ts = [i / (ts - 1) for i in range(ts)] if ts > 1 else [0.0]
+        ts = evenly_spaced(ts)
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if (where := architecture_difference(sa, sb)) is not None:
         raise ValueError(

@@ -93,16 +93,18 @@ class Curve(nn.Module):
         """The family's ``num_bends + 2`` coefficients at ``t`` (θ_A's first, θ_B's last)."""
         return self.family.coefficients(torch.as_tensor(float(t)), self.num_bends)
 
+    def _rows(self) -> list[torch.Tensor]:
+        """The flat control points in curve order: θ_A, the bends, θ_B."""
+        return [self.ends[0], *self.bends, self.ends[1]]
+
     def control_points(self) -> list[dict[str, torch.Tensor]]:
         """θ_A, the bends, θ_B: dicts of parameters (views; the bends' are trainable)."""
-        rows = [self.ends[0], *self.bends, self.ends[1]]
-        return [self._unflatten(row) for row in rows]
+        return [self._unflatten(row) for row in self._rows()]
 
     def weights(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """The parameters at ``t``, differentiable with respect to the bends."""
-        rows = [self.ends[0], *self.bends, self.ends[1]]
         total = None
-        for c, row in zip(self.coefficients(t).tolist(), rows):
+        for c, row in zip(self.coefficients(t).tolist(), self._rows()):
             if c == 0.0:
                 continue  # keeps r(0) and r(1) exactly the end points
             term = row if c == 1.0 else c * row

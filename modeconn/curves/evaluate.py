@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modeconn.curves.curve import Curve
-from modeconn.evaluation import CurveReport, evaluate_path
+from modeconn.evaluation import CurveReport, evaluate_path, evenly_spaced
 
 __all__ = ["evaluate_curve"]
 
@@ -22,7 +22,7 @@ def evaluate_curve(
     """
     if num_points < 2:
         raise ValueError(f"num_points must be >= 2 (the end points at least), got {num_points}")
-    ts = [i / (num_points - 1) for i in range(num_points)]
+    ts = evenly_spaced(num_points)
     meta = {"family": curve.family_name, "num_bends": curve.num_bends, "bn_recomputed": bn_data is not None}
     return evaluate_path(
         curve.base, ((t, curve.state_at(t)) for t in ts), test_data, bn_data, label=label, meta=meta
