@@ -8,16 +8,11 @@ from modeconn import CheckpointError, Curve, load_checkpoint, save_checkpoint
 from modeconn.training.checkpoint import atomic_write
 
 
-def _model(seed=0, **kw):
-    torch.manual_seed(seed)
-    return modeconn.create_model("resnet20", width=4, **kw)
-
-
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_round_trip_model_and_curve(tmp_path, suffix):
-    a, b = _model(0), _model(1)
+def test_round_trip_model_and_curve(tmp_path, suffix, tiny_resnet):
+    a, b = tiny_resnet(0), tiny_resnet(1)
     path = save_checkpoint(a, tmp_path / f"a{suffix}")
-    c = _model(2)
+    c = tiny_resnet(2)
     assert load_checkpoint(c, path) == {}
     assert all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
 
@@ -30,13 +25,13 @@ def test_round_trip_model_and_curve(tmp_path, suffix):
     assert all(torch.equal(v, other.state_dict()[k]) for k, v in curve.state_dict().items())
 
 
-def test_training_state_round_trips_and_needs_pt(tmp_path):
-    a = _model()
+def test_training_state_round_trips_and_needs_pt(tmp_path, tiny_resnet):
+    a = tiny_resnet()
     opt = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
     a(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()
     save_checkpoint(a, tmp_path / "a.pt", optimizer=opt.state_dict(), epoch=3, history=[{"loss": 1.0}])
-    extra = load_checkpoint(_model(1), tmp_path / "a.pt")
+    extra = load_checkpoint(tiny_resnet(1), tmp_path / "a.pt")
     assert extra["epoch"] == 3 and extra["history"] == [{"loss": 1.0}]
     opt2 = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
     opt2.load_state_dict(extra["optimizer"])
@@ -48,40 +43,40 @@ def test_training_state_round_trips_and_needs_pt(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_other_architecture_is_named(tmp_path, suffix):
-    save_checkpoint(_model(num_classes=10), tmp_path / f"a{suffix}")
+def test_other_architecture_is_named(tmp_path, suffix, tiny_resnet):
+    save_checkpoint(tiny_resnet(num_classes=10), tmp_path / f"a{suffix}")
     with pytest.raises(
         CheckpointError, match=r"another architecture.*`fc\.weight`: shape \(10, 16\) vs \(7, 16\)"
     ):
-        load_checkpoint(_model(num_classes=7), tmp_path / f"a{suffix}")
+        load_checkpoint(tiny_resnet(num_classes=7), tmp_path / f"a{suffix}")
     with pytest.raises(CheckpointError, match="another architecture"):
         load_checkpoint(modeconn.create_model("tinyten"), tmp_path / f"a{suffix}")
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_truncated_file_is_a_clear_error(tmp_path, suffix):
-    path = save_checkpoint(_model(), tmp_path / f"a{suffix}")
+def test_truncated_file_is_a_clear_error(tmp_path, suffix, tiny_resnet):
+    path = save_checkpoint(tiny_resnet(), tmp_path / f"a{suffix}")
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(CheckpointError, match="truncated, damaged or not a checkpoint"):
-        load_checkpoint(_model(), path)
+        load_checkpoint(tiny_resnet(), path)
     with pytest.raises(CheckpointError, match="no checkpoint at"):
-        load_checkpoint(_model(), tmp_path / "missing.pt")
+        load_checkpoint(tiny_resnet(), tmp_path / "missing.pt")
 
 
 class Arbitrary:
     pass
 
 
-def test_pickled_objects_are_refused(tmp_path):
+def test_pickled_objects_are_refused(tmp_path, tiny_resnet):
     """Loading uses weights_only=True: a file that would run code on load is rejected."""
     torch.save({"format": "x", "state": {}, "payload": Arbitrary()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="truncated, damaged or not a checkpoint"):
-        load_checkpoint(_model(), tmp_path / "evil.pt")
+        load_checkpoint(tiny_resnet(), tmp_path / "evil.pt")
 
 
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    path = save_checkpoint(_model(0), tmp_path / "a.pt")
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, tiny_resnet):
+    path = save_checkpoint(tiny_resnet(0), tmp_path / "a.pt")
     before = path.read_bytes()
 
     def crash(tmp):

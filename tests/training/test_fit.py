@@ -16,11 +16,6 @@ def _data(n=96, seed=0):
     return x, y
 
 
-def _resnet(seed):
-    torch.manual_seed(seed)
-    return modeconn.create_model("resnet20", width=4)
-
-
 def test_classification_loss_adds_auxiliary_heads():
     y = torch.tensor([1, 2, 3])
     main, aux1, aux2 = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
@@ -73,18 +68,18 @@ def test_train_model_trains_googlenet_style_auxiliary_heads():
     assert not torch.equal(before, model.aux.weight)  # the auxiliary loss reached its head
 
 
-def test_seeded_training_repeats_exactly():
+def test_seeded_training_repeats_exactly(tiny_resnet):
     states = []
     for _ in range(2):
-        model = _resnet(0)
+        model = tiny_resnet(0)
         torch.manual_seed(5)
         train_model(model, _data(), epochs=2, batch_size=32, progress=False)
         states.append(model.state_dict())
     assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
 
 
-def test_fit_curve_lowers_the_loss_on_a_fixed_batch_and_keeps_the_ends():
-    a, b = _resnet(0).eval(), _resnet(1).eval()
+def test_fit_curve_lowers_the_loss_on_a_fixed_batch_and_keeps_the_ends(tiny_resnet):
+    a, b = tiny_resnet(0).eval(), tiny_resnet(1).eval()
     x, y = _data(64)
     curve = Curve(a, b)
     ends = curve.ends.clone()
@@ -105,8 +100,8 @@ def test_fit_curve_lowers_the_loss_on_a_fixed_batch_and_keeps_the_ends():
         assert torch.equal(curve(x, 0.0), a(x)) and torch.equal(curve(x, 1.0), b(x))
 
 
-def test_fit_curve_errors():
-    a, b = _resnet(0), _resnet(1)
+def test_fit_curve_errors(tiny_resnet):
+    a, b = tiny_resnet(0), tiny_resnet(1)
     with pytest.raises(ValueError, match="no learnable bends"):
         fit_curve(Curve(a, b, family="linear"), _data(), epochs=1, progress=False)
     with pytest.raises(UnknownPluginError, match="sgd"):
@@ -122,7 +117,7 @@ def test_fit_curve_errors():
         )
 
 
-def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plugins):
+def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plugins, tiny_resnet):
     """The hook has what PAM (update the permutation between epochs) and PGD (perturb each
     batch against r(t)) need."""
     calls = {"epochs": [], "ts": []}
@@ -145,13 +140,13 @@ def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plu
             registry.add("probe", Probe)
 
     modeconn.register_plugin(Plugin(), name="probe-plugin")
-    curve = Curve(_resnet(0), _resnet(1))
+    curve = Curve(tiny_resnet(0), tiny_resnet(1))
     fit_curve(curve, [_data(8)] * 3, optimizer="probe", epochs=2, noise=0.1, progress=False)
     assert calls["epochs"] == [1, 2]
     assert len(calls["ts"]) == 6 and all(0.0 <= t <= 1.0 for t in calls["ts"]) and len(set(calls["ts"])) == 6
 
 
-def test_callbacks_can_stop_training():
+def test_callbacks_can_stop_training(tiny_resnet):
     class StopAfterOne(Callback):
         def __init__(self):
             self.batches = 0
@@ -163,14 +158,14 @@ def test_callbacks_can_stop_training():
             state.stop = True
 
     cb = StopAfterOne()
-    history = train_model(_resnet(0), _data(64), epochs=5, batch_size=16, progress=False, callbacks=[cb])
+    history = train_model(tiny_resnet(0), _data(64), epochs=5, batch_size=16, progress=False, callbacks=[cb])
     assert len(history) == 1 and cb.batches == 4
 
 
-def test_progress_bars_and_quiet_mode(capsys):
-    train_model(_resnet(0), _data(32), epochs=1, batch_size=16, progress=True)
+def test_progress_bars_and_quiet_mode(capsys, tiny_resnet):
+    train_model(tiny_resnet(0), _data(32), epochs=1, batch_size=16, progress=True)
     captured = capsys.readouterr()
     assert "train epoch 1: loss" in captured.out
-    train_model(_resnet(0), _data(32), epochs=1, batch_size=16, progress=False)
+    train_model(tiny_resnet(0), _data(32), epochs=1, batch_size=16, progress=False)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""

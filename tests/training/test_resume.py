@@ -57,14 +57,13 @@ def _run(tmp_path, kind, checkpoint, kill_at, out):
     return subprocess.run(args, capture_output=True, text=True, timeout=300)
 
 
-def _module(kind):
-    torch.manual_seed(0)
-    model = modeconn.create_model("resnet20", width=4)
-    return model if kind == "model" else Curve(model, modeconn.create_model("resnet20", width=4))
+def _module(kind, tiny_resnet):
+    """An empty model or curve of the architecture the script trains, to load its outputs into."""
+    return tiny_resnet(0) if kind == "model" else Curve(tiny_resnet(0), tiny_resnet(1))
 
 
 @pytest.mark.parametrize("kind", ["model", "curve"])
-def test_resume_after_kill_mid_epoch(tmp_path, kind):
+def test_resume_after_kill_mid_epoch(tmp_path, kind, tiny_resnet):
     reference = _run(tmp_path, kind, tmp_path / "ref.pt", 0, tmp_path / "ref.safetensors")
     assert reference.returncode == 0, reference.stderr
     assert "epochs [1, 2, 3]" in reference.stdout
@@ -72,7 +71,7 @@ def test_resume_after_kill_mid_epoch(tmp_path, kind):
     checkpoint = tmp_path / "run.pt"
     crashed = _run(tmp_path, kind, checkpoint, 2, tmp_path / "out.safetensors")
     assert crashed.returncode == -signal.SIGKILL
-    assert load_checkpoint(_module(kind), checkpoint)["epoch"] == 1  # epoch 2 was in progress
+    assert load_checkpoint(_module(kind, tiny_resnet), checkpoint)["epoch"] == 1  # epoch 2 was in progress
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
 
     resumed = _run(tmp_path, kind, checkpoint, 0, tmp_path / "out.safetensors")
@@ -80,16 +79,15 @@ def test_resume_after_kill_mid_epoch(tmp_path, kind):
     assert "epochs [1, 2, 3]" in resumed.stdout  # history of the first run, then epochs 2 and 3
 
     # the interrupted-and-resumed run ends exactly where the uninterrupted one does
-    a, b = _module(kind), _module(kind)
+    a, b = _module(kind, tiny_resnet), _module(kind, tiny_resnet)
     load_checkpoint(a, tmp_path / "ref.safetensors")
     load_checkpoint(b, tmp_path / "out.safetensors")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
 
 
-def test_a_finished_run_is_not_repeated(tmp_path):
-    torch.manual_seed(0)
-    model = modeconn.create_model("resnet20", width=4)
+def test_a_finished_run_is_not_repeated(tmp_path, tiny_resnet):
+    model = tiny_resnet(0)
     data = (torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,)))
     first = modeconn.train_model(model, data, epochs=2, checkpoint=tmp_path / "c.pt", progress=False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
