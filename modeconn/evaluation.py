@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modeconn.symmetry.tracing import modes_restored
+from modeconn.modules import modes_restored
 
 __all__ = [
     "evaluate",

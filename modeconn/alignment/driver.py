@@ -18,14 +18,14 @@ from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost, WeightCost
 from modeconn.alignment.stats import Accumulator, PairStats, site_view
 from modeconn.alignment.weight_matching import match_weights, weight_similarity
-from modeconn.data.batches import iter_inputs
+from modeconn.data.batches import Batch, batches
 from modeconn.errors import AlignmentError, PluginError
 from modeconn.evaluation import architecture_difference
+from modeconn.modules import float_dtype_of, modes_restored, unwrap
 from modeconn.plugin_manager import PluginEntry, get_plugin
-from modeconn.symmetry.discovery import discover, trace_model
+from modeconn.symmetry.discovery import discover, model_inputs, trace_model
 from modeconn.symmetry.permute import permute
 from modeconn.symmetry.spec import Group, PermutationSpec, Site
-from modeconn.symmetry.tracing import modes_restored
 
 __all__ = ["align", "AlignResult", "Similarity"]
 
@@ -183,31 +183,33 @@ def _collect(
     model_b: nn.Module,
     groups: list[Group],
     kind: str,
-    batches: Iterator[torch.Tensor],
+    data: Iterator[Batch],
     device: torch.device,
+    first: Batch,
 ) -> dict[str, list[PairStats]]:
     """One eval forward pass of each model per batch; statistics for every site of every group."""
     plan = {g.name: _choose_sites(g, kind) for g in groups}
     names = sorted({s.node for sites in plan.values() for s in sites})
     index = {n: i for i, n in enumerate(names)}
-    extract_a = _site_extractor(trace_model(model_a), names)
-    extract_b = _site_extractor(trace_model(model_b), names)
+    probe = model_inputs(model_a, first.inputs)
+    extract_a = _site_extractor(trace_model(model_a, probe), names)
+    extract_b = _site_extractor(trace_model(model_b, probe), names)
     acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
-    dtype = next((p.dtype for p in model_a.parameters() if p.is_floating_point()), torch.float32)
+    dtype = float_dtype_of(model_a)
     with torch.no_grad():
-        for step, x in enumerate(batches):
-            x = x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        for step, batch in enumerate(data):
+            inputs = model_inputs(model_a, batch.to(device, dtype).inputs)
             try:
-                va = extract_a(x)
+                va = extract_a(*inputs.values)
             except Exception as e:
                 raise AlignmentError(
-                    f"model_a rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}"
+                    f"model_a rejected the data (a batch of {inputs.describe()}): {type(e).__name__}: {e}"
                 ) from e
             try:
-                vb = extract_b(x)
+                vb = extract_b(*inputs.values)
             except Exception as e:
                 raise AlignmentError(
-                    f"model_b rejected the data (a batch of shape {tuple(x.shape)}): {type(e).__name__}: {e}"
+                    f"model_b rejected the data (a batch of {inputs.describe()}): {type(e).__name__}: {e}"
                 ) from e
             if step == 0:
                 _check_activations(va, vb, names)
@@ -282,7 +284,7 @@ def _break_ties(spec, groups, matrices, maximize, state_a, state_b, perms) -> Pe
 # -- the driver ------------------------------------------------------------------------------
 
 
-def _peek(it: Iterator[torch.Tensor]) -> tuple[torch.Tensor | None, Iterator[torch.Tensor]]:
+def _peek(it: Iterator[Batch]) -> tuple[Batch | None, Iterator[Batch]]:
     first = next(it, None)
     return first, (itertools.chain([first], it) if first is not None else iter(()))
 
@@ -306,13 +308,16 @@ def align(
     spec: PermutationSpec | None = None,
     num_samples: int | None = None,
     device: str | torch.device | None = None,
-    example_inputs: torch.Tensor | None = None,
+    example_inputs: Any = None,
     batch_size: int = 256,
+    labels: bool = True,
 ) -> AlignResult:
     """Permute model B's units to match model A's (neuron alignment).
 
-    ``data`` is a DataLoader, an iterable of ``(x, y)`` or ``x`` batches, or a tensor;
-    ``num_samples`` caps how many inputs are used. ``cost`` names a cost plugin:
+    ``data`` is a DataLoader or iterable of batches (tensors, dicts of inputs by name, or
+    ``(inputs..., labels)`` tuples — ``labels=False`` when tuples hold inputs only), a Dataset,
+    or a tensor of inputs; ``num_samples`` caps how many samples are used. Wrapped models
+    (DataParallel, DDP, ``torch.compile``) are looked through. ``cost`` names a cost plugin:
     ``"correlation"`` (post-activations, the paper's default), ``"l2_preact"`` (pre-activations,
     the paper's Wasserstein-2 variant) or ``"weight_matching"`` (data-free). Statistics are
     taken in eval mode with one forward pass of each model; both models are left unchanged.
@@ -320,16 +325,19 @@ def align(
     """
     entry = _cost_entry(cost)
     cost_obj = entry.obj
+    model_a, model_b = unwrap(model_a), unwrap(model_b)
     _check_same_architecture(model_a, model_b)
     _check_finite(model_a, "model_a")
     _check_finite(model_b, "model_b")
     if device is None:
         device = next((p.device for p in model_a.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    batches: Iterator[torch.Tensor] = iter(())
+    stream: Iterator[Batch] = iter(())
     first = None
     if data is not None:
-        first, batches = _peek(iter_inputs(data, num_samples, batch_size))
+        first, stream = _peek(
+            iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples))
+        )
         if first is None:
             raise AlignmentError("no data: the data iterable yielded no batch")
     elif cost_obj.requires_data:
@@ -345,15 +353,17 @@ def align(
         a.eval()
         b.eval()
         if spec is None:
-            probe = example_inputs if example_inputs is not None else first
-            spec = discover(a, probe[:2].to(device) if probe is not None else None)  # shapes only
+            probe = (
+                example_inputs if example_inputs is not None else (first.head(2).inputs if first else None)
+            )
+            spec = discover(a, probe)  # shapes only
         groups = spec.permutable
         notes: list[str] = []
         perms: Perms = spec.identity()
         stats: dict[str, list[PairStats]] = {}
         if isinstance(cost_obj, ActivationCost):
             observed = [g for g in groups if g.sites]
-            stats = _collect(a, b, observed, cost_obj.site_kind, batches, device)
+            stats = _collect(a, b, observed, cost_obj.site_kind, stream, device, first)
             matrices = {}
             for g in observed:
                 mats = [entry.invoke(cost_obj.matrix, s) for s in stats[g.name]]
@@ -381,7 +391,7 @@ def align(
             found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
             if data is not None:
-                stats = _collect(a, b, [g for g in groups if g.sites], "post", batches, device)
+                stats = _collect(a, b, [g for g in groups if g.sites], "post", stream, device, first)
         spec.check(perms)
         similarity = _similarity(groups, stats, perms) if stats else None
     aligned = permute(model_b, spec, perms)

@@ -1,32 +1,162 @@
-"""Turn what users pass as data into a stream of input batches."""
+"""What users pass as data, turned into batches: one adapter for training, evaluation,
+alignment and BatchNorm recomputation.
+
+A *batch* as users have them is one of:
+
+* a tensor: the model's single input (no labels);
+* a dict: the model's inputs by parameter name, the Hugging Face convention; a ``"labels"``
+  entry is the target, not an input;
+* a tuple or list ``(inputs..., labels)``: the last element is the target when the caller
+  says batches carry labels (training and evaluation always do; ``align`` by default), and
+  ``((x1, x2), y)`` or ``({"input_ids": ...}, y)`` nest several inputs.
+
+*Data* is a DataLoader or any re-iterable of such batches, a Dataset (batched here), an
+``(x, y)`` pair of tensors, or a tensor of inputs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-__all__ = ["iter_inputs"]
+__all__ = ["Batch", "as_batch", "Batches", "batches", "LABEL_KEYS"]
+
+LABEL_KEYS = ("labels", "label")
+"""Keys of a dict batch that hold the target rather than an input."""
 
 
-def iter_inputs(data: Any, num_samples: int | None = None, batch_size: int = 256) -> Iterator[torch.Tensor]:
-    """Yield input tensors from a DataLoader, an iterable of ``(x, y)`` or ``x`` batches, or a
-    tensor (split into batches of ``batch_size``), stopping after ``num_samples`` inputs."""
+@dataclass
+class Batch:
+    """One batch: the model's ``inputs`` (a tuple of positional inputs or a dict of them by
+    name) and the ``target`` (``None`` when there are no labels)."""
+
+    inputs: tuple | dict
+    target: Any = None
+
+    def call(self, model: Any) -> Any:
+        """``model`` applied to the inputs."""
+        return model(**self.inputs) if isinstance(self.inputs, dict) else model(*self.inputs)
+
+    @property
+    def values(self) -> tuple:
+        return tuple(self.inputs.values()) if isinstance(self.inputs, dict) else self.inputs
+
+    def __len__(self) -> int:
+        """The number of samples: the first axis of the first input tensor."""
+        for v in self.values:
+            if isinstance(v, torch.Tensor) and v.ndim:
+                return v.shape[0]
+        raise TypeError("a batch without input tensors has no size")
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Batch:
+        """The batch on ``device``, its floating-point inputs cast to ``dtype`` (targets keep theirs)."""
+
+        def move(v: Any, cast: bool) -> Any:
+            if isinstance(v, torch.Tensor):
+                return v.to(
+                    device=device, dtype=dtype if cast and v.is_floating_point() and dtype else v.dtype
+                )
+            if isinstance(v, (tuple, list)):
+                return type(v)(move(x, cast) for x in v)
+            if isinstance(v, dict):
+                return {k: move(x, cast) for k, x in v.items()}
+            return v
+
+        return Batch(move(self.inputs, True), move(self.target, False))
+
+    def head(self, n: int) -> Batch:
+        """The first ``n`` samples (every input tensor and the target cut alike)."""
+
+        def cut(v: Any) -> Any:
+            if isinstance(v, torch.Tensor) and v.ndim:
+                return v[:n]
+            if isinstance(v, (tuple, list)):
+                return type(v)(cut(x) for x in v)
+            if isinstance(v, dict):
+                return {k: cut(x) for k, x in v.items()}
+            return v
+
+        return Batch(cut(self.inputs), cut(self.target))
+
+
+def as_batch(raw: Any, *, labels: bool = True) -> Batch:
+    """One user batch as a :class:`Batch` (see the module docstring); ``labels`` says whether
+    a tuple batch ends with its target."""
+    if isinstance(raw, torch.Tensor):
+        return Batch((raw,))
+    if isinstance(raw, Mapping):
+        target = next((raw[k] for k in LABEL_KEYS if k in raw), None)
+        return Batch({k: v for k, v in raw.items() if k not in LABEL_KEYS}, target)
+    if isinstance(raw, (tuple, list)) and raw:
+        if labels and len(raw) >= 2:
+            *inputs, target = raw
+            if len(inputs) == 1 and isinstance(inputs[0], (tuple, list, Mapping)):  # ((x1, x2), y)
+                nested = inputs[0]
+                return Batch(dict(nested) if isinstance(nested, Mapping) else tuple(nested), target)
+            return Batch(tuple(inputs), target)
+        return Batch(tuple(raw))
+    raise TypeError(
+        f"a batch must be a tensor, a dict of tensors, or a tuple (inputs..., labels); got {type(raw).__name__}"
+    )
+
+
+class Batches:
+    """A re-iterable source of :class:`Batch` es (see :func:`batches`)."""
+
+    def __init__(self, source: Iterable, labels: bool, num_samples: int | None):
+        self.source, self.labels, self.num_samples = source, labels, num_samples
+
+    def __iter__(self) -> Iterator[Batch]:
+        seen = 0
+        for raw in self.source:
+            batch = as_batch(raw, labels=self.labels)
+            if self.num_samples is not None:
+                if seen >= self.num_samples:
+                    return
+                batch = batch.head(self.num_samples - seen)
+            seen += len(batch)
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+
+def batches(
+    data: Any,
+    *,
+    batch_size: int = 256,
+    shuffle: bool = False,
+    labels: bool = True,
+    num_samples: int | None = None,
+    reiterable: bool = False,
+) -> Batches:
+    """``data`` (see the module docstring) as batches. Datasets and tensor pairs are batched by
+    ``batch_size`` (shuffled when ``shuffle``); ``num_samples`` stops after that many samples;
+    ``reiterable`` refuses one-shot iterators (a training loop reads the data every epoch)."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        data = TensorDataset(*data)
     if isinstance(data, torch.Tensor):
-        data = data.split(batch_size)
-    elif not isinstance(data, Iterable):
-        raise TypeError(
-            f"data must be a DataLoader, an iterable of (x, y) or x batches, or a tensor; got {type(data).__name__}"
+        source: Iterable = (
+            data.split(batch_size) if not shuffle else DataLoader(data, batch_size, shuffle=True)
         )
-    seen = 0
-    for batch in data:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if isinstance(x, dict) or not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a batch of input tensors, got {type(x).__name__}")
-        if num_samples is not None:
-            if seen >= num_samples:
-                return
-            x = x[: num_samples - seen]
-        seen += x.shape[0]
-        yield x
+    elif isinstance(data, IterableDataset):
+        source = DataLoader(data, batch_size=batch_size)
+    elif isinstance(data, Dataset):
+        source = DataLoader(data, batch_size=batch_size, shuffle=shuffle)
+    elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
+        if reiterable and iter(data) is data:
+            raise TypeError(
+                "the data is a one-shot iterator; pass a DataLoader, a Dataset or a list of batches so "
+                "every epoch can read it"
+            )
+        source = data
+    else:
+        raise TypeError(
+            f"data must be a DataLoader, a Dataset, an iterable of batches, an (x, y) pair of tensors "
+            f"or a tensor of inputs; got {type(data).__name__}"
+        )
+    return Batches(source, labels, num_samples)

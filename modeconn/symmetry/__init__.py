@@ -2,12 +2,15 @@
 
 ``discover(model, example_inputs)`` traces a model and returns its :class:`PermutationSpec`;
 ``permute(model, spec, perms)`` applies permutations. Rules for ops live in :mod:`.rules`
-and are extended through the ``modeconn_permutation_rules`` plugin hook.
+(one table, by op family) and are extended through the ``modeconn_register_rules`` plugin hook;
+a rule sees a graph node through a :class:`RuleContext`.
 """
 
-from modeconn.symmetry.discovery import TA, RuleContext, discover
+from modeconn.symmetry.context import RuleContext, Unsupported
+from modeconn.symmetry.discovery import discover
 from modeconn.symmetry.permute import permute, permute_state_dict
-from modeconn.symmetry.spec import Group, PermutationSpec, Site, TensorSlice
+from modeconn.symmetry.spaces import Layout, TensorLayout
+from modeconn.symmetry.spec import FIX_KINDS, Fix, Group, PermutationSpec, Site, TensorSlice
 
 __all__ = [
     "discover",
@@ -15,8 +18,12 @@ __all__ = [
     "permute_state_dict",
     "PermutationSpec",
     "Group",
+    "Fix",
+    "FIX_KINDS",
     "TensorSlice",
     "Site",
     "RuleContext",
-    "TA",
+    "Unsupported",
+    "TensorLayout",
+    "Layout",
 ]

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from modeconn.errors import SymmetryError
+from modeconn.modules import unwrap
 from modeconn.symmetry.spec import PermutationSpec, unit_positions
 
 __all__ = ["permute", "permute_state_dict", "axis_indices"]
@@ -54,8 +55,18 @@ def permute(
 ) -> nn.Module:
     """A model computing the same function as ``model`` with its units permuted by ``perms``
     (parameters and buffers alike). ``perms[g][i]`` is the unit of group ``g`` that moves to
-    position ``i``; groups left out keep their order."""
-    target = model if inplace else copy.deepcopy(model)
+    position ``i``; groups left out keep their order. A wrapped model (DataParallel, DDP,
+    ``torch.compile``) is unwrapped: the result is the plain module."""
+    model = unwrap(model)
+    try:
+        target = model if inplace else copy.deepcopy(model)
+    except RuntimeError as e:
+        if "weight_norm" not in str(e):
+            raise
+        raise SymmetryError(
+            "the model uses torch.nn.utils.weight_norm, whose modules cannot be copied: use "
+            "torch.nn.utils.parametrizations.weight_norm instead, or permute(..., inplace=True)"
+        ) from e
     state = target.state_dict(keep_vars=True)
     new = permute_state_dict({k: v.detach() for k, v in state.items()}, spec, perms)
     with torch.no_grad():

@@ -9,14 +9,19 @@ A *layout* describes one tensor axis: a tuple of segments ``(space, inner)``, wh
 covers ``space.size * inner`` consecutive indices and unit ``c`` of the space owns indices
 ``c * inner ... c * inner + inner - 1`` (``inner > 1`` after flattening ``(C, H, W)`` into one
 axis). ``None`` marks an axis no permutation may touch (batch, spatial, model input).
+
+A :class:`TensorLayout` gives the layout of every axis of one tensor in the graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Space", "SpaceGraph", "Segment", "Layout", "layout_size"]
+from modeconn.errors import SymmetryError
+from modeconn.symmetry.spec import Fix
+
+__all__ = ["Space", "SpaceGraph", "Segment", "Layout", "TensorLayout", "layout_size"]
 
 MAX_REASONS = 4
 
@@ -30,7 +35,7 @@ class Space:
     parent: Space | None = None  # union-find parent
     children: tuple[Space, ...] = ()  # set once the space has been split
     members: list[Space] = field(default_factory=list)  # on roots: the leaves of the class
-    fixed: list[str] = field(default_factory=list)  # on roots: why the class may not be permuted
+    fixed: list[Fix] = field(default_factory=list)  # on roots: why the class may not be permuted
     has_producer: bool = False  # on roots: some member holds a layer's output units
     split_from: Space | None = None  # the space this one is a piece of
     uid: int = 0
@@ -41,6 +46,43 @@ class Space:
 
 Segment = tuple[Space, int]
 Layout = tuple[Segment, ...]
+
+
+class TensorLayout:
+    """The shape of one tensor in the graph and the layout of each of its axes.
+
+    ``uniform`` marks a tensor whose elements are all equal (``zeros_like``, ``new_zeros``):
+    no permutation changes it, so it couples nothing it meets.
+    """
+
+    __slots__ = ("shape", "layouts", "uniform")
+
+    def __init__(
+        self, shape: Sequence[int], layouts: Sequence[Layout | None] | None = None, uniform: bool = False
+    ):
+        self.shape = tuple(shape)
+        layouts = tuple(layouts) if layouts is not None else (None,) * len(self.shape)
+        if len(layouts) != len(self.shape):
+            raise SymmetryError(f"{len(layouts)} axis layouts given for a tensor of shape {self.shape}")
+        # size-1 axes carry no permutation (broadcast, keepdim reductions)
+        self.layouts = tuple(None if n == 1 else lay for n, lay in zip(self.shape, layouts))
+        self.uniform = uniform
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, axis: int) -> Layout | None:
+        return self.layouts[axis]
+
+    def replace(self, axis: int, layout: Layout | None) -> TensorLayout:
+        layouts = list(self.layouts)
+        layouts[axis] = layout
+        return TensorLayout(self.shape, layouts)
+
+    def __repr__(self) -> str:
+        spaces = [None if lay is None else len(lay) for lay in self.layouts]
+        return f"TensorLayout({self.shape}, {spaces}{', uniform' if self.uniform else ''})"
 
 
 def layout_size(layout: Layout) -> int:
@@ -124,10 +166,8 @@ class SpaceGraph:
                 pos = end
         return self.resolve(layout)
 
-    def _add_reason(self, root: Space, reason: str) -> None:
+    def _add_reason(self, root: Space, reason: Fix) -> None:
         if reason not in root.fixed and len(root.fixed) < MAX_REASONS:
-            root.fixed.append(reason)
-        elif not root.fixed:
             root.fixed.append(reason)
 
     def mark_producer(self, layout: Layout | None) -> None:
@@ -136,24 +176,25 @@ class SpaceGraph:
             s.producer = True
             self.find(s).has_producer = True
 
-    def fix(self, layout: Layout | None, reason: str) -> None:
+    def fix(self, layout: Layout | None, reason: Fix) -> None:
         """Forbid permuting every space in ``layout``."""
         for s, _ in self.resolve(layout or ()):
             self._add_reason(self.find(s), reason)
 
-    def merge(self, a: Layout | None, b: Layout | None, reason: str) -> Layout | None:
+    def merge(self, a: Layout | None, b: Layout | None, reason: Fix) -> Layout | None:
         """Couple two layouts of one axis unit by unit; returns the merged (resolved) layout.
 
         A layout merged with ``None`` is fixed, and so is a pair whose structures disagree
-        (different ``inner`` where units meet).
+        (different ``inner`` where units meet); ``reason`` says which op coupled them.
         """
+        if a is None and b is None:
+            return None
         if a is None or b is None:
-            self.fix(a, reason)
-            self.fix(b, reason)
+            self.fix(a if b is None else b, reason.because("coupled with an axis that is never permuted"))
             return None
         if layout_size(a) != layout_size(b):
-            self.fix(a, f"{reason} (axis sizes differ)")
-            self.fix(b, f"{reason} (axis sizes differ)")
+            self.fix(a, reason.because("axis sizes differ"))
+            self.fix(b, reason.because("axis sizes differ"))
             return None
         while True:
             ra, rb = self.resolve(a), self.resolve(b)
@@ -161,13 +202,13 @@ class SpaceGraph:
             if not cuts:
                 break
             if self.split_at(a, cuts) is None or self.split_at(b, cuts) is None:
-                self.fix(a, f"{reason} (incompatible flattening)")
-                self.fix(b, f"{reason} (incompatible flattening)")
+                self.fix(a, reason.because("incompatible flattening"))
+                self.fix(b, reason.because("incompatible flattening"))
                 return None
         for (sa, ia), (sb, ib) in zip(ra, rb):
             if ia != ib:
-                self.fix(a, f"{reason} (incompatible flattening)")
-                self.fix(b, f"{reason} (incompatible flattening)")
+                self.fix(a, reason.because("incompatible flattening"))
+                self.fix(b, reason.because("incompatible flattening"))
                 return None
             self.union(sa, sb)
         return ra

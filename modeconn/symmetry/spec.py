@@ -4,14 +4,53 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from modeconn.errors import SymmetryError
 
-__all__ = ["TensorSlice", "Site", "Group", "PermutationSpec", "unit_positions", "unit_view"]
+__all__ = [
+    "Fix",
+    "FIX_KINDS",
+    "TensorSlice",
+    "Site",
+    "Group",
+    "PermutationSpec",
+    "unit_positions",
+    "unit_view",
+]
+
+FIX_KINDS: dict[str, str] = {
+    "output": "the model's output units",
+    "unsupported": "an op or module without a permutation rule (or a call form its rule does not understand)",
+    "constraint": "an op whose meaning depends on the order of the units (indexing, flattening, coupling with an unpermuted axis)",
+    "tied": "a tensor shared by several uses, one of which may not permute it",
+    "parametrization": "a parametrized or hooked module whose computed tensor cannot be followed",
+    "single_unit": "a group of one unit",
+    "no_layer": "an axis that holds no layer's units (tokens, positions, kernel taps)",
+}
+"""The kinds of reason a group is fixed for, as recorded in :attr:`Group.fixes`."""
+
+
+@dataclass(frozen=True)
+class Fix:
+    """Why a group may not be permuted: its ``kind`` (a key of :data:`FIX_KINDS`), a message
+    naming the op and graph node, and ``op``, the op or module responsible."""
+
+    kind: str
+    message: str
+    op: str = ""
+
+    def because(self, detail: str) -> Fix:
+        """The same fix with a detail appended to its message."""
+        return replace(self, message=f"{self.message}: {detail}")
+
+    def __str__(self) -> str:
+        return self.message
+
 
 Perms = dict[str, torch.Tensor]
 
@@ -58,14 +97,25 @@ def unit_view(t: torch.Tensor, axis: int, start: int, inner: int, size: int) -> 
 
 @dataclass(frozen=True)
 class Group:
-    """A set of units that are permuted together, and everything that follows them."""
+    """A set of units that are permuted together, and everything that follows them.
+
+    ``fixes`` says why a group that is not ``permutable`` is fixed; ``hidden`` is true when
+    the units are some layer's hidden units (not the model's outputs, not a token or kernel
+    axis) — the units :meth:`PermutationSpec.units` counts.
+    """
 
     name: str
     size: int
     permutable: bool
-    reason: str | None = None
+    fixes: tuple[Fix, ...] = ()
     slices: tuple[TensorSlice, ...] = ()
     sites: tuple[Site, ...] = ()
+    hidden: bool = True
+
+    @property
+    def reason(self) -> str | None:
+        """Why the group is fixed, in words (``None`` when it is permutable)."""
+        return "; ".join(f.message for f in self.fixes) or None
 
     @property
     def tensors(self) -> list[str]:
@@ -103,9 +153,27 @@ class PermutationSpec:
         return [g for g in self.groups.values() if not g.permutable]
 
     def units(self) -> tuple[int, int]:
-        """(permutable units, all units): units counted once per group, inputs and outputs excluded."""
-        hidden = [g for g in self.groups.values() if g.reason is None or not g.reason.startswith("model ")]
+        """(permutable units, hidden units): units counted once per group, over the groups of
+        hidden units (outputs, token and kernel axes excluded)."""
+        hidden = [g for g in self.groups.values() if g.hidden]
         return sum(g.size for g in hidden if g.permutable), sum(g.size for g in hidden)
+
+    def fixed_units(self) -> dict[str, int]:
+        """Fixed hidden units by the kind of their group's first fix (see :data:`FIX_KINDS`)."""
+        counts: Counter[str] = Counter()
+        for g in self.groups.values():
+            if g.hidden and not g.permutable:
+                counts[g.fixes[0].kind if g.fixes else "constraint"] += g.size
+        return dict(counts)
+
+    def fixed_ops(self) -> dict[str, int]:
+        """Fixed hidden units per op without a rule (``"torch.cumsum"``: 24): what a new rule would free."""
+        counts: Counter[str] = Counter()
+        for g in self.groups.values():
+            if g.hidden and not g.permutable:
+                for op in {f.op for f in g.fixes if f.kind == "unsupported" and f.op}:
+                    counts[op] += g.size
+        return dict(counts)
 
     # -- permutations -----------------------------------------------------------------------
     def identity(self) -> Perms:
@@ -146,13 +214,17 @@ class PermutationSpec:
     def from_dict(cls, d: Mapping) -> PermutationSpec:
         groups = {}
         for g in d["groups"]:
+            fixes = tuple(Fix(**f) for f in g.get("fixes", ()))
+            if not fixes and g.get("reason"):  # written by modeconn 0.1
+                fixes = (Fix("constraint", g["reason"]),)
             groups[g["name"]] = Group(
                 name=g["name"],
                 size=g["size"],
                 permutable=g["permutable"],
-                reason=g.get("reason"),
+                fixes=fixes,
                 slices=tuple(TensorSlice(**s) for s in g.get("slices", ())),
                 sites=tuple(Site(**s) for s in g.get("sites", ())),
+                hidden=g.get("hidden", True),
             )
         return cls(groups=groups, unreached=dict(d.get("unreached", {})), model=d.get("model", ""))
 

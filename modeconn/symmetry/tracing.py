@@ -1,8 +1,14 @@
 """Tracing policy: how modeconn turns a model into a torch.fx graph, in one place.
 
 A module is a leaf (not traced into) when a permutation rule knows its type, when timm says
-not to trace it (``timm.layers.register_notrace_module``), or when fx's default says so
-(``torch.nn`` modules). timm's autowrapped functions are kept as single graph nodes.
+not to trace it (``timm.layers.register_notrace_module``), when it has forward hooks (fx would
+trace its ``forward`` without them; as a leaf without a rule it is fixed instead), or when
+fx's default says so (``torch.nn`` modules). timm's autowrapped functions are kept as single
+graph nodes.
+
+The graph's inputs are the forward parameters the caller gives (positionally, or by name as a
+dict); every other parameter keeps its default, as in an ordinary call. ``forward`` is called
+as written, decorators included (every Hugging Face model decorates it).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -19,8 +25,9 @@ import torch.nn as nn
 from torch.fx.node import map_aggregate
 
 from modeconn.errors import TraceError
+from modeconn.symmetry.parametrizations import unknown_hooks
 
-__all__ = ["ModeconnTracer", "trace", "record_values", "modes_restored"]
+__all__ = ["ModeconnTracer", "ModelInputs", "trace", "graph_name", "record_values"]
 
 
 def _timm_policy() -> tuple[set[type], set[Callable]]:
@@ -31,56 +38,167 @@ def _timm_policy() -> tuple[set[type], set[Callable]]:
     return set(timm_fx.get_notrace_modules()), set(timm_fx.get_notrace_functions())
 
 
-class ModeconnTracer(fx.Tracer):
-    """fx tracer whose leaves are the modules modeconn has rules for, plus timm's policy."""
+class ModelInputs:
+    """The inputs a model is called with, matched to its ``forward`` parameters.
 
-    def __init__(self, is_rule_leaf: Callable[[nn.Module], bool]):
+    ``names`` are the graph's placeholders in call order; the first ``num_positional`` are
+    passed positionally, the rest by name. Built from a tensor, a tuple of tensors (the first
+    positional parameters) or a dict (parameters by name, the Hugging Face convention).
+    """
+
+    def __init__(self, model: nn.Module, inputs: Any):
+        if isinstance(inputs, torch.Tensor):
+            inputs = (inputs,)
+        if isinstance(inputs, Mapping):
+            self.names, self.values, self.num_positional = tuple(inputs), tuple(inputs.values()), 0
+            params = _forward_parameters(model)
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                unknown = [k for k in self.names if k not in params]
+                if unknown:
+                    raise TraceError(
+                        f"{type(model).__name__}.forward has no parameter {unknown[0]!r} (it takes "
+                        f"{', '.join(params) or 'nothing'}); the keys of dict inputs must be its parameter names"
+                    )
+            # the graph's placeholders follow the signature's order, as fx's calls them
+            order = {name: i for i, name in enumerate(params)}
+            pairs = sorted(zip(self.names, self.values), key=lambda kv: order.get(kv[0], len(order)))
+            self.names, self.values = tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+        else:
+            values = tuple(inputs)
+            names = []
+            for i, p in enumerate(_forward_parameters(model).values()):
+                if len(names) == len(values):
+                    break
+                if p.kind is p.VAR_POSITIONAL:
+                    names += [f"{p.name}_{k}" for k in range(len(values) - len(names))]
+                    break
+                if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD):
+                    break
+                names.append(p.name if p.name.isidentifier() else f"input_{i}")
+            if len(names) < len(values):
+                raise TraceError(
+                    f"{type(model).__name__}.forward takes {len(names)} positional input(s), "
+                    f"but {len(values)} example inputs were given"
+                )
+            self.names, self.values, self.num_positional = tuple(names), values, len(values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def map(self, fn: Callable[[Any], Any]) -> ModelInputs:
+        """The same inputs with ``fn`` applied to each value."""
+        new = object.__new__(ModelInputs)
+        new.names, new.num_positional = self.names, self.num_positional
+        new.values = tuple(fn(v) for v in self.values)
+        return new
+
+    def call(self, fn: Callable) -> Any:
+        """``fn`` called with these inputs, positionally or by name as given."""
+        k = self.num_positional
+        return fn(*self.values[:k], **dict(zip(self.names[k:], self.values[k:])))
+
+    def describe(self) -> str:
+        parts = []
+        for name, v in zip(self.names, self.values):
+            if isinstance(v, torch.Tensor):
+                parts.append(f"{name}: {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}")
+            else:
+                parts.append(f"{name}: {type(v).__name__}")
+        return ", ".join(parts)
+
+
+def _forward_parameters(model: nn.Module) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(model.forward).parameters)  # follows functools.wraps
+
+
+class ModeconnTracer(fx.Tracer):
+    """fx tracer whose leaves are the modules modeconn has rules for, plus timm's policy; the
+    graph's placeholders are the given inputs' parameters."""
+
+    def __init__(self, is_rule_leaf: Callable[[nn.Module], bool], inputs: ModelInputs):
         timm_modules, timm_functions = _timm_policy()
         super().__init__(autowrap_functions=tuple(f for f in timm_functions if callable(f)))
         self._is_rule_leaf = is_rule_leaf
         self._timm_modules = timm_modules
+        self._inputs = inputs
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self._is_rule_leaf(m) or type(m) in self._timm_modules:
+        if self._is_rule_leaf(m) or type(m) in self._timm_modules or unknown_hooks(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        # Placeholders for the given inputs only, and forward called with them as the user
+        # would: defaults apply to the rest, and a decorated forward runs its decorator
+        # (fx's own version patches the decorator's code object, which breaks on *args/**kwargs).
+        proxies = [self.create_proxy("placeholder", name, (), {}) for name in self._inputs.names]
+        k = self._inputs.num_positional
+        positional, by_name = proxies[:k], dict(zip(self._inputs.names[k:], proxies[k:]))
 
-def _defaults_beyond(model: nn.Module, num_inputs: int) -> dict[str, Any]:
-    """forward's parameters after the first ``num_inputs``, at their defaults: traced as
-    constants, so that ``if mask is not None`` follows the call discovery actually makes."""
-    params = list(inspect.signature(model.forward).parameters.values())
-    out = {}
-    for p in params[num_inputs:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if p.default is p.empty:
-            return {}  # a required input we were not given: let fx report it
-        out[p.name] = p.default
-    return out
+        def call_forward(root: nn.Module) -> Any:
+            return root_fn(root, *positional, **by_name)
+
+        return call_forward, [self.root]
 
 
-def trace(model: nn.Module, is_rule_leaf: Callable[[nn.Module], bool], num_inputs: int = 1) -> fx.GraphModule:
-    """Trace ``model`` in its current mode, called with ``num_inputs`` positional inputs (other
-    forward parameters keep their defaults); fx failures become a :class:`TraceError` that names
-    the module or function that broke the trace and the remedies."""
-    tracer = ModeconnTracer(is_rule_leaf)
+LAYER = "layer"
+"""The name a model that is itself one leaf layer (``nn.LSTM``) has inside its traced graph."""
+
+
+class _OneLayer(nn.Module):
+    """A model that is one leaf layer (a rule knows its type, or it has hooks), wrapped so that
+    fx traces a call to it instead of its insides."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.add_module(LAYER, layer)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, LAYER)(*args, **kwargs)
+
+
+def graph_name(gm: fx.GraphModule, target: str) -> str:
+    """The model's own name for a module or tensor that ``gm`` calls ``target``."""
+    if not gm.meta.get("one_layer"):
+        return target
+    return "" if target == LAYER else target.removeprefix(f"{LAYER}.")
+
+
+def trace(model: nn.Module, is_rule_leaf: Callable[[nn.Module], bool], inputs: ModelInputs) -> fx.GraphModule:
+    """Trace ``model`` in its current mode, called with ``inputs``; fx failures become a
+    :class:`TraceError` that names the module whose code broke the trace, and the remedies.
+    A model that is itself a leaf is traced as one call (:func:`graph_name` maps its names)."""
+    one_layer = is_rule_leaf(model) or bool(unknown_hooks(model))
+    root = _OneLayer(model) if one_layer else model
+    tracer = ModeconnTracer(is_rule_leaf, inputs)
     try:
-        graph = tracer.trace(model, concrete_args=_defaults_beyond(model, num_inputs) or None)
+        graph = tracer.trace(root)
     except Exception as e:
         raise TraceError(_explain_trace_failure(model, e)) from e
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["one_layer"] = one_layer
+    return gm
+
+
+_INTERNAL_FILES = ("/torch/fx/", "/torch/_", "/torch/nn/modules/module.py", "/modeconn/symmetry/tracing.py")
 
 
 def _explain_trace_failure(model: nn.Module, error: Exception) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     culprit = "?"
     for frame in reversed(frames):
-        if "/torch/fx/" not in frame.filename and "/torch/_" not in frame.filename:
+        if not any(part in frame.filename for part in _INTERNAL_FILES):
             culprit = f"{frame.name} ({frame.filename}:{frame.lineno}: {frame.line})"
             break
-    owner = _module_owning(model, frames)
-    where = f"module {owner!r} ({type(model.get_submodule(owner)).__name__})" if owner else "the model"
+    owner = _module_owning(model, error)
+    if owner is None:
+        where = "the model"
+    else:
+        where = (
+            f"module {owner!r} ({type(model.get_submodule(owner)).__name__})"
+            if owner
+            else "the model's own forward"
+        )
     return (
         f"torch.fx could not trace {type(model).__name__}: {type(error).__name__}: {error}\n"
         f"  it broke in {where}, at {culprit}\n"
@@ -90,30 +208,21 @@ def _explain_trace_failure(model: nn.Module, error: Exception) -> str:
     )
 
 
-def _module_owning(model: nn.Module, frames: traceback.StackSummary) -> str | None:
-    """The deepest submodule whose forward appears in the traceback."""
-    files = {(f.filename, f.name) for f in frames if f.name == "forward"}
-    best = None
-    for name, m in model.named_modules():
-        try:
-            fn = type(m).forward
-            key = (fn.__code__.co_filename, "forward")
-        except AttributeError:
-            continue
-        if key in files and name and (best is None or name.count(".") >= best.count(".")):
-            best = name
-    return best
-
-
-@contextlib.contextmanager
-def modes_restored(model: nn.Module):
-    """Restore every submodule's train/eval flag afterwards (mixed modes included)."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
+def _module_owning(model: nn.Module, error: Exception) -> str | None:
+    """The qualified name of the deepest module whose own code is on the failing stack (found
+    by the ``self`` of each frame, so that modules sharing a file are told apart)."""
+    names = {id(m): name for name, m in model.named_modules()}
+    owner = None
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        code = frame.f_code
+        this = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None  # a method's self
+        filename = code.co_filename
+        if id(this) in names and not any(part in filename for part in _INTERNAL_FILES):
+            owner = names[id(this)]
+        tb = tb.tb_next
+    return owner
 
 
 @contextlib.contextmanager
@@ -130,7 +239,7 @@ def _preserved_state(model: nn.Module):
                     v.copy_(saved[k])
 
 
-def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+def record_values(gm: fx.GraphModule, inputs: ModelInputs, float_dtype: torch.dtype | None) -> dict[str, Any]:
     """Run the graph once and return, for every node, the structure of its output with tensors
     replaced by :class:`torch.Size` (other values are kept when they are small Python values)."""
     shapes: dict[str, Any] = {}
@@ -140,16 +249,18 @@ def record_values(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> dict[st
             try:
                 result = super().run_node(n)
             except Exception as e:
+                dtype = f"; the model's parameters are {float_dtype}" if float_dtype is not None else ""
                 raise TraceError(
                     f"the traced graph failed at node {n.format_node()}: {type(e).__name__}: {e}. "
-                    f"Check that example_inputs have the shape the model expects."
+                    f"Check that the example inputs have the shapes and dtypes the model expects "
+                    f"(given: {inputs.describe()}{dtype})."
                 ) from e
             shapes[n.name] = map_aggregate(result, _summarize)
             return result
 
     # only a train-mode run changes buffers (BatchNorm statistics); eval needs no snapshot
     with _preserved_state(gm) if gm.training else torch.no_grad():
-        Recorder(gm).run(*inputs)
+        Recorder(gm).run(*inputs.values)
     return shapes
 
 

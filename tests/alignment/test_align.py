@@ -160,7 +160,7 @@ def test_clear_errors():
         align(a, other, torch.randn(4, 3, 32, 32))
     b = modeconn.create_model("resnet20", width=4)
     with pytest.raises(
-        AlignmentError, match=r"model_a rejected the data \(a batch of shape \(4, 5, 32, 32\)\)"
+        AlignmentError, match=r"model_a rejected the data \(a batch of x: \(4, 5, 32, 32\) float32\)"
     ):
         align(a, b, torch.randn(4, 5, 32, 32), spec=discover(a, torch.randn(2, 3, 32, 32)))
     with pytest.raises(

@@ -1,0 +1,304 @@
+"""``RuleContext``: what a permutation rule sees of one graph node, and what it may do.
+
+A rule reads its inputs' layouts by parameter name (:meth:`~RuleContext.tensor`), couples
+layouts (:meth:`~RuleContext.merge`), forbids permutations (:meth:`~RuleContext.fix`),
+creates the units of a layer (:meth:`~RuleContext.new_units`), says which parameter axes
+follow which layout (:meth:`~RuleContext.bind`), marks observation sites
+(:meth:`~RuleContext.site`), and returns the layout of the node's output (usually built with
+:meth:`~RuleContext.out`). Arguments are normalized against the op's signature first (see
+:mod:`modeconn.symmetry.arguments`): a call the rule cannot read raises inside the rule, and
+the node is then treated as unsupported — a rule never guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.node import map_aggregate
+
+from modeconn.symmetry.arguments import Arguments, ArgumentsNotUnderstood, normalize, python_type
+from modeconn.symmetry.spaces import Layout, TensorLayout, layout_size
+from modeconn.symmetry.spec import Fix
+
+if TYPE_CHECKING:
+    from modeconn.symmetry.discovery import _Discovery
+
+__all__ = ["RuleContext", "Unsupported", "target_name", "op_name", "tensor_layouts", "flat_values"]
+
+
+class Unsupported(Exception):
+    """Raised by a rule (or a helper it calls) for a form of its op it does not handle: the
+    node is then unsupported, with the message as the reason."""
+
+
+class RuleContext:
+    """One graph node as a rule sees it (see the module docstring)."""
+
+    def __init__(self, state: _Discovery, node: fx.Node, module: nn.Module | None):
+        self._d = state
+        self.node = node
+        self.module = module
+        self.module_name = state.name_of(node.target) if node.op == "call_module" else ""
+        self._args: Arguments | None = None
+        self.touched: list[Layout] = []  # layouts this rule created or bound: fixed if it fails
+
+    # -- reading inputs ---------------------------------------------------------------------
+    @property
+    def args(self) -> Arguments:
+        """The node's arguments by parameter name, defaults filled in; the tensor operated on
+        is ``"input"``. Reading a parameter the matched signature lacks, or any argument of a
+        call that matches no signature, raises :class:`ArgumentsNotUnderstood`."""
+        if self._args is None:
+            self._args = normalize(self.node, self.module, self._type_of)
+        return self._args
+
+    def _type_of(self, raw: Any) -> Any:
+        return python_type(self.value(raw))
+
+    def has(self, name: str) -> bool:
+        """Whether the matched signature has parameter ``name`` (tells overloads apart)."""
+        return name in self.args
+
+    def _raw(self, name: str | int) -> Any:
+        if isinstance(name, int):  # the name-th parameter of the matched signature
+            names = list(self.args)
+            if not 0 <= name < len(names):
+                raise ArgumentsNotUnderstood(f"{self.where} has no argument number {name}")
+            name = names[name]
+        return self.args[name]
+
+    def tensor(self, name: str | int = "input") -> TensorLayout:
+        """The layout of tensor argument ``name`` (a parameter name, or its position in the
+        op's signature)."""
+        a = self.ann(self._raw(name))
+        if not isinstance(a, TensorLayout):
+            raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} is not a tensor")
+        return a
+
+    def optional_tensor(self, name: str) -> TensorLayout | None:
+        """The layout of argument ``name`` if it is a tensor (``None`` for ``None`` or a
+        number); a parameter the signature lacks counts as absent."""
+        if name not in self.args:
+            return None
+        a = self.ann(self.args[name])
+        return a if isinstance(a, TensorLayout) else None
+
+    def tensors(self, name: str) -> list[TensorLayout]:
+        """The layouts of a sequence-of-tensors argument (``torch.cat``'s ``tensors``)."""
+        raw = self.args[name]
+        if not isinstance(raw, (list, tuple)):
+            raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} is not a sequence")
+        out = [self.ann(r) for r in raw]
+        if not all(isinstance(t, TensorLayout) for t in out):
+            raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} holds non-tensors")
+        return out
+
+    def const(self, name: str | int) -> Any:
+        """The value of a non-tensor argument (an int computed in the graph, ``x.size(1)``,
+        counts: its recorded value). A tensor argument raises."""
+        raw = self._raw(name)
+        if any(tensor_layouts(self.ann(raw))):
+            raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} is a tensor, not a constant")
+        return self.value(raw)
+
+    def value(self, raw: Any) -> Any:
+        """A raw argument's recorded value (``torch.Size`` for tensors)."""
+        return map_aggregate(raw, lambda a: self._d.values[a.name] if isinstance(a, fx.Node) else a)
+
+    def ann(self, raw: Any) -> Any:
+        """The layout of a raw argument: a :class:`TensorLayout` for a tensor, ``None`` for
+        constants, tuples/lists of those for sequences."""
+        if isinstance(raw, fx.Node):
+            return self._d.ann.get(raw.name)
+        if isinstance(raw, (list, tuple)):
+            return type(raw)(self.ann(a) for a in raw)
+        if isinstance(raw, dict):
+            return {k: self.ann(v) for k, v in raw.items()}
+        return None
+
+    def is_state(self, raw: Any) -> bool:
+        """Whether a raw argument is one of the model's parameters or buffers, read directly."""
+        return (
+            isinstance(raw, fx.Node)
+            and raw.op == "get_attr"
+            and self._d.name_of(raw.target) in self._d.canonical
+        )
+
+    def inputs(self) -> list[TensorLayout]:
+        """The layouts of every tensor among the node's arguments, nested ones included."""
+        return list(tensor_layouts([self.ann(a) for a in (*self.node.args, *self.node.kwargs.values())]))
+
+    @property
+    def out_value(self) -> Any:
+        """The recorded output structure (``torch.Size`` for a tensor output)."""
+        return self._d.values[self.node.name]
+
+    @property
+    def where(self) -> str:
+        if self.node.op == "call_module":
+            return f"{type(self.module).__name__} {self.module_name!r}"
+        return f"{target_name(self.node)} at node {self.node.name!r}"
+
+    @property
+    def op(self) -> str:
+        """The op's name as reasons give it (``torch.cumsum``, ``Embedding 'emb'``)."""
+        if self.node.op == "call_module":
+            return f"{type(self.module).__name__} {self.module_name!r}"
+        return target_name(self.node)
+
+    # -- acting -------------------------------------------------------------------------------
+    def _fix(self, why: str, kind: str = "constraint") -> Fix:
+        return Fix(kind, f"{why} ({self.where})", self.op)
+
+    def merge(self, a: Layout | None, b: Layout | None, why: str = "") -> Layout | None:
+        """Couple two layouts of one axis unit by unit; ``None`` (an axis never permuted) fixes the other."""
+        fix = Fix("constraint", f"{why or 'coupled'} by {self.where}", self.op)
+        return self._d.spaces.merge(a, b, fix)
+
+    def merge_all(self, layouts: Sequence[Layout | None], why: str = "") -> Layout | None:
+        """Merge layouts of one axis; an empty sequence gives ``None``."""
+        layouts = list(layouts)
+        if not layouts:
+            return None
+        out = layouts[0]
+        for lay in layouts[1:]:
+            out = self.merge(out, lay, why)
+        return out
+
+    def fix(self, layout: Layout | None, why: str) -> None:
+        """Forbid permuting every space in ``layout``, for the reason ``why``."""
+        self._d.spaces.fix(layout, self._fix(why))
+
+    def fix_all(self, value: Any, why: str) -> None:
+        """Fix every layout found in a layout structure."""
+        for ta in tensor_layouts(value):
+            for lay in ta.layouts:
+                self.fix(lay, why)
+
+    def new_units(self, size: int, label: str | None = None) -> Layout:
+        """The output units of a layer: a fresh permutable space."""
+        layout = ((self._d.spaces.new(size, label or self.module_name or self.node.name, producer=True), 1),)
+        self.touched.append(layout)
+        return layout
+
+    def fixed_units(self, size: int, why: str, label: str | None = None) -> Layout:
+        """A fresh space that may not be permuted (an embedding's rows, attention internals)."""
+        layout = ((self._d.spaces.new(size, label or self.module_name or self.node.name, producer=False), 1),)
+        self.fix(layout, why)
+        return layout
+
+    def mark_producer(self, layout: Layout | None) -> None:
+        """The spaces of ``layout`` are a layer's output units (for layers called functionally,
+        whose weights arrive as attributes)."""
+        if layout is not None:
+            self.touched.append(layout)
+        self._d.spaces.mark_producer(layout)
+
+    def split(self, layout: Layout | None, offsets: Sequence[int]) -> Layout | None:
+        """Split spaces so each offset falls between units; ``None`` stays ``None``."""
+        if layout is None:
+            return None
+        res = self._d.spaces.split_at(layout, offsets)
+        if res is None:
+            self.fix(layout, "split inside a flattened unit")
+        return res
+
+    def sub_layout(self, layout: Layout | None, start: int, stop: int) -> Layout | None:
+        """The part of ``layout`` covering axis indices ``start:stop`` (spaces are split as needed)."""
+        if layout is None:
+            return None
+        res = self.split(layout, [o for o in (start, stop) if 0 < o < layout_size(layout)])
+        if res is None:
+            return None
+        out, pos = [], 0
+        for s, inner in res:
+            end = pos + s.size * inner
+            if start <= pos and end <= stop:
+                out.append((s, inner))
+            pos = end
+        return tuple(out)
+
+    def resolve(self, layout: Layout | None) -> Layout | None:
+        return None if layout is None else self._d.spaces.resolve(layout)
+
+    def param(self, local: str) -> str:
+        """The state-dict name of a parameter or buffer of this node's module."""
+        return f"{self.module_name}.{local}" if self.module_name else local
+
+    def bind(self, tensor: str, axis: int, layout: Layout | None) -> None:
+        """Axis ``axis`` of state-dict entry ``tensor`` follows ``layout``. Axes of a module's
+        tensors that its rule does not bind are never permuted by this use of them."""
+        if layout is not None:
+            self.touched.append(layout)
+        self._d.bind(tensor, axis, layout, self.where)
+
+    def bind_local(self, local: str, axis: int, layout: Layout | None) -> None:
+        """:meth:`bind` for a parameter or buffer of this node's module; skipped when it is ``None``."""
+        if getattr(self.module, local, None) is not None:
+            self.bind(self.param(local), axis, layout)
+
+    def site(self, kind: str, out: TensorLayout) -> None:
+        """Mark the node's output as an observation site of kind ``"pre"`` or ``"post"``."""
+        for axis, lay in enumerate(out.layouts):
+            if lay is not None and self._d.record_sites:
+                self._d.sites.append((self.node.name, axis, lay, kind))
+
+    def out(self, layouts: Sequence[Layout | None], uniform: bool = False) -> TensorLayout:
+        """The output layout with the recorded output shape."""
+        if not isinstance(self.out_value, torch.Size):
+            raise ArgumentsNotUnderstood(f"{self.where} does not return one tensor")
+        return TensorLayout(self.out_value, layouts, uniform=uniform)
+
+    def unsupported(self, why: str) -> Any:
+        """Give up on this node: fix everything it touches (or raise in strict mode)."""
+        return self._d.unsupported(self.node, why, self)
+
+
+def flat_values(value: Any) -> Iterator[Any]:
+    """The leaves of a nested structure of lists, tuples and dicts (a ``torch.Size`` is a leaf)."""
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        for v in value:
+            yield from flat_values(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from flat_values(v)
+    else:
+        yield value
+
+
+def tensor_layouts(value: Any) -> Iterator[TensorLayout]:
+    """Every :class:`TensorLayout` in a nested structure of layouts."""
+    for v in flat_values(value):
+        if isinstance(v, TensorLayout):
+            yield v
+
+
+def target_name(node: fx.Node) -> str:
+    """A readable name for a node's op: ``torch.cumsum``, ``Tensor.view``, ``operator.add``."""
+    t = node.target
+    if node.op == "call_method":
+        return f"Tensor.{t}"
+    if isinstance(t, str):
+        return t
+    return op_name(t)
+
+
+def op_name(t: Any) -> str:
+    """A readable, importable-looking name for a function or class (``torch.nn.functional.relu``)."""
+    module = getattr(t, "__module__", None) or ""
+    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", repr(t))
+    if "<locals>" in name or name.startswith("_"):  # boolean_dispatch wrappers, torch._VariableFunctionsClass
+        name = getattr(t, "__name__", name)
+    if module in ("_operator", "operator"):
+        return f"operator.{name}"
+    if module == "builtins":
+        return name
+    if module.startswith("torch._C") or module in ("torch._VariableFunctionsClass",):
+        module = "torch"
+    if module == "torch.nn.functional" or module.startswith("torch.nn.functional"):
+        module = "torch.nn.functional"
+    return f"{module}.{name}" if module else name

@@ -1,0 +1,311 @@
+"""Rules for shape and layout algebra: reshapes, axis permutations, size-1 axes, broadcasting,
+repetition, concatenation and splitting, and ops whose result depends on the order along
+one axis (flip, roll, cumulative sums), which fix that axis and pass the others through."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from modeconn.symmetry.context import RuleContext
+from modeconn.symmetry.rules.common import axis_index
+from modeconn.symmetry.spaces import Layout, TensorLayout, layout_size
+
+__all__ = [
+    "reshape",
+    "permute_dims",
+    "transpose",
+    "matrix_transpose",
+    "movedim",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "repeat",
+    "repeat_interleave",
+    "cat",
+    "stack",
+    "split",
+    "unbind",
+    "unfold",
+    "order_along",
+]
+
+
+def reshape(ctx: RuleContext) -> TensorLayout:
+    """view/reshape/flatten/unflatten: match groups of input and output axes with equal
+    products; merged axes combine their layouts (channel-major), split axes give the layout to
+    the innermost sub-axis (all pieces share one permutation), anything else is fixed."""
+    x = ctx.tensor("input")
+    if ctx.has("dtype"):  # x.view(torch.float16) reinterprets bytes
+        return ctx.unsupported("a view as another dtype")
+    return ctx.out(_reshape_layouts(ctx, x, tuple(ctx.out_value)))
+
+
+def _reshape_layouts(ctx: RuleContext, x: TensorLayout, out_shape: tuple) -> list:
+    ins = list(x.shape)
+    out_layouts: list = [None] * len(out_shape)
+    i = j = 0
+    while i < len(ins) or j < len(out_shape):
+        # skip size-1 axes on either side: they carry nothing
+        if i < len(ins) and ins[i] == 1:
+            i += 1
+            continue
+        if j < len(out_shape) and out_shape[j] == 1:
+            j += 1
+            continue
+        if i >= len(ins) or j >= len(out_shape):
+            break
+        gi, gj = [i], [j]
+        pi, pj = ins[i], out_shape[j]
+        while pi != pj:
+            if pi < pj:
+                i += 1
+                gi.append(i)
+                pi *= ins[i]
+            else:
+                j += 1
+                gj.append(j)
+                pj *= out_shape[j]
+        i, j = i + 1, j + 1
+        in_lays = [x[a] for a in gi]
+        if all(lay is None for lay in in_lays):
+            continue
+        in_sizes = [x.shape[a] for a in gi]
+        out_sizes = [out_shape[b] for b in gj]
+        if len(gj) == 1:
+            out_layouts[gj[0]] = _merge_axes(ctx, in_lays, in_sizes)
+        elif len(gi) == 1:
+            for b, lay in zip(gj, _split_axis(ctx, in_lays[0], out_sizes)):
+                out_layouts[b] = lay
+        else:
+            for lay in in_lays:
+                ctx.fix(lay, "reshape mixes several axes into several axes")
+    return out_layouts
+
+
+def _merge_axes(ctx: RuleContext, lays: list, sizes: list[int]) -> Layout | None:
+    """Flatten consecutive axes into one: at most one of them may carry a layout."""
+    carrying = [k for k, lay in enumerate(lays) if lay is not None]
+    if len(carrying) > 1:
+        for lay in lays:
+            ctx.fix(lay, "flatten merges two permutable axes")
+        return None
+    k = carrying[0]
+    inner = math.prod(sizes[k + 1 :])
+    outer = math.prod(sizes[:k])
+    if outer > 4096:
+        ctx.fix(lays[k], "flatten repeats a permutable axis too often")
+        return None
+    base = tuple((s, i * inner) for s, i in ctx.resolve(lays[k]))
+    return base * outer
+
+
+def _split_axis(ctx: RuleContext, lay: Layout, sizes: list[int]) -> list:
+    """Unflatten one axis into ``sizes``."""
+    lay = ctx.resolve(lay)
+    nontrivial = [k for k, n in enumerate(sizes) if n > 1]
+    # exact inverse of a channel-major flatten: every segment has inner == product of trailing sizes
+    for k in nontrivial:
+        inner = math.prod(sizes[k + 1 :])
+        outer = math.prod(sizes[:k])
+        if outer == 1 and inner > 1 and all(i == inner for _, i in lay):
+            out = [None] * len(sizes)
+            out[k] = tuple((s, 1) for s, _ in lay)
+            return out
+    # otherwise the innermost non-trivial axis takes the units; all its repetitions share a permutation
+    last = nontrivial[-1]
+    n_last = sizes[last]
+    pieces = ctx.split(lay, list(range(n_last, layout_size(lay), n_last)))
+    if pieces is None or any(i != 1 for _, i in pieces):
+        ctx.fix(lay, "reshape splits a flattened axis")
+        return [None] * len(sizes)
+    parts = [ctx.sub_layout(pieces, o, o + n_last) for o in range(0, layout_size(lay), n_last)]
+    merged = ctx.merge_all(parts, "reshape into heads ties every head to one permutation")
+    out = [None] * len(sizes)
+    out[last] = merged
+    return out
+
+
+def _moved(ctx: RuleContext, x: TensorLayout, order: Sequence[int]) -> TensorLayout:
+    if sorted(order) != list(range(x.ndim)):
+        raise ValueError(f"{list(order)} is not an order of {x.ndim} axes")
+    return ctx.out([x[o] for o in order])
+
+
+def permute_dims(ctx: RuleContext) -> TensorLayout:
+    """permute(dims): the layouts move with their axes."""
+    x = ctx.tensor("input")
+    return _moved(ctx, x, [axis_index(int(d), x.ndim) for d in ctx.const("dims")])
+
+
+def transpose(ctx: RuleContext) -> TensorLayout:
+    """transpose/swapaxes/swapdims of two axes."""
+    x = ctx.tensor("input")
+    names = ("dim0", "dim1") if ctx.has("dim0") else ("axis0", "axis1")
+    a, b = (axis_index(int(ctx.const(n)), x.ndim) for n in names)
+    order = list(range(x.ndim))
+    order[a], order[b] = order[b], order[a]
+    return _moved(ctx, x, order)
+
+
+def matrix_transpose(ctx: RuleContext) -> TensorLayout:
+    """``t()``: the two axes of a matrix swap (a vector stays as it is)."""
+    x = ctx.tensor("input")
+    if x.ndim > 2:
+        return ctx.unsupported("t() of a tensor with more than 2 dimensions")
+    return _moved(ctx, x, list(range(x.ndim))[::-1])
+
+
+def movedim(ctx: RuleContext) -> TensorLayout:
+    """movedim/moveaxis(source, destination)."""
+    x = ctx.tensor("input")
+    n = x.ndim
+    src, dst = ctx.const("source"), ctx.const("destination")
+    src = [src] if isinstance(src, int) else list(src)
+    dst = [dst] if isinstance(dst, int) else list(dst)
+    src, dst = [axis_index(s, n) for s in src], [axis_index(d, n) for d in dst]
+    order: list = [None] * n
+    for s, d in zip(src, dst):
+        order[d] = s
+    remaining = iter(a for a in range(n) if a not in src)
+    return _moved(ctx, x, [o if o is not None else next(remaining) for o in order])
+
+
+def unsqueeze(ctx: RuleContext) -> TensorLayout:
+    """unsqueeze(dim): a new size-1 axis."""
+    x = ctx.tensor("input")
+    d = axis_index(int(ctx.const("dim")), x.ndim + 1)
+    layouts = list(x.layouts)
+    layouts.insert(d, None)
+    return ctx.out(layouts, uniform=x.uniform)
+
+
+def squeeze(ctx: RuleContext) -> TensorLayout:
+    """squeeze drops size-1 axes, which carry no layout."""
+    x = ctx.tensor("input")
+    out_shape = tuple(ctx.out_value)
+    kept = [lay for n, lay in zip(x.shape, x.layouts) if n != 1]
+    if [n for n in x.shape if n != 1] != [n for n in out_shape if n != 1]:
+        return ctx.unsupported("squeeze changed more than size-1 axes")
+    it = iter(kept)
+    return ctx.out([None if n == 1 else next(it) for n in out_shape], uniform=x.uniform)
+
+
+def expand(ctx: RuleContext) -> TensorLayout:
+    """expand/expand_as/broadcast_to: only size-1 axes grow; leading axes may be added."""
+    x = ctx.tensor("input")
+    out_shape = tuple(ctx.out_value)
+    lead = len(out_shape) - x.ndim
+    if lead < 0 or any(n not in (1, out_shape[lead + a]) for a, n in enumerate(x.shape)):
+        return ctx.unsupported("an expansion that is not a broadcast")
+    layouts = [None] * lead + [x[a] if x.shape[a] == out_shape[lead + a] else None for a in range(x.ndim)]
+    return ctx.out(layouts, uniform=x.uniform)
+
+
+def repeat(ctx: RuleContext) -> TensorLayout:
+    """repeat/tile: each axis is its layout repeated ``k`` times (leading axes may be added)."""
+    x = ctx.tensor("input")
+    out_shape = tuple(ctx.out_value)
+    lead = len(out_shape) - x.ndim
+    if lead < 0 or any(out_shape[lead + a] % n for a, n in enumerate(x.shape) if n):
+        return ctx.unsupported("a repetition that is not a whole number of copies")
+    layouts = [None] * lead
+    for a in range(x.ndim):
+        k = out_shape[lead + a] // x.shape[a]
+        layouts.append(None if x[a] is None else ctx.resolve(x[a]) * k)
+    return ctx.out(layouts, uniform=x.uniform)
+
+
+def repeat_interleave(ctx: RuleContext) -> TensorLayout:
+    """repeat_interleave(repeats: int, dim): every unit repeated in place (``inner`` grows)."""
+    x = ctx.tensor("input")
+    repeats, dim = ctx.const("repeats"), ctx.const("dim")
+    if not isinstance(repeats, int) or dim is None:
+        return ctx.unsupported("repeat_interleave without an int repeat and a dim")
+    d = axis_index(dim, x.ndim)
+    lay = None if x[d] is None else tuple((s, inner * repeats) for s, inner in ctx.resolve(x[d]))
+    return ctx.out([lay if a == d else x[a] for a in range(x.ndim)], uniform=x.uniform)
+
+
+def cat(ctx: RuleContext) -> TensorLayout:
+    """cat along an axis: the result's layout there is the concatenation of the inputs' (a
+    direct sum of their spaces); other axes are coupled."""
+    tensors = ctx.tensors("tensors")
+    out_shape = tuple(ctx.out_value)
+    d = axis_index(int(ctx.const("dim")), len(out_shape))
+    tensors = [t for t in tensors if t.ndim == len(out_shape)]  # legacy empty tensors are skipped
+    layouts = []
+    for a in range(len(out_shape)):
+        if a != d:
+            layouts.append(ctx.merge_all([t[a] for t in tensors if not t.uniform], "cat"))
+            continue
+        segs: list = []
+        for t in tensors:
+            lay = t[a]
+            if lay is None and t.shape[a]:
+                lay = ctx.fixed_units(t.shape[a], "concatenated with an unpermutable tensor")
+            segs.extend(ctx.resolve(lay) if lay is not None else ())
+        layouts.append(tuple(segs))
+    return ctx.out(layouts, uniform=all(t.uniform for t in tensors))
+
+
+def stack(ctx: RuleContext) -> TensorLayout:
+    """stack: a new axis over equally laid out tensors (their axes are coupled)."""
+    tensors = ctx.tensors("tensors")
+    out_shape = tuple(ctx.out_value)
+    d = axis_index(int(ctx.const("dim")), len(out_shape))
+    merged = [
+        ctx.merge_all([t[a] for t in tensors if not t.uniform], "stack") for a in range(tensors[0].ndim)
+    ]
+    merged.insert(d, None)
+    return ctx.out(merged, uniform=all(t.uniform for t in tensors))
+
+
+def split(ctx: RuleContext) -> tuple:
+    """split/chunk/tensor_split along an axis: the inverse of cat."""
+    x = ctx.tensor("input")
+    outs = ctx.out_value
+    d = axis_index(int(ctx.const("dim")), x.ndim)
+    result, pos = [], 0
+    for shape in outs:
+        n = shape[d]
+        lay = ctx.sub_layout(x[d], pos, pos + n)
+        result.append(TensorLayout(shape, [lay if a == d else x[a] for a in range(x.ndim)], x.uniform))
+        pos += n
+    if pos != x.shape[d]:
+        raise ValueError("the pieces do not cover the axis")
+    return type(outs)(result) if type(outs) in (list, tuple) else tuple(result)
+
+
+def unbind(ctx: RuleContext) -> tuple:
+    """unbind(dim): each piece is one index along ``dim``, which must therefore keep its order."""
+    x = ctx.tensor("input")
+    d = axis_index(int(ctx.const("dim")), x.ndim)
+    ctx.fix(x[d], "unbind picks single units")
+    lays = [x[a] for a in range(x.ndim) if a != d]
+    return tuple(TensorLayout(s, lays, x.uniform) for s in ctx.out_value)
+
+
+def unfold(ctx: RuleContext) -> TensorLayout:
+    """Tensor.unfold(dimension, size, step): sliding windows along one axis, which keeps its order."""
+    x = ctx.tensor("input")
+    d = axis_index(int(ctx.const("dimension")), x.ndim)
+    ctx.fix(x[d], "sliding windows over a permutable axis")
+    return ctx.out([None if a == d else x[a] for a in range(x.ndim)] + [None])
+
+
+def order_along(ctx: RuleContext) -> TensorLayout:
+    """flip/roll/cumsum/cumprod: the result depends on the order along the op's axes, which are
+    fixed; the other axes pass through (``dims=None`` means every axis)."""
+    x = ctx.tensor("input")
+    if ctx.has("dims"):
+        raw = ctx.const("dims")
+        raw = range(x.ndim) if raw is None or len(raw) == 0 else ([raw] if isinstance(raw, int) else raw)
+    else:
+        raw = [ctx.const("dim")]
+    axes = {axis_index(int(a), x.ndim) for a in raw}
+    for a in axes:
+        ctx.fix(x[a], f"{ctx.op} depends on the order along axis {a}")
+    if tuple(ctx.out_value) != x.shape:
+        return ctx.unsupported("the op changed the shape")
+    return ctx.out([None if a in axes else x[a] for a in range(x.ndim)])
