@@ -454,11 +454,12 @@ def discover(
             gm = trace_model(model, inputs, training=training)
             gm.train(training)  # its submodules are the model's own
             state.record_sites = not training
+            # train-mode BatchNorm refuses a batch of one; shapes are all discovery needs
+            doubled = _doubled(inputs) if training else None
             try:
-                state.run(gm, inputs, dtype)
+                state.run(gm, doubled or inputs, dtype)
             except TraceError:
-                doubled = _doubled(inputs) if training else None
                 if doubled is None:
                     raise
-                state.run(gm, doubled, dtype)  # train-mode BatchNorm needs two samples
+                state.run(gm, inputs, dtype)  # a model that only takes the batch it was given
     return _build_spec(state, model)

@@ -239,29 +239,44 @@ def _preserved_state(model: nn.Module):
                     v.copy_(saved[k])
 
 
+class _Recorder(fx.Interpreter):
+    """Runs a graph and keeps, for every node, the structure of its output."""
+
+    def __init__(self, gm: fx.GraphModule, describe: Callable[[], str]):
+        super().__init__(gm)
+        self.shapes: dict[str, Any] = {}
+        self._describe = describe
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as e:
+            raise TraceError(
+                f"the traced graph failed at node {n.format_node()}: {type(e).__name__}: {e}. "
+                f"Check that the example inputs have the shapes and dtypes the model expects "
+                f"({self._describe()})."
+            ) from e
+        self.shapes[n.name] = map_aggregate(result, _summarize)
+        return result
+
+
 def record_values(gm: fx.GraphModule, inputs: ModelInputs, float_dtype: torch.dtype | None) -> dict[str, Any]:
     """Run the graph once and return, for every node, the structure of its output with tensors
-    replaced by :class:`torch.Size` (other values are kept when they are small Python values)."""
-    shapes: dict[str, Any] = {}
+    replaced by :class:`torch.Size` (other values are kept when they are small Python values).
 
-    class Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            try:
-                result = super().run_node(n)
-            except Exception as e:
-                dtype = f"; the model's parameters are {float_dtype}" if float_dtype is not None else ""
-                raise TraceError(
-                    f"the traced graph failed at node {n.format_node()}: {type(e).__name__}: {e}. "
-                    f"Check that the example inputs have the shapes and dtypes the model expects "
-                    f"(given: {inputs.describe()}{dtype})."
-                ) from e
-            shapes[n.name] = map_aggregate(result, _summarize)
-            return result
+    The run is real, not on fake or meta tensors: those take other code paths in some modules
+    (``nn.MultiheadAttention``'s fast path returns other outputs), and the structure recorded
+    here is what the rules trust."""
 
+    def describe() -> str:
+        dtype = f"; the model's parameters are {float_dtype}" if float_dtype is not None else ""
+        return f"given: {inputs.describe()}{dtype}"
+
+    recorder = _Recorder(gm, describe)
     # only a train-mode run changes buffers (BatchNorm statistics); eval needs no snapshot
     with _preserved_state(gm) if gm.training else torch.no_grad():
-        Recorder(gm).run(*inputs.values)
-    return shapes
+        recorder.run(*inputs.values)
+    return recorder.shapes
 
 
 def _summarize(value: Any) -> Any:
