@@ -86,7 +86,7 @@ _OPERATOR_PARAMS: dict[Callable, tuple[str, ...]] = {
 
 # Methods whose Python form takes sizes as varargs (``x.view(2, 3)``) where the schema has a list.
 _VARARG_METHODS = {"view", "reshape", "permute", "expand", "repeat", "tile", "flip", "new_zeros", "new_ones"}
-_VARARG_METHODS |= {"new_empty", "new_full", "resize_", "size", "sum_to_size"}
+_VARARG_METHODS |= {"new_empty", "new_full", "resize_", "size", "sum_to_size", "broadcast_to"}
 
 # Dunder methods as fx records them (``x.__radd__(y)``): normalized like the plain op.
 _DUNDER = {
@@ -161,6 +161,14 @@ def _function(target: Any, args: tuple, kwargs: dict, type_of, where: str) -> Ar
         return Arguments(dict(zip(("input", "name", "default"), args)), where)
     if isinstance(target, (types.BuiltinFunctionType, torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
         return _schema(target, args, kwargs, type_of, where)
+    # Python functions; fx's normalization also knows torch's boolean-dispatch wrappers
+    # (F.max_pool2d is ``fn(*args, **kwargs)`` choosing between two functions of one signature)
+    try:
+        pair = normalize_function(target, args, kwargs, normalize_to_only_use_kwargs=True)
+    except Exception:
+        pair = None
+    if pair is not None:
+        return Arguments(_canonical(dict(pair.kwargs)), where)
     try:
         sig = _signature(target)
     except (TypeError, ValueError):
@@ -194,7 +202,12 @@ def _aten(name: str) -> Any:
         return None
 
 
+# numpy spellings torch's argument parser accepts for its builtins
+_KWARG_ALIASES = {"axis": "dim", "keepdims": "keepdim"}
+
+
 def _schema(target: Any, args: tuple, kwargs: dict, type_of, where: str) -> Arguments:
+    kwargs = {_KWARG_ALIASES.get(k, k): v for k, v in kwargs.items()}
     arg_types = tuple(type_of(a) for a in args)
     kwarg_types = {k: type_of(v) for k, v in kwargs.items()}
     try:

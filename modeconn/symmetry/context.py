@@ -89,10 +89,9 @@ class RuleContext:
 
     def tensors(self, name: str) -> list[TensorLayout]:
         """The layouts of a sequence-of-tensors argument (``torch.cat``'s ``tensors``)."""
-        raw = self.args[name]
-        if not isinstance(raw, (list, tuple)):
+        out = self.ann(self.args[name])  # a list in the call, or a node holding a tuple of tensors
+        if not isinstance(out, (list, tuple)):
             raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} is not a sequence")
-        out = [self.ann(r) for r in raw]
         if not all(isinstance(t, TensorLayout) for t in out):
             raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} holds non-tensors")
         return out
@@ -224,6 +223,12 @@ class RuleContext:
 
     def resolve(self, layout: Layout | None) -> Layout | None:
         return None if layout is None else self._d.spaces.resolve(layout)
+
+    def is_fixed(self, layout: Layout | None) -> bool:
+        """Whether no space of ``layout`` may be permuted (so far): it can be treated as ``None``."""
+        return layout is not None and all(
+            self._d.spaces.find(s).fixed for s, _ in self._d.spaces.resolve(layout)
+        )
 
     def param(self, local: str) -> str:
         """The state-dict name of a parameter or buffer of this node's module."""

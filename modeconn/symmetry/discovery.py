@@ -207,7 +207,10 @@ class _Discovery:
             )
         rule = self.module_rule(module) if module is not None else self.node_rule(node)
         if rule is None:
-            return self.unsupported(node, "no permutation rule")
+            why = (
+                self.gm.meta.get("opaque", {}).get(self.name_of(node.target)) if module is not None else None
+            )
+            return self.unsupported(node, why or "no permutation rule")
         ctx = RuleContext(self, node, module)
         try:
             result = rule(ctx)

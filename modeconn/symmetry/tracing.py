@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.node import map_aggregate
 
 from modeconn.errors import TraceError
 from modeconn.symmetry.parametrizations import unknown_hooks
@@ -115,15 +114,27 @@ class ModeconnTracer(fx.Tracer):
     """fx tracer whose leaves are the modules modeconn has rules for, plus timm's policy; the
     graph's placeholders are the given inputs' parameters."""
 
-    def __init__(self, is_rule_leaf: Callable[[nn.Module], bool], inputs: ModelInputs):
+    # Buffers are graph attributes like parameters: by default fx evaluates ``self.buf.view(...)``
+    # once and stores the result as a constant, which would hide that it follows the buffer.
+    proxy_buffer_attributes = True
+
+    def __init__(
+        self, is_rule_leaf: Callable[[nn.Module], bool], inputs: ModelInputs, opaque: Mapping[int, str] = {}
+    ):
         timm_modules, timm_functions = _timm_policy()
         super().__init__(autowrap_functions=tuple(f for f in timm_functions if callable(f)))
         self._is_rule_leaf = is_rule_leaf
         self._timm_modules = timm_modules
         self._inputs = inputs
+        self._opaque = opaque
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if self._is_rule_leaf(m) or type(m) in self._timm_modules or unknown_hooks(m):
+        if (
+            self._is_rule_leaf(m)
+            or type(m) in self._timm_modules
+            or unknown_hooks(m)
+            or id(m) in self._opaque
+        ):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -164,19 +175,38 @@ def graph_name(gm: fx.GraphModule, target: str) -> str:
     return "" if target == LAYER else target.removeprefix(f"{LAYER}.")
 
 
+MAX_OPAQUE = 64
+"""How many submodules that fx cannot trace into may be kept whole before tracing gives up."""
+
+
 def trace(model: nn.Module, is_rule_leaf: Callable[[nn.Module], bool], inputs: ModelInputs) -> fx.GraphModule:
-    """Trace ``model`` in its current mode, called with ``inputs``; fx failures become a
-    :class:`TraceError` that names the module whose code broke the trace, and the remedies.
-    A model that is itself a leaf is traced as one call (:func:`graph_name` maps its names)."""
+    """Trace ``model`` in its current mode, called with ``inputs``.
+
+    A submodule whose code fx cannot trace (data-dependent control flow, a proxy used as an
+    int) is kept whole, as a leaf without a rule — discovery then fixes what it touches — and
+    ``gm.meta["opaque"]`` says why, by module name. A failure in the model's own forward is a
+    :class:`TraceError` that names the culprit and the remedies. A model that is itself a leaf
+    is traced as one call (:func:`graph_name` maps its names)."""
     one_layer = is_rule_leaf(model) or bool(unknown_hooks(model))
     root = _OneLayer(model) if one_layer else model
-    tracer = ModeconnTracer(is_rule_leaf, inputs)
-    try:
-        graph = tracer.trace(root)
-    except Exception as e:
-        raise TraceError(_explain_trace_failure(model, e)) from e
+    names = {id(m): name for name, m in model.named_modules()}
+    opaque: dict[int, str] = {}
+    while True:
+        tracer = ModeconnTracer(is_rule_leaf, inputs, opaque)
+        try:
+            graph = tracer.trace(root)
+            break
+        except Exception as e:
+            owner = _module_owning(model, e)
+            module = model.get_submodule(owner) if owner else None
+            if module is None or id(module) in opaque or len(opaque) >= MAX_OPAQUE:
+                raise TraceError(_explain_trace_failure(model, e)) from e
+            opaque[id(module)] = (
+                f"torch.fx cannot trace its code ({type(e).__name__}: {str(e).splitlines()[0]})"
+            )
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta["one_layer"] = one_layer
+    gm.meta["opaque"] = {names[i]: why for i, why in opaque.items()}
     return gm
 
 
@@ -235,7 +265,7 @@ def _preserved_state(model: nn.Module):
     finally:
         with torch.no_grad():
             for k, v in model.state_dict(keep_vars=True).items():
-                if k in saved:
+                if k in saved and not torch.equal(v, saved[k]):  # untouched ones may be read-only views
                     v.copy_(saved[k])
 
 
@@ -256,7 +286,7 @@ class _Recorder(fx.Interpreter):
                 f"Check that the example inputs have the shapes and dtypes the model expects "
                 f"({self._describe()})."
             ) from e
-        self.shapes[n.name] = map_aggregate(result, _summarize)
+        self.shapes[n.name] = _summary(result)
         return result
 
 
@@ -277,6 +307,31 @@ def record_values(gm: fx.GraphModule, inputs: ModelInputs, float_dtype: torch.dt
     with _preserved_state(gm) if gm.training else torch.no_grad():
         recorder.run(*inputs.values)
     return recorder.shapes
+
+
+class FieldTuple(tuple):
+    """A recorded tuple that had field names (``torch.return_types.max``: values, indices)."""
+
+    _fields: tuple[str, ...] = ()
+
+
+def _summary(result: Any) -> Any:
+    """A node's output with tensors replaced by their ``torch.Size`` (so a ``torch.Size`` value
+    itself, ``x.shape``, becomes a plain tuple of ints)."""
+    if isinstance(result, torch.Size):
+        return tuple(result)
+    if isinstance(result, tuple):
+        fields = getattr(type(result), "__match_args__", None)  # structseq and namedtuple outputs
+        if fields:
+            out = FieldTuple(_summary(v) for v in result)
+            out._fields = tuple(fields)
+            return out
+        return tuple(_summary(v) for v in result)
+    if isinstance(result, list):
+        return [_summary(v) for v in result]
+    if isinstance(result, dict):
+        return {k: _summary(v) for k, v in result.items()}
+    return _summarize(result)
 
 
 def _summarize(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,17 +15,27 @@ def _load(name: str):
     path = Path(__file__).with_name(f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"_symmetry_tests_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
 NETS = _load("nets")
 HELPERS = _load("helpers")
+RULE_CASES = _load("rule_cases")
 
 
 def pytest_generate_tests(metafunc):
     if "net_name" in metafunc.fixturenames:
         metafunc.parametrize("net_name", sorted(NETS.NETS))
+    if "rule_case" in metafunc.fixturenames:
+        metafunc.parametrize("rule_case", RULE_CASES.CASES, ids=[c.name for c in RULE_CASES.CASES])
+
+
+@pytest.fixture(scope="session")
+def rule_cases():
+    """tests/symmetry/rule_cases.py: a micro-model case for every key of the rule table."""
+    return RULE_CASES
 
 
 @pytest.fixture(scope="session")

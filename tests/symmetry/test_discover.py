@@ -146,9 +146,16 @@ def test_untraceable_model_names_the_module():
                 return self.conv(x)
             return -self.conv(x)
 
-    model = nn.Sequential(nn.Identity(), Branchy())
-    with pytest.raises(modeconn.TraceError, match=r"module '1' \(Branchy\)[\s\S]*leaf"):
-        discover(model, torch.randn(2, 3, 4, 4))
+    # a submodule fx cannot trace into is kept whole, and fixes what it touches
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), Branchy())
+    spec = discover(model, torch.randn(2, 3, 4, 4))
+    assert not spec["0"].permutable
+    assert spec["0"].reason.startswith("Branchy '1' at node '_1': torch.fx cannot trace its code (TraceError")
+    with pytest.raises(modeconn.UnsupportedOpError, match=r"torch.fx cannot trace its code"):
+        discover(model, torch.randn(2, 3, 4, 4), strict=True)
+    # a failure in the model's own forward is an error that names it
+    with pytest.raises(modeconn.TraceError, match=r"it broke in the model's own forward[\s\S]*remedies"):
+        discover(Branchy(), torch.randn(2, 3, 4, 4))
 
 
 def test_example_inputs_required_unless_timm_says():

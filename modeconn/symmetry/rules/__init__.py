@@ -55,7 +55,20 @@ def _f(*names: str) -> tuple[Callable, ...]:
 _UNARY = ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "sqrt", "rsqrt", "abs", "neg")
 _UNARY += ("square", "sign", "erf", "log", "sin", "cos", "reciprocal", "clamp", "clamp_", "clip")
 _BINARY = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "maximum", "minimum")
-_BINARY += ("masked_fill", "masked_fill_", "lerp", "where", "addcmul", "addcdiv")
+_BINARY += (
+    "masked_fill",
+    "masked_fill_",
+    "lerp",
+    "where",
+    "addcmul",
+    "addcdiv",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+)
 _REDUCTIONS = ("sum", "mean", "amax", "amin", "var", "std", "norm", "logsumexp", "prod", "nansum", "nanmean")
 
 TABLE: tuple[tuple[Callable, tuple[Hashable, ...]], ...] = (
@@ -103,19 +116,19 @@ TABLE: tuple[tuple[Callable, tuple[Hashable, ...]], ...] = (
     (
         activation,
         _f("relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "selu", "celu", "gelu", "silu")
-        + _f("mish", "hardswish", "hardsigmoid", "sigmoid", "tanh", "softplus", "hardtanh", "softsign")
+        + _f("mish", "hardswish", "hardsigmoid", "softplus", "hardtanh", "softsign")
         + _f("logsigmoid", "tanhshrink", "softshrink", "hardshrink", "threshold")
         + _torch(*_UNARY),
     ),
-    (activation, _methods(*_UNARY, "hardtanh", "hardtanh_", "exp_", "sqrt_", "abs_", "neg_")),
+    (activation, _methods(*_UNARY, "exp_", "sqrt_", "abs_", "neg_")),
     (
         elementwise,
         (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod)
-        + (operator.neg, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.pow)
+        + (operator.neg, operator.pow, operator.eq, operator.ne, operator.lt, operator.le, operator.gt)
+        + (operator.ge,)
         + _torch(*_BINARY),
     ),
-    (elementwise, _methods(*_BINARY, "__add__", "__radd__", "__mul__", "__rmul__", "__sub__", "__rsub__")),
-    (elementwise, _methods("__truediv__", "__rtruediv__")),
+    (elementwise, _methods(*_BINARY)),
     (functional.along_axis, (F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax)),
     (functional.along_axis, (F.normalize, *_methods("softmax", "log_softmax"))),
     (passthrough, (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone)),
@@ -123,7 +136,7 @@ TABLE: tuple[tuple[Callable, tuple[Hashable, ...]], ...] = (
     (passthrough, _methods("type", "type_as", "requires_grad_", "cuda", "cpu")),
     # -- attention and matrix products -----------------------------------------------------
     (attention.sdpa, (F.scaled_dot_product_attention,)),
-    (attention.matmul, (torch.matmul, operator.matmul, torch.bmm, *_methods("matmul", "bmm", "__matmul__"))),
+    (attention.matmul, (torch.matmul, operator.matmul, torch.bmm, *_methods("matmul", "bmm"))),
     (attention.addmm, (torch.addmm, torch.baddbmm)),
     # -- reductions --------------------------------------------------------------------------
     (reductions.reduction, _torch(*_REDUCTIONS) + _methods(*_REDUCTIONS)),
@@ -166,7 +179,11 @@ TABLE: tuple[tuple[Callable, tuple[Hashable, ...]], ...] = (
         _f("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "lp_pool2d"),
     ),
     (pooling.pool(3), _f("max_pool3d", "avg_pool3d", "adaptive_avg_pool3d", "adaptive_max_pool3d")),
-    (pooling.resample, (F.interpolate, F.upsample)),
+    # fx records the function torch's boolean dispatch chooses for return_indices=True
+    (pooling.pool(1), _f("max_pool1d_with_indices", "adaptive_max_pool1d_with_indices")),
+    (pooling.pool(2), _f("max_pool2d_with_indices", "adaptive_max_pool2d_with_indices")),
+    (pooling.pool(3), _f("max_pool3d_with_indices", "adaptive_max_pool3d_with_indices")),
+    (pooling.resample, (F.interpolate,)),
     (pooling.pad, (F.pad,)),
     # -- constants ---------------------------------------------------------------------------
     (constants.uniform_like, _torch("zeros_like", "ones_like", "full_like", "zeros", "ones", "full")),

@@ -69,6 +69,9 @@ def tensor_attribute(ctx: RuleContext) -> Any:
     """``x.shape`` and friends are metadata; ``x.T`` reverses the axes, ``x.mT`` swaps the last two."""
     attr = ctx.args["name"]
     x = ctx.ann(ctx.args["input"])
+    fields = getattr(ctx.value(ctx.args["input"]), "_fields", None)
+    if fields and attr in fields and isinstance(x, (tuple, list)):  # torch.return_types: max(...).values
+        return x[fields.index(attr)]
     if attr in _METADATA or not isinstance(x, TensorLayout):
         if any(isinstance(v, torch.Size) for v in flat_values(ctx.out_value)):
             return ctx.unsupported(f"attribute {attr!r}")

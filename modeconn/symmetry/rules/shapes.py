@@ -84,8 +84,12 @@ def _reshape_layouts(ctx: RuleContext, x: TensorLayout, out_shape: tuple) -> lis
 
 
 def _merge_axes(ctx: RuleContext, lays: list, sizes: list[int]) -> Layout | None:
-    """Flatten consecutive axes into one: at most one of them may carry a layout."""
+    """Flatten consecutive axes into one: at most one of them may carry a layout (an axis whose
+    spaces are all fixed already carries nothing that could move)."""
+    lays = [None if ctx.is_fixed(lay) else lay for lay in lays]
     carrying = [k for k, lay in enumerate(lays) if lay is not None]
+    if not carrying:
+        return None
     if len(carrying) > 1:
         for lay in lays:
             ctx.fix(lay, "flatten merges two permutable axes")
@@ -239,6 +243,9 @@ def cat(ctx: RuleContext) -> TensorLayout:
         if a != d:
             layouts.append(ctx.merge_all([t[a] for t in tensors if not t.uniform], "cat"))
             continue
+        if all(t[a] is None for t in tensors):
+            layouts.append(None)  # nothing along the cat axis could move
+            continue
         segs: list = []
         for t in tensors:
             lay = t[a]
@@ -300,7 +307,8 @@ def order_along(ctx: RuleContext) -> TensorLayout:
     x = ctx.tensor("input")
     if ctx.has("dims"):
         raw = ctx.const("dims")
-        raw = range(x.ndim) if raw is None or len(raw) == 0 else ([raw] if isinstance(raw, int) else raw)
+        raw = [raw] if isinstance(raw, int) else raw
+        raw = range(x.ndim) if raw is None or len(raw) == 0 else raw
     else:
         raw = [ctx.const("dim")]
     axes = {axis_index(int(a), x.ndim) for a in raw}
