@@ -10,7 +10,7 @@ import torch
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.symmetry.spec import Group, PermutationSpec, TensorSlice, unit_positions, unit_view
 
-__all__ = ["match_weights", "weight_similarity"]
+__all__ = ["match_weights", "weight_similarity", "signature_matching"]
 
 
 def match_weights(
@@ -27,13 +27,15 @@ def match_weights(
     in a seeded random order, until a full sweep changes nothing.
 
     ``groups`` restricts which groups are updated (default: all permutable groups); ``init``
-    gives starting permutations (default: identity). Returns permutations for every
-    permutable group, ``perms[g][i]`` = the unit of B moved to position ``i``.
+    gives starting permutations (default: :func:`signature_matching`, which is exact when B is
+    a permutation of A). Returns permutations for every permutable group, ``perms[g][i]`` =
+    the unit of B moved to position ``i``.
     """
-    perms = {g.name: torch.arange(g.size) for g in spec.permutable}
-    if init:
-        perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in init.items() if k in perms})
     todo = list(groups) if groups is not None else spec.permutable
+    perms = {g.name: torch.arange(g.size) for g in spec.permutable}
+    if init is None:
+        init = signature_matching(spec, state_a, state_b, todo)
+    perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in init.items() if k in perms})
     sizes = {g.name: g.size for g in spec.permutable}
     by_tensor: dict[str, list[tuple[str, TensorSlice]]] = {}
     for g in spec.permutable:
@@ -46,13 +48,32 @@ def match_weights(
             g = todo[gi]
             m = _similarity(g, state_a, state_b, perms, sizes, by_tensor)
             new = solve_assignment(m, maximize=True)
-            idx = torch.arange(g.size)
-            if float(m[idx, new].sum()) > float(m[idx, perms[g.name]].sum()) + 1e-9 * float(m.abs().sum()):
-                perms[g.name] = new
+            if torch.equal(new, perms[g.name]):
+                continue
+            # The assignment maximizes the objective as linear in this group's permutation; a
+            # tensor the group permutes on two axes (a recurrent or tied square weight) makes
+            # it quadratic, so a move is kept only if the true objective grows.
+            tensors = sorted({sl.tensor for sl in g.slices})
+            before = _objective(tensors, state_a, state_b, perms, sizes, by_tensor)
+            trial = {**perms, g.name: new}
+            after = _objective(tensors, state_a, state_b, trial, sizes, by_tensor)
+            if after > before + 1e-12 * max(abs(before), 1.0):
+                perms = trial
                 changed = True
         if not changed:
             break
     return perms
+
+
+def _objective(tensors, state_a, state_b, perms, sizes, by_tensor) -> float:
+    """Σ ⟨θ_A, Pθ_B⟩ over ``tensors``, every group's permutation applied."""
+    total = 0.0
+    for name in tensors:
+        a, b = state_a[name], state_b[name]
+        if a.is_floating_point():
+            b = _permute_except(b, by_tensor[name], perms, sizes, skip=None)
+            total += float((a.double() * b.double()).sum())
+    return total
 
 
 def weight_similarity(
@@ -101,3 +122,34 @@ def _permute_except(t, slices, perms, sizes, skip: str) -> torch.Tensor:
     for axis, idx in index.items():
         t = t.index_select(axis, idx.to(t.device))
     return t
+
+
+def signature_matching(
+    spec: PermutationSpec,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+    groups: Sequence[Group] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Match each group's units by what no other group's permutation can change: within each
+    slice, the sorted entries of a unit's sub-tensor (other groups only move entries inside it).
+    When B is a permutation of A, corresponding units have equal signatures, so the match is
+    exact — a start from which coordinate descent cannot be trapped."""
+    out = {}
+    for g in groups if groups is not None else spec.permutable:
+        sa, sb = _signature(g, state_a), _signature(g, state_b)
+        if sa is None:
+            continue
+        out[g.name] = solve_assignment(torch.cdist(sa, sb).square(), maximize=False)
+    return out
+
+
+def _signature(g: Group, state: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    parts = []
+    for sl in g.slices:
+        t = state[sl.tensor]
+        if not t.is_floating_point():
+            continue
+        rows = _units(t, sl, g.size).sort(dim=1).values
+        scale = rows.square().mean().sqrt()
+        parts.append(rows / scale if scale > 0 else rows)  # every slice weighs the same
+    return torch.cat(parts, 1) if parts else None

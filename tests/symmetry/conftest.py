@@ -23,6 +23,7 @@ def _load(name: str):
 NETS = _load("nets")
 HELPERS = _load("helpers")
 RULE_CASES = _load("rule_cases")
+GENERATED = _load("generated")
 
 
 def pytest_generate_tests(metafunc):
@@ -30,6 +31,12 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("net_name", sorted(NETS.NETS))
     if "rule_case" in metafunc.fixturenames:
         metafunc.parametrize("rule_case", RULE_CASES.CASES, ids=[c.name for c in RULE_CASES.CASES])
+
+
+@pytest.fixture(scope="session")
+def generated():
+    """tests/symmetry/generated.py: the random-architecture strategy and its nets."""
+    return GENERATED
 
 
 @pytest.fixture(scope="session")

@@ -167,6 +167,7 @@ TABLE: tuple[tuple[Callable, tuple[Hashable, ...]], ...] = (
     (shapes.unfold, ("method:unfold",)),
     # -- indexing and metadata -------------------------------------------------------------
     (indexing.getitem, (operator.getitem,)),
+    (indexing.narrow, (torch.narrow, "method:narrow")),
     (indexing.tensor_attribute, (builtins.getattr,)),
     (metadata, _methods("size", "dim", "numel", "nelement", "ndimension", "get_device")),
     # -- spatial ops -------------------------------------------------------------------------

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 
 from modeconn.symmetry.context import RuleContext, flat_values
+from modeconn.symmetry.rules.common import axis_index
 from modeconn.symmetry.spaces import TensorLayout
 
-__all__ = ["getitem", "tensor_attribute"]
+__all__ = ["getitem", "narrow", "tensor_attribute"]
 
 
 def getitem(ctx: RuleContext) -> Any:
@@ -60,6 +61,16 @@ def getitem(ctx: RuleContext) -> Any:
             return ctx.unsupported(f"indexing with {type(i).__name__}")
     layouts.extend(a[k] for k in range(axis, a.ndim))
     return ctx.out(layouts, uniform=a.uniform)
+
+
+def narrow(ctx: RuleContext) -> TensorLayout:
+    """narrow(dim, start, length): a slice of one axis."""
+    x = ctx.tensor("input")
+    d = axis_index(int(ctx.const("dim")), x.ndim)
+    start, length = int(ctx.const("start")), int(ctx.const("length"))
+    start = start + x.shape[d] if start < 0 else start
+    layout = x[d] if (start, length) == (0, x.shape[d]) else ctx.sub_layout(x[d], start, start + length)
+    return ctx.out([layout if a == d else x[a] for a in range(x.ndim)], uniform=x.uniform)
 
 
 _METADATA = ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout", "is_sparse")
