@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modeconn.modules import modes_restored
+from modeconn.data.batches import batches, call_model
+from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
 
 __all__ = [
     "evaluate",
@@ -31,28 +32,24 @@ __all__ = [
 ]
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def _batches(data: Any) -> Iterable:
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        return zip(x.split(256), y.split(256))
-    return data
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (in %) of ``model`` in eval mode over ``data`` (an iterable
-    of ``(x, y)`` batches, or a pair of tensors). The model's mode is restored."""
-    device = _device_of(model)
+    """Mean cross-entropy and accuracy (in %) of ``model`` in eval mode over ``data``: a
+    DataLoader or iterable of labelled batches (``(x, y)``, ``(x1, x2, y)``, dicts with a
+    ``"labels"`` entry), a Dataset, or an ``(x, y)`` pair of tensors. The model's mode is restored."""
+    model = unwrap(model)
+    device, dtype = device_of(model), float_dtype_of(model)
     total, loss_sum, correct = 0, 0.0, 0
     with modes_restored(model):
         model.eval()
-        for x, y in _batches(data):
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
+        for batch in batches(data):
+            if batch.target is None:
+                raise ValueError(
+                    "evaluate needs labelled batches: (inputs..., labels) or dicts with 'labels'"
+                )
+            batch = batch.to(device, dtype)
+            x, y = batch.x, batch.target
+            logits = call_model(model, x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
@@ -75,20 +72,15 @@ def update_bn(model: nn.Module, data: Any, num_samples: int | None = None) -> nn
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: the exact mean over batches
-    device = _device_of(model)
-    seen = 0
+    device, dtype = device_of(model), float_dtype_of(model)
     try:
         with modes_restored(model):
             model.train()
             for m in model.modules():  # BN statistics only; dropout stays off
                 if isinstance(m, nn.modules.dropout._DropoutNd):
                     m.eval()
-            for batch in _batches(data):
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                if num_samples is not None and seen >= num_samples:
-                    break
-                model(x.to(device))
-                seen += len(x)
+            for batch in batches(data, num_samples=num_samples):
+                call_model(model, batch.to(device, dtype).x)
     finally:
         for m in bns:
             m.momentum = momenta[m]

@@ -17,6 +17,7 @@ from torch.func import functional_call
 from modeconn.curves.family import CurveFamily
 from modeconn.errors import ModeconnError, PluginError
 from modeconn.evaluation import architecture_difference, lerp_state, update_bn
+from modeconn.modules import tensor_aliases, unwrap
 from modeconn.plugin_manager import get_plugin
 
 __all__ = ["Curve"]
@@ -59,6 +60,7 @@ class Curve(nn.Module):
             raise ModeconnError(f"num_bends must be >= 0, got {num_bends}")
         self.num_bends = num_bends
 
+        model_a, model_b = unwrap(model_a), unwrap(model_b)
         sa, sb = model_a.state_dict(), model_b.state_dict()
         if (where := architecture_difference(sa, sb)) is not None:
             raise ModeconnError(
@@ -67,9 +69,11 @@ class Curve(nn.Module):
         self.base = copy.deepcopy(model_a)
         for p in self.base.parameters():
             p.requires_grad_(False)
+        # a tied tensor (``proj.weight = emb.weight``) is one parameter under its first name;
+        # state dicts list it under every name, so they are rebuilt from these on the way out
         self.param_names = [n for n, _ in model_a.named_parameters()]
-        param_set = set(self.param_names)
-        self.buffer_names = [n for n in sa if n not in param_set]
+        self.buffer_names = [n for n, _ in model_a.named_buffers() if n in sa]  # persistent ones
+        self._aliases = tensor_aliases(model_a)
         dtypes = {sa[n].dtype for n in self.param_names}
         if len(dtypes) > 1:
             raise ModeconnError(
@@ -122,16 +126,19 @@ class Curve(nn.Module):
     @torch.no_grad()
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
         """The base model's full state dict at ``t`` (detached): ``r(t)``'s parameters and the
-        end points' buffers interpolated linearly."""
+        end points' buffers interpolated linearly, every name of a tied tensor included."""
         state = {k: v.detach().clone() for k, v in self.weights(t).items()}
         state.update(self.buffers_at(t))
-        return state
+        return {name: state[canonical] for name, canonical in self._aliases.items()}
 
     def forward(self, x: Any, t: float | torch.Tensor) -> Any:
+        """The network at ``r(t)`` on ``x`` (a tensor, or a tuple / dict of inputs)."""
         state = self.weights(t)
         if not self.training:
             state.update(self.buffers_at(float(t)))
-        return functional_call(self.base, state, (x,))
+        if isinstance(x, dict):
+            return functional_call(self.base, state, (), x)
+        return functional_call(self.base, state, x if isinstance(x, tuple) else (x,))
 
     def model_at(self, t: float, bn_data: Any = None) -> nn.Module:
         """A plain model with ``r(t)``'s weights; BatchNorm statistics are recomputed on

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-__all__ = ["Batch", "as_batch", "Batches", "batches", "LABEL_KEYS"]
+__all__ = ["Batch", "as_batch", "Batches", "batches", "call_model", "LABEL_KEYS"]
 
 LABEL_KEYS = ("labels", "label")
 """Keys of a dict batch that hold the target rather than an input."""
@@ -39,7 +39,15 @@ class Batch:
 
     def call(self, model: Any) -> Any:
         """``model`` applied to the inputs."""
-        return model(**self.inputs) if isinstance(self.inputs, dict) else model(*self.inputs)
+        return call_model(model, self.x)
+
+    @property
+    def x(self) -> Any:
+        """The inputs as modeconn passes them around: the tensor itself for a model with one
+        input, else the tuple (positional) or dict (by name); see :func:`call_model`."""
+        if isinstance(self.inputs, tuple) and len(self.inputs) == 1:
+            return self.inputs[0]
+        return self.inputs
 
     @property
     def values(self) -> tuple:
@@ -81,6 +89,15 @@ class Batch:
             return v
 
         return Batch(cut(self.inputs), cut(self.target))
+
+
+def call_model(model: Any, x: Any) -> Any:
+    """``model(x)``, ``model(*x)`` for a tuple of inputs, ``model(**x)`` for a dict of them."""
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, tuple):
+        return model(*x)
+    return model(x)
 
 
 def as_batch(raw: Any, *, labels: bool = True) -> Batch:

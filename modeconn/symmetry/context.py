@@ -247,7 +247,10 @@ class RuleContext:
             self.bind(self.param(local), axis, layout)
 
     def site(self, kind: str, out: TensorLayout) -> None:
-        """Mark the node's output as an observation site of kind ``"pre"`` or ``"post"``."""
+        """Mark the node's output as an observation site of kind ``"pre"`` or ``"post"`` (only a
+        node that returns one tensor can be a site: alignment reads the node's output)."""
+        if not isinstance(self.out_value, torch.Size) or tuple(self.out_value) != out.shape:
+            return
         for axis, lay in enumerate(out.layouts):
             if lay is not None and self._d.record_sites:
                 self._d.sites.append((self.node.name, axis, lay, kind))

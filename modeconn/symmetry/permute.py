@@ -64,8 +64,9 @@ def permute(
         if "weight_norm" not in str(e):
             raise
         raise SymmetryError(
-            "the model uses torch.nn.utils.weight_norm, whose modules cannot be copied: use "
-            "torch.nn.utils.parametrizations.weight_norm instead, or permute(..., inplace=True)"
+            "the model uses the hook-based torch.nn.utils.weight_norm or spectral_norm, whose modules "
+            "cannot be copied after a forward pass: use torch.nn.utils.parametrizations.weight_norm "
+            "(or .spectral_norm) instead, or permute(..., inplace=True)"
         ) from e
     state = target.state_dict(keep_vars=True)
     new = permute_state_dict({k: v.detach() for k, v in state.items()}, spec, perms)

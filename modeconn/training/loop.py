@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from tqdm.auto import tqdm
 
+from modeconn.data.batches import Batches, batches
 from modeconn.errors import ModeconnError
+from modeconn.modules import float_dtype_of
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.trainer import Trainer
 
@@ -74,24 +75,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def as_loader(data: Any, batch_size: int = 128) -> Iterable:
-    """A re-iterable source of ``(x, y)`` batches: a DataLoader or iterable as given, a Dataset
-    or an ``(x, y)`` pair of tensors as a shuffled DataLoader."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        data = TensorDataset(*data)
-    if isinstance(data, IterableDataset):
-        return DataLoader(data, batch_size=batch_size)
-    if isinstance(data, Dataset):
-        return DataLoader(data, batch_size=batch_size, shuffle=True)
-    if not isinstance(data, Iterable):
-        raise TypeError(
-            f"train_data must be a DataLoader, a Dataset or an (x, y) pair of tensors; got {type(data).__name__}"
-        )
-    if iter(data) is data:
-        raise TypeError(
-            "train_data is a one-shot iterator; pass a DataLoader, a Dataset or a list of batches so every epoch can read it"
-        )
-    return data
+def as_loader(data: Any, batch_size: int = 128) -> Batches:
+    """A re-iterable source of labelled batches (see :mod:`modeconn.data.batches`): a DataLoader
+    or iterable as given, a Dataset or an ``(x, y)`` pair of tensors as a shuffled DataLoader."""
+    return batches(data, batch_size=batch_size, shuffle=True, reiterable=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -105,14 +92,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    return x
 
 
 def run_epochs(
@@ -132,6 +111,7 @@ def run_epochs(
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     module = trainer.module
+    dtype = float_dtype_of(module)
     cbs = [c if isinstance(c, Callback) else _FunctionCallback(c) for c in callbacks]
     state = TrainState(module=module, trainer=trainer, epoch=0, epochs=epochs)
     start = 1
@@ -155,7 +135,12 @@ def run_epochs(
             began, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
             bar = tqdm(data, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False, unit="batch")
             for batch in bar:
-                x, y = _to(batch[0], device), _to(batch[1], device)
+                if batch.target is None:
+                    raise ValueError(
+                        "training needs labelled batches: (inputs..., labels) tuples or dicts with 'labels'"
+                    )
+                batch = batch.to(device, dtype)
+                x, y = batch.x, batch.target
                 loss, logits = trainer.training_step(x, y)
                 loss_value = float(loss)
                 if not math.isfinite(loss_value):
@@ -168,7 +153,7 @@ def run_epochs(
                             else ""
                         )
                     )
-                n = len(y)
+                n = len(batch)
                 loss_sum += loss_value * n
                 correct += int((logits.argmax(1) == y).sum())
                 seen += n

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modeconn.data.batches import call_model
 from modeconn.registry.googlenet_cifar import AUX_WEIGHT
 
 __all__ = ["Trainer", "CurveOptimizer", "classification_loss"]
@@ -84,8 +85,9 @@ class Trainer:
         """Called before each epoch (1-based), after a resume too. No-op by default."""
 
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss on one batch and the logits it came from."""
-        return classification_loss(self.module(x), y, self.aux_weight)
+        """The training loss on one batch and the logits it came from. ``x`` is the model's
+        input: a tensor, or a tuple / dict of several (see :func:`modeconn.data.call_model`)."""
+        return classification_loss(call_model(self.module, x), y, self.aux_weight)
 
     def training_step(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimization step on a batch; returns the (detached) loss and logits."""
