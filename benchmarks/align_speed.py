@@ -80,7 +80,7 @@ def child(n: int) -> None:
         result = modeconn.align(a, b, batches(), batch_size=BATCH)
         t_align.append(time.perf_counter() - t0)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    mb, ma = result.similarity.mean()
+    mb, ma = result.signature.mean()
     print(
         json.dumps(
             {

@@ -68,7 +68,7 @@ def main() -> None:
         aligned = modeconn.interpolate(
             a, result.model, args.points, test_loader, bn_data=bn_loader, label="aligned"
         )
-        corr_before, corr_after = result.similarity.mean()
+        corr_before, corr_after = result.signature.mean()
         row = {
             "pair": pair,
             "train_seconds": round(t_train),
@@ -87,7 +87,7 @@ def main() -> None:
         )
         print(unaligned, flush=True)
         print(aligned, flush=True)
-        modeconn.CurveReport.plot([unaligned, aligned], f"barrier_tinyten_pair{pair}.png")
+        modeconn.PathReport.plot([unaligned, aligned], f"barrier_tinyten_pair{pair}.png")
 
     print(
         "\n| pair | end points (acc %) | barrier unaligned | barrier aligned | min acc unaligned | min acc aligned |"

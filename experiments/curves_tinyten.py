@@ -91,7 +91,7 @@ def main() -> None:
                 a, end_b, args.points, sets.test, sets.bn, label=f"{name} line"
             )
             print(reports[name], flush=True)
-        modeconn.CurveReport.plot(
+        modeconn.PathReport.plot(
             [reports[k] for k in ("unaligned", "aligned", "unaligned_line", "aligned_line")],
             out / f"pair{pair}.png",
         )
@@ -101,7 +101,7 @@ def main() -> None:
             "curve_seconds": round(t_curves),
             "acc_a": reports["aligned"].accuracy[0],
             "acc_b": reports["aligned"].accuracy[-1],
-            "corr": result.similarity.mean(),
+            "corr": result.signature.mean(),
             **{k: r.to_dict() for k, r in reports.items()},
         }
         rows.append(row)

@@ -1,35 +1,38 @@
 """modeconn: mode connectivity between neural networks, up to their permutation symmetry.
 
-The public API is what this module exports; everything else may change.
+The public API is what this module exports (and, for plugin authors, :mod:`modeconn.plugin`);
+everything else may change.
 """
 
-from modeconn.alignment import AlignResult, align
-from modeconn.curves import Curve, evaluate_curve
-from modeconn.errors import (
-    AlignmentError,
-    CheckpointError,
-    DatasetNotFoundError,
-    ModeconnError,
-    PluginError,
-    PretrainedWeightsError,
-    SymmetryError,
-    TraceError,
-    UnknownModelError,
-    UnknownPluginError,
-    UnsupportedOpError,
+from modeconn import errors
+from modeconn.alignment import (
+    ActivationCost,
+    AlignResult,
+    CorrelationSignature,
+    WeightCost,
+    align,
+    collect_statistics,
+    cost_matrices,
+    solve_groups,
 )
-from modeconn.evaluation import CurveReport, evaluate, interpolate, update_bn
-from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin
-from modeconn.registry import create_model, is_model, list_models, register_model
+from modeconn.batchnorm import update_bn
+from modeconn.curves import Curve, CurveFamily, evaluate_curve
+from modeconn.data.batches import call_model
+from modeconn.errors import *  # noqa: F403  (the whole hierarchy, listed in errors.__all__)
+from modeconn.metrics import Classification, Metric, evaluate, measure
+from modeconn.paths import PathReport, interpolate
+from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin, reset_plugins
+from modeconn.registry import create_model, is_model, list_models, register_model, unregister_model
 from modeconn.symmetry import PermutationSpec, discover, permute
-from modeconn.training import fit_curve, load_checkpoint, save_checkpoint, train_model
+from modeconn.training import CurveOptimizer, fit_curve, load_checkpoint, save_checkpoint, train_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__",
     # model registry
     "register_model",
+    "unregister_model",
     "create_model",
     "list_models",
     "is_model",
@@ -40,6 +43,10 @@ __all__ = [
     # alignment
     "align",
     "AlignResult",
+    "CorrelationSignature",
+    "collect_statistics",
+    "cost_matrices",
+    "solve_groups",
     # curves and training
     "Curve",
     "train_model",
@@ -49,24 +56,23 @@ __all__ = [
     "load_checkpoint",
     # evaluation
     "evaluate",
+    "measure",
+    "Metric",
+    "Classification",
     "update_bn",
     "interpolate",
-    "CurveReport",
-    # plugins
+    "PathReport",
+    "call_model",
+    # plugins: the kinds' base classes and the manager (everything else in modeconn.plugin)
     "hookimpl",
+    "ActivationCost",
+    "WeightCost",
+    "CurveFamily",
+    "CurveOptimizer",
     "get_plugin",
     "list_plugins",
     "register_plugin",
+    "reset_plugins",
     # errors
-    "ModeconnError",
-    "UnknownModelError",
-    "PretrainedWeightsError",
-    "PluginError",
-    "UnknownPluginError",
-    "DatasetNotFoundError",
-    "SymmetryError",
-    "TraceError",
-    "UnsupportedOpError",
-    "AlignmentError",
-    "CheckpointError",
+    *errors.__all__,
 ]

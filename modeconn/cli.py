@@ -9,6 +9,15 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modeconn")
+    except PackageNotFoundError:  # a source checkout that is not installed
+        return "(not installed)"
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from modeconn.registry import list_models
 
@@ -21,12 +30,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from modeconn.plugin_manager import list_plugins
+    from modeconn.plugin_manager import KINDS, list_plugins
 
-    for kind, entries in list_plugins().items():
+    plugins = list_plugins()
+    kinds = [args.kind] if args.kind else list(KINDS)
+    for kind in kinds:
+        entries = plugins[kind]
         print(f"{kind}s ({len(entries)}):")
+        by_plugin: dict[tuple[str, str], list] = {}
         for e in entries:
-            print(f"  {e.name:<48} {e.plugin}  [{e.source}]")
+            by_plugin.setdefault((e.plugin, e.source), []).append(e)
+        for (plugin, source), group in by_plugin.items():
+            if args.kind:  # one per line, for scripts
+                for e in group:
+                    print(f"  {e.name:<50} {plugin}")
+                continue
+            names = [e.name for e in group]
+            shown = ", ".join(names[:8]) + (
+                f", ... ({len(names) - 8} more; `--kind {kind}` lists them)" if len(names) > 8 else ""
+            )
+            print(f"  from {plugin!r} [{source}]: {shown}")
     return 0
 
 
@@ -79,11 +102,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modeconn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"modeconn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list registered models (fnmatch PATTERN, e.g. 'res*' or 'timm/vit_*')")
     p.add_argument("pattern", nargs="?", default=None)
     p.set_defaults(func=_cmd_models)
     p = sub.add_parser("plugins", help="list installed plugins by kind, with where each comes from")
+    p.add_argument(
+        "--kind", choices=["cost", "curve", "optimizer", "rule"], help="list every entry of one kind"
+    )
     p.set_defaults(func=_cmd_plugins)
     p = sub.add_parser(
         "discover",
@@ -117,9 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except ModeconnError as e:
-        print(f"modeconn: error: {e}", file=sys.stderr)
+    except ModeconnError as e:  # what the user passed: one line, no traceback
+        print(f"modeconn: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("modeconn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `modeconn models 'timm/*' | head`: the reader left
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from modeconn.alignment import AlignResult, align
 from modeconn.curves import Curve, evaluate_curve
 from modeconn.data import DATASETS, alignment_subset, digits
-from modeconn.evaluation import CurveReport, evaluate, interpolate
+from modeconn.metrics import evaluate
+from modeconn.paths import PathReport, interpolate
 from modeconn.registry import create_model
 from modeconn.training import fit_curve, save_checkpoint, train_model
 
@@ -46,7 +47,7 @@ class DemoResult:
     accuracy_a: float
     accuracy_b: float
     alignment: AlignResult
-    reports: dict[str, CurveReport]  # "unaligned curve", "aligned curve", "unaligned line", "aligned line"
+    reports: dict[str, PathReport]  # "unaligned curve", "aligned curve", "unaligned line", "aligned line"
     seconds: float
 
     def table(self) -> str:
@@ -58,7 +59,7 @@ class DemoResult:
         ]
         for name, r in self.reports.items():
             rows.append(f"  {name:<16} {r.average_accuracy:>9.2f} {r.min_accuracy:>9.2f} {r.barrier:>12.4f}")
-        before, after = self.alignment.similarity.mean()
+        before, after = self.alignment.signature.mean()
         rows += ["", f"mean matched correlation: {before:.3f} before alignment, {after:.3f} after"]
         return "\n".join(rows)
 
@@ -88,9 +89,9 @@ def run_demo(
         ends.append(model)
     a, b = ends
     result = align(a, b, DataLoader(plain, batch_size=256))
-    result.similarity.plot(out / "correlation_signature.png")
+    result.signature.plot(out / "correlation_signature.png")
 
-    reports: dict[str, CurveReport] = {}
+    reports: dict[str, PathReport] = {}
     for name, end_b in (("unaligned", b), ("aligned", result.model)):
         torch.manual_seed(s.seed * 100 + 10)
         curve = Curve(a, end_b, family="bezier", num_bends=1)
@@ -101,7 +102,7 @@ def run_demo(
         )
     for name, end_b in (("unaligned", b), ("aligned", result.model)):
         reports[f"{name} line"] = interpolate(a, end_b, s.num_points, test, bn, label=f"{name} line")
-    CurveReport.plot(list(reports.values()), out / "curves.png")
+    PathReport.plot(list(reports.values()), out / "curves.png")
 
     demo = DemoResult(
         evaluate(a, test)[1], evaluate(b, test)[1], result, reports, time.perf_counter() - began
@@ -110,7 +111,7 @@ def run_demo(
         "settings": s.__dict__,
         "accuracy_a": demo.accuracy_a,
         "accuracy_b": demo.accuracy_b,
-        "similarity": result.similarity.to_dict(),
+        "signature": result.signature.to_dict(),
         "paths": {k: r.to_dict() for k, r in reports.items()},
         "seconds": demo.seconds,
     }

@@ -1,52 +1,59 @@
-"""One exception hierarchy for modeconn: catch :class:`ModeconnError` to catch them all."""
+"""One exception hierarchy for modeconn: catch :class:`ModeconnError` to catch them all.
+
+Errors caused by what the user passed also subclass the matching builtin (``ValueError``,
+``TypeError``, ``KeyError``, ``FileNotFoundError``), so ``except ValueError`` keeps working;
+the ``modeconn`` command prints any of them as one line and exits with status 2.
+"""
 
 from __future__ import annotations
-
-__all__ = [
-    "ModeconnError",
-    "UnknownModelError",
-    "PretrainedWeightsError",
-    "PluginError",
-    "UnknownPluginError",
-    "DatasetNotFoundError",
-    "SymmetryError",
-    "TraceError",
-    "UnsupportedOpError",
-    "AlignmentError",
-]
 
 
 class ModeconnError(Exception):
     """Base class of every error modeconn raises on purpose."""
 
 
-class UnknownModelError(ModeconnError, KeyError):
-    """A model name that no registry (ours, ``timm/``, ``torchvision/``) knows."""
+class _Message:
+    """Mixin for KeyError subclasses, which would quote their message."""
 
-    def __str__(self) -> str:  # KeyError would quote the message
+    def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
-class PretrainedWeightsError(ModeconnError):
+class InvalidArgumentError(ModeconnError, ValueError):
+    """An argument has a value modeconn cannot use (``lr <= 0``, ``num_points < 2``, an unknown dataset)."""
+
+
+class DataError(ModeconnError, TypeError):
+    """Data in a form modeconn does not read: see :mod:`modeconn.data.batches` for the forms it does."""
+
+
+class UnknownModelError(_Message, ModeconnError, KeyError):
+    """A model name that no registry (ours, ``timm/``, ``torchvision/``) knows."""
+
+
+class PretrainedWeightsError(ModeconnError, RuntimeError):
     """Pretrained weights were requested but are not available offline."""
 
 
 class PluginError(ModeconnError):
-    """A plugin failed while registering or while being used; the message names it."""
+    """A plugin failed while registering or while being used, or breaks the plugin contract;
+    the message names it."""
 
 
-class UnknownPluginError(PluginError, KeyError):
+class UnknownPluginError(_Message, PluginError, KeyError):
     """No plugin of the requested kind has the requested name."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class DatasetNotFoundError(ModeconnError, FileNotFoundError):
     """A dataset is not where it was looked for; the message says how to get it."""
 
 
-class SymmetryError(ModeconnError):
+class ArchitectureMismatchError(ModeconnError, ValueError):
+    """Two models, or a model and a checkpoint, are not of one architecture; the message names
+    the first differing entry."""
+
+
+class SymmetryError(ModeconnError, ValueError):
     """Symmetry discovery or permutation failed."""
 
 
@@ -58,9 +65,19 @@ class UnsupportedOpError(SymmetryError):
     """Raised in ``strict`` discovery when an op has no permutation rule."""
 
 
-class AlignmentError(ModeconnError):
-    """``align`` cannot proceed: models of different architectures, bad data, NaN/Inf."""
+class AlignmentError(ModeconnError, ValueError):
+    """``align`` cannot proceed: bad data, NaN/Inf in weights or activations."""
 
 
-class CheckpointError(ModeconnError):
-    """A checkpoint cannot be used: damaged or truncated, or written for another architecture."""
+class CheckpointError(ModeconnError, ValueError):
+    """A checkpoint cannot be used: damaged or truncated, of a format modeconn does not read,
+    or written for another architecture (then an :class:`ArchitectureMismatchError`)."""
+
+
+class TrainingError(ModeconnError, RuntimeError):
+    """Training cannot go on: the loss diverged."""
+
+
+__all__ = sorted(
+    name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, ModeconnError)
+)

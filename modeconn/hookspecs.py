@@ -67,7 +67,7 @@ def modeconn_register_optimizers(registry: PluginRegistry) -> None:
 
 
 @hookspec
-def modeconn_permutation_rules(registry: PluginRegistry) -> None:
+def modeconn_register_rules(registry: PluginRegistry) -> None:
     """Teach symmetry discovery how a module type or function treats channels.
 
     ``registry.add(key, rule)`` where ``key`` is an ``nn.Module`` subclass (matched for

@@ -1,4 +1,4 @@
-"""Matplotlib, imported on demand with a backend that works without a display."""
+"""Figures, drawn with matplotlib imported on demand, with a backend that works without a display."""
 
 from __future__ import annotations
 
@@ -23,3 +23,38 @@ def finish(fig: Any, path: str | os.PathLike | None) -> Any:
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def plot_paths(reports, path: str | os.PathLike | None = None) -> Any:
+    """Accuracy and loss against t for several paths (:class:`~modeconn.PathReport`) on one
+    figure, the paper's Fig. 3 (right); saved to ``path`` when given. Returns the figure."""
+    fig, (ax_acc, ax_loss) = pyplot().subplots(1, 2, figsize=(10, 3.8))
+    for r in reports:
+        ax_acc.plot(r.t, r.accuracy, marker="o", ms=3, label=r.label or None)
+        ax_loss.plot(r.t, r.loss, marker="o", ms=3, label=r.label or None)
+    ax_acc.set(xlabel="t", ylabel="accuracy (%)", title="accuracy along the path")
+    ax_loss.set(xlabel="t", ylabel="loss", title="loss along the path")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        if any(r.label for r in reports):
+            ax.legend()
+    return finish(fig, path)
+
+
+def plot_signature(signature, path: str | os.PathLike | None = None) -> Any:
+    """A :class:`~modeconn.CorrelationSignature` as in the paper's Fig. 1a: mean matched
+    correlation per group, in network order, before and after alignment; saved to ``path``
+    when given. Returns the figure."""
+    rows = signature.rows
+    fig, ax = pyplot().subplots(figsize=(max(5.0, 0.35 * len(rows) + 2), 3.8))
+    idx = list(range(len(rows)))
+    ax.plot(idx, [r[2] for r in rows], marker="o", label="before alignment")
+    ax.plot(idx, [r[3] for r in rows], marker="o", label="after alignment")
+    ax.set_xticks(idx, [r[0] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set(
+        ylabel="mean correlation of matched units",
+        title=f"correlation signature ({signature.kind}-activations)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return finish(fig, path)

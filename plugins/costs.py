@@ -1,7 +1,7 @@
 """Built-in alignment costs: ``correlation``, ``l2_preact`` and ``weight_matching``.
 
-Registered through the ``modeconn`` entry point like any third-party cost, using only the
-public cost API in :mod:`modeconn.alignment.costs`.
+Registered like any third-party cost (by module name, before the entry points), using only the
+public plugin API, :mod:`modeconn.plugin`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,7 @@ from collections.abc import Mapping
 
 import torch
 
-from modeconn import hookimpl
-from modeconn.alignment.costs import ActivationCost, WeightCost
-from modeconn.alignment.stats import PairStats
-from modeconn.alignment.weight_matching import match_weights
-from modeconn.symmetry.spec import PermutationSpec
+from modeconn.plugin import ActivationCost, PairStats, PermutationSpec, WeightCost, hookimpl, match_weights
 
 
 class Correlation(ActivationCost):

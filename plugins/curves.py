@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from modeconn import hookimpl
-from modeconn.curves.family import CurveFamily
+from modeconn.plugin import CurveFamily, hookimpl
 
 
 class Bezier(CurveFamily):
@@ -24,11 +23,14 @@ class PolyChain(CurveFamily):
     """Piecewise linear through the bends, which sit at evenly spaced ``t`` (Garipov et al. 2018)."""
 
     def coefficients(self, t: torch.Tensor, num_bends: int) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        knots = torch.linspace(0, 1, num_bends + 2, dtype=torch.float64)
-        # hat functions: 1 at their own knot, falling linearly to 0 at the neighbouring knots
-        width = 1.0 / (num_bends + 1)
-        return torch.clamp(1 - (t - knots).abs() / width, min=0)
+        # between knots i and i + 1 (of num_bends + 2, evenly spaced) the two hat functions are
+        # 1 - f and f, with f the position within the segment: exact 0s and 1s at the knots
+        s = torch.as_tensor(t, dtype=torch.float64) * (num_bends + 1)
+        i = int(torch.clamp(torch.floor(s), max=num_bends))
+        f = s - i
+        c = torch.zeros(num_bends + 2, dtype=torch.float64)
+        c[i], c[i + 1] = 1 - f, f
+        return c
 
 
 class Linear(CurveFamily):

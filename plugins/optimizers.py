@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from modeconn import hookimpl
-from modeconn.training import CurveOptimizer
+from modeconn.plugin import CurveOptimizer, hookimpl
 
 
 @hookimpl

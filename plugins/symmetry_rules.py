@@ -1,10 +1,9 @@
 """Built-in permutation rules for symmetry discovery: the standard table of op rules."""
 
-from modeconn import hookimpl
+from modeconn.plugin import builtin_rules, hookimpl
 
 
 @hookimpl
-def modeconn_permutation_rules(registry) -> None:
-    from modeconn.symmetry.rules import register_builtin_rules
-
-    register_builtin_rules(registry)
+def modeconn_register_rules(registry) -> None:
+    for key, rule in builtin_rules().items():
+        registry.add(key, rule)

@@ -14,9 +14,16 @@ from typing import Any
 
 import torch.nn as nn
 
-from modeconn.errors import PretrainedWeightsError, UnknownModelError
+from modeconn.errors import InvalidArgumentError, PretrainedWeightsError, UnknownModelError
 
-__all__ = ["register_model", "create_model", "list_models", "is_model", "model_entrypoint"]
+__all__ = [
+    "register_model",
+    "unregister_model",
+    "create_model",
+    "list_models",
+    "is_model",
+    "model_entrypoint",
+]
 
 ModelFn = Callable[..., nn.Module]
 
@@ -35,12 +42,34 @@ def register_model(fn: ModelFn) -> ModelFn:
     """
     name = fn.__name__
     if name in _model_entrypoints:
-        raise ValueError(
-            f"model {name!r} is registered twice: by {_model_modules[name]} and by {fn.__module__}"
+        raise InvalidArgumentError(
+            f"model {name!r} is registered twice: by {_model_modules[name]} and by {fn.__module__}; "
+            f"rename one, or unregister_model({name!r}) first"
         )
     _model_entrypoints[name] = fn
     _model_modules[name] = fn.__module__
     return fn
+
+
+def unregister_model(name: str) -> ModelFn:
+    """Remove a model registered with :func:`register_model`; returns its constructor."""
+    if name not in _model_entrypoints:
+        raise _unknown(name)
+    _model_modules.pop(name)
+    return _model_entrypoints.pop(name)
+
+
+def snapshot() -> tuple[dict, dict]:
+    """The registry's contents, for :func:`restore` (tests keep registrations from leaking)."""
+    return dict(_model_entrypoints), dict(_model_modules)
+
+
+def restore(state: tuple[dict, dict]) -> None:
+    """Put back what :func:`snapshot` returned."""
+    _model_entrypoints.clear()
+    _model_entrypoints.update(state[0])
+    _model_modules.clear()
+    _model_modules.update(state[1])
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -169,7 +198,7 @@ def _create_torchvision(name: str, num_classes, in_chans, pretrained, kwargs) ->
     if name not in torchvision.models.list_models():
         raise _unknown(TORCHVISION_PREFIX + name)
     if in_chans not in (None, 3):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"torchvision model {name!r} has no in_chans argument; it takes 3-channel input. "
             f"Use a timm model or one of ours for in_chans={in_chans}."
         )

@@ -5,7 +5,8 @@ Changes from torchvision: ``conv1`` is 7x7 with stride 1, the first max-pool and
 before inception 5a are removed, and the input is not re-normalized (``transform_input=False``).
 Both auxiliary heads are kept: they count towards the paper's 10.24M parameters (100 classes;
 9.96M with 10). In training mode the model returns ``GoogLeNetOutputs(logits, aux_logits2,
-aux_logits1)``; train with ``CE(logits) + 0.3 * (CE(aux1) + CE(aux2))`` (see :data:`AUX_WEIGHT`).
+aux_logits1)``; modeconn's training loss is ``CE(logits) + 0.3 * (CE(aux1) + CE(aux2))``
+(:data:`modeconn.training.AUX_WEIGHT`, Szegedy et al.'s weight).
 In eval mode it returns the main logits only.
 """
 
@@ -15,10 +16,7 @@ import torch.nn as nn
 from modeconn.registry._registry import register_model
 from torchvision.models.googlenet import BasicConv2d, GoogLeNet
 
-__all__ = ["CifarGoogLeNet", "AUX_WEIGHT"]
-
-AUX_WEIGHT = 0.3
-"""Weight of each auxiliary head's cross-entropy in the paper's training loss."""
+__all__ = ["CifarGoogLeNet"]
 
 
 class CifarGoogLeNet(GoogLeNet):

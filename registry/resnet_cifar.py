@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from modeconn.registry._registry import register_model
 
+from modeconn.errors import InvalidArgumentError
+
 __all__ = ["BasicBlock", "CifarResNet"]
 
 
@@ -42,7 +44,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, width: int = 16):
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110), got {depth}")
+            raise InvalidArgumentError(f"a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110), got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)

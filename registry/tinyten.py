@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 from modeconn.registry._registry import register_model
 
+from modeconn.errors import InvalidArgumentError
+
 __all__ = ["TinyTen"]
 
 # (kernel, stride, padding) of the eight conv layers; widths are configurable.
@@ -25,7 +27,9 @@ class TinyTen(nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = _WIDTHS):
         super().__init__()
         if len(widths) != len(_LAYOUT):
-            raise ValueError(f"TinyTen needs {len(_LAYOUT)} widths, got {len(widths)}: {tuple(widths)}")
+            raise InvalidArgumentError(
+                f"TinyTen needs {len(_LAYOUT)} widths, got {len(widths)}: {tuple(widths)}"
+            )
         layers: list[nn.Module] = []
         c_in = in_chans
         for c_out, (k, s, p) in zip(widths, _LAYOUT):

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from modeconn.registry._registry import register_model
 
+from modeconn.errors import InvalidArgumentError
+
 __all__ = ["CifarVGG"]
 
 _CFG = {
@@ -25,7 +27,7 @@ class CifarVGG(nn.Module):
     def __init__(self, depth: int = 16, num_classes: int = 10, in_chans: int = 3, width_factor: float = 1.0):
         super().__init__()
         if depth not in _CFG:
-            raise ValueError(f"VGG depth must be one of {sorted(_CFG)}, got {depth}")
+            raise InvalidArgumentError(f"VGG depth must be one of {sorted(_CFG)}, got {depth}")
         layers: list[nn.Module] = []
         c_in = in_chans
         for v in _CFG[depth]:

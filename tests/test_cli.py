@@ -14,11 +14,20 @@ def test_models_lists_and_filters(capsys):
 
 @pytest.mark.usefixtures("fresh_plugins")
 def test_plugins_lists_kinds_and_sources(capsys):
+    import modeconn
+
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     for kind in ("costs", "curves", "optimizers", "rules"):
         assert f"{kind} (" in out
-    assert "modeconn 0.1.0" in out  # built-ins come from modeconn's own entry points
+    assert f"from 'costs' [modeconn {modeconn.__version__} (built-in modeconn.plugins.costs)]" in out
+    assert len(out.splitlines()) == 8  # one line per kind and plugin, not one per rule
+    assert main(["plugins", "--kind", "rule"]) == 0
+    rules = capsys.readouterr().out.splitlines()
+    assert len(rules) > 350 and rules[0] == f"rules ({len(rules) - 1}):"
+    names = {line.split()[0] for line in rules[1:]}
+    assert {"torch.nn.Conv2d", "torch.nn.functional.relu", "method:view", "torch.cat"} <= names
+    assert not [n for n in names if "<locals>" in n or "_VariableFunctions" in n]
 
 
 def test_console_script_installed():
@@ -44,3 +53,21 @@ def test_discover_checks_a_random_permutation_on_digits(capsys, tmp_path):
 def test_errors_are_reported_without_traceback(capsys):
     assert main(["discover", "resnet33"]) == 2
     assert "Did you mean: resnet32" in capsys.readouterr().err
+    assert main(["discover", "torchvision/resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("modeconn: error: torchvision model 'resnet18' has no in_chans argument")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_version_and_a_closed_pipe():
+    import modeconn
+
+    out = subprocess.run([sys.executable, "-m", "modeconn.cli", "--version"], capture_output=True, text=True)
+    assert out.stdout.strip() == f"modeconn {modeconn.__version__}"
+    piped = subprocess.run(
+        f"{sys.executable} -m modeconn.cli models 'timm/*' | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert piped.stdout.strip() == "timm/aimv2_1b_patch14_224" and "BrokenPipeError" not in piped.stderr

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import modeconn
-from modeconn import CurveReport, evaluate, interpolate, update_bn
+from modeconn import PathReport, evaluate, interpolate, update_bn
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_bn_recomputation_changes_the_midpoint(pair):
 
 
 def test_report_barrier_table_and_files(tmp_path):
-    r = CurveReport([0.0, 0.5, 1.0], [1.0, 3.0, 2.0], [90.0, 50.0, 80.0], label="line")
+    r = PathReport([0.0, 0.5, 1.0], [1.0, 3.0, 2.0], [90.0, 50.0, 80.0], label="line")
     assert r.barrier == pytest.approx(1.5)  # 3.0 - (1.0 + 2.0) / 2
     assert (r.average_accuracy, r.min_accuracy) == (pytest.approx(220 / 3), 50.0)
     assert "loss barrier 1.5000" in str(r)
@@ -49,7 +49,7 @@ def test_report_barrier_table_and_files(tmp_path):
     assert (tmp_path / "r.csv").read_text().splitlines()[1] == "0.0,1.0,90.0"
     r.save(tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["barrier"] == pytest.approx(1.5)
-    CurveReport.plot([r, CurveReport([0, 1], [1, 1], [90, 90], label="flat")], tmp_path / "r.png")
+    PathReport.plot([r, PathReport([0, 1], [1, 1], [90, 90], label="flat")], tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
     with pytest.raises(ValueError, match=".csv or .json"):
         r.save(tmp_path / "r.txt")

@@ -1,16 +1,23 @@
-"""Neuron alignment: ``align(model_a, model_b, data)`` and the cost plugin API."""
+"""Neuron alignment: ``align(model_a, model_b, data)``, its parts, and the cost plugin API."""
 
+from modeconn.alignment.align import align, cost_matrices, solve_groups
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost, WeightCost
-from modeconn.alignment.driver import AlignResult, Similarity, align
-from modeconn.alignment.stats import PairStats
+from modeconn.alignment.result import AlignResult, CorrelationSignature
+from modeconn.alignment.stats import PairStats, collect_statistics
+from modeconn.alignment.weight_matching import match_weights, signature_matching
 
 __all__ = [
     "align",
     "AlignResult",
-    "Similarity",
+    "CorrelationSignature",
+    "collect_statistics",
+    "cost_matrices",
+    "solve_groups",
+    "solve_assignment",
+    "match_weights",
+    "signature_matching",
     "ActivationCost",
     "WeightCost",
     "PairStats",
-    "solve_assignment",
 ]

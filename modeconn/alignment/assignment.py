@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from modeconn.errors import AlignmentError
+
 __all__ = ["solve_assignment"]
 
 
@@ -16,7 +18,7 @@ def solve_assignment(matrix: torch.Tensor, maximize: bool = False) -> torch.Tens
     """
     m = matrix.detach().double().cpu().numpy()
     if not np.isfinite(m).all():
-        raise ValueError("the assignment matrix has NaN or Inf entries")
+        raise AlignmentError("the assignment matrix has NaN or Inf entries")
     rows, cols = linear_sum_assignment(m, maximize=maximize)
     perm = torch.empty(len(rows), dtype=torch.long)
     perm[torch.from_numpy(rows)] = torch.from_numpy(cols).long()

@@ -9,13 +9,22 @@ Memory is O(units²) whatever the number of samples.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn as nn
 
-from modeconn.symmetry.spec import Site, unit_view
+from modeconn.data.batches import Batch, batches
+from modeconn.errors import AlignmentError
+from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
+from modeconn.symmetry.discovery import model_inputs, trace_model
+from modeconn.symmetry.sites import extract_outputs
+from modeconn.symmetry.spec import Group, PermutationSpec, Site, unit_view
 
-__all__ = ["PairStats", "site_view", "site_matrix"]
+__all__ = ["PairStats", "site_view", "site_matrix", "collect_statistics", "choose_sites"]
 
 
 def site_view(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:
@@ -108,3 +117,108 @@ class Accumulator:
             cov=(self.sab / n - torch.outer(ma, mb)).cpu(),
             kind=self.kind,
         )
+
+
+def choose_sites(group: Group, kind: str) -> list[Site]:
+    """The sites of ``group`` of ``kind`` ("pre" or "post"), or all its sites when it has none of that kind."""
+    preferred = [s for s in group.sites if s.kind == kind]
+    return preferred or list(group.sites)
+
+
+# errors of a model that does not take the data; others (out of memory, interrupts) pass as they are
+_REJECTIONS = (RuntimeError, TypeError, ValueError, IndexError, KeyError)
+
+
+def _rejected(e: Exception) -> bool:
+    return isinstance(e, _REJECTIONS) and not isinstance(e, torch.OutOfMemoryError)
+
+
+def collect_statistics(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    spec: PermutationSpec,
+    *,
+    kind: str = "post",
+    groups: Sequence[Group] | None = None,
+    batch_size: int = 256,
+    num_samples: int | None = None,
+    labels: bool = True,
+) -> dict[str, list[PairStats]]:
+    """:class:`PairStats` of both models' units at every site of every group (default: the
+    permutable groups that have sites), one eval forward pass of each model per batch. ``data``
+    is any form :func:`modeconn.data.batches` reads; ``kind`` picks the sites to observe. The
+    models are left unchanged."""
+    model_a, model_b = unwrap(model_a), unwrap(model_b)
+    stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples))
+    first = next(stream, None)
+    if first is None:
+        raise AlignmentError("no data: the data iterable yielded no batch")
+    groups = [g for g in spec.permutable if g.sites] if groups is None else list(groups)
+    with modes_restored(model_a, model_b):
+        model_a.eval()
+        model_b.eval()
+        return _collect(model_a, model_b, groups, kind, itertools.chain([first], stream), first)
+
+
+def _collect(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    groups: list[Group],
+    kind: str,
+    data: Iterable[Batch],
+    first: Batch,
+) -> dict[str, list[PairStats]]:
+    """One eval forward pass of each model per batch; statistics for every site of every group."""
+    device, dtype = device_of(model_a), float_dtype_of(model_a)
+    plan = {g.name: choose_sites(g, kind) for g in groups}
+    names = sorted({s.node for sites in plan.values() for s in sites})
+    index = {n: i for i, n in enumerate(names)}
+    probe = model_inputs(model_a, first.inputs)
+    extract_a = extract_outputs(trace_model(model_a, probe), names)
+    extract_b = extract_outputs(trace_model(model_b, probe), names)
+    acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
+    with torch.no_grad():
+        for step, batch in enumerate(data):
+            inputs = model_inputs(model_a, batch.to(device, dtype).inputs)
+            values = []
+            for label, extract in (("model_a", extract_a), ("model_b", extract_b)):
+                try:
+                    values.append(extract(*inputs.values))
+                except Exception as e:
+                    if not _rejected(e):
+                        raise
+                    raise AlignmentError(
+                        f"{label} rejected the data (a batch of {inputs.describe()}): {type(e).__name__}: {e}"
+                    ) from e
+            va, vb = values
+            if step == 0:
+                _check_activations(va, vb, names)
+            # The site outputs are ours (fresh activations, or copies when the graph has in-place
+            # ops) and no two (group, site) slices overlap, so the statistics may shift them in place.
+            for g in groups:
+                for site, a in zip(plan[g.name], acc[g.name]):
+                    i = index[site.node]
+                    a.update(site_view(va[i], site, g.size), site_view(vb[i], site, g.size), inplace=True)
+    out = {}
+    for g in groups:
+        if not acc[g.name] or acc[g.name][0].n == 0:
+            raise AlignmentError("no data: the data iterable yielded no batch")
+        out[g.name] = [a.result() for a in acc[g.name]]
+        for site, st in zip(plan[g.name], out[g.name]):
+            if not (
+                torch.isfinite(st.cov).all()
+                and torch.isfinite(st.var_a).all()
+                and torch.isfinite(st.var_b).all()
+            ):
+                raise AlignmentError(f"activations at node `{site.node}` (group {g.name}) contain NaN or Inf")
+    return out
+
+
+def _check_activations(va, vb, names) -> None:
+    for label, values in (("model_a", va), ("model_b", vb)):
+        for name, v in zip(names, values):
+            # a sum is one cheap pass and is non-finite whenever an element is; only then (or
+            # on overflow) run the element-wise check, which costs ~6 passes over the data
+            if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all():
+                raise AlignmentError(f"{label}'s activations at node `{name}` contain NaN or Inf")

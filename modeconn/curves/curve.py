@@ -14,11 +14,12 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from modeconn.batchnorm import update_bn
 from modeconn.curves.family import CurveFamily
-from modeconn.errors import ModeconnError, PluginError
-from modeconn.evaluation import architecture_difference, lerp_state, update_bn
+from modeconn.errors import InvalidArgumentError
 from modeconn.modules import tensor_aliases, unwrap
-from modeconn.plugin_manager import get_plugin
+from modeconn.plugin_manager import direct_entry, get_plugin
+from modeconn.state import check_same_architecture, lerp_state
 
 __all__ = ["Curve"]
 
@@ -29,7 +30,7 @@ class Curve(nn.Module):
     The end points are frozen copies; the ``num_bends`` bends are the learnable parameters and
     start on the segment between the end points (the paper's linear initialization). ``family``
     names a curve-family plugin: ``"bezier"`` (default; one bend is the paper's quadratic curve),
-    ``"polychain"`` or ``"linear"`` (no bend). ``curve(x, t)`` runs the network at ``r(t)``.
+    ``"polychain"`` or ``"linear"`` (no bend) — or is a :class:`CurveFamily` instance. ``curve(x, t)`` runs the network at ``r(t)``.
 
     Storage: ``ends`` (a 2 × P buffer) and ``bends`` (a num_bends × P parameter) hold the
     flattened parameters in ``param_names`` order; :meth:`control_points` gives them as dicts.
@@ -40,32 +41,33 @@ class Curve(nn.Module):
     """
 
     def __init__(
-        self, model_a: nn.Module, model_b: nn.Module, family: str = "bezier", num_bends: int | None = None
+        self,
+        model_a: nn.Module,
+        model_b: nn.Module,
+        family: str | CurveFamily = "bezier",
+        num_bends: int | None = None,
     ):
         super().__init__()
-        entry = get_plugin("curve", family)
-        if not isinstance(entry.obj, CurveFamily):
-            raise PluginError(
-                f"curve plugin {family!r} (from plugin {entry.plugin!r}) is not a CurveFamily instance"
-            )
-        self.family_name = family
+        if isinstance(family, str):
+            entry = get_plugin("curve", family)  # the registry checked it is a CurveFamily obeying the law
+        else:
+            entry = direct_entry("curve", family, "Curve")
+        self._family_entry = entry
+        self.family_name = entry.name
         self.family: CurveFamily = entry.obj
         if num_bends is None:
             num_bends = self.family.default_bends
         if self.family.fixed_bends is not None and num_bends != self.family.fixed_bends:
-            raise ModeconnError(
+            raise InvalidArgumentError(
                 f"curve family {family!r} has exactly {self.family.fixed_bends} bends, not {num_bends}"
             )
         if num_bends < 0:
-            raise ModeconnError(f"num_bends must be >= 0, got {num_bends}")
+            raise InvalidArgumentError(f"num_bends must be >= 0, got {num_bends}")
         self.num_bends = num_bends
 
         model_a, model_b = unwrap(model_a), unwrap(model_b)
         sa, sb = model_a.state_dict(), model_b.state_dict()
-        if (where := architecture_difference(sa, sb)) is not None:
-            raise ModeconnError(
-                f"model_b differs from model_a at {where}; a curve joins two models of one architecture"
-            )
+        check_same_architecture(sa, sb)
         self.base = copy.deepcopy(model_a)
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -76,7 +78,7 @@ class Curve(nn.Module):
         self._aliases = tensor_aliases(model_a)
         dtypes = {sa[n].dtype for n in self.param_names}
         if len(dtypes) > 1:
-            raise ModeconnError(
+            raise InvalidArgumentError(
                 f"a curve needs all parameters in one dtype, got {sorted(map(str, dtypes))}; "
                 "convert both models first, e.g. model.float()"
             )
@@ -86,7 +88,7 @@ class Curve(nn.Module):
         # rows however many tensors the model has (per-tensor sums made a ResNet32 step ~20% slower).
         ends = torch.stack([_flatten(state, self.param_names) for state in (sa, sb)])
         self.register_buffer("ends", ends)  # θ_A and θ_B: saved with the curve, never trained
-        times = self.family.bend_times(num_bends)
+        times = entry.invoke(self.family.bend_times, num_bends)
         bends = [torch.lerp(ends[0].float(), ends[1].float(), s).to(ends.dtype) for s in times]
         bends = torch.stack(bends) if bends else ends.new_empty(0, ends.shape[1])
         self.bends = nn.Parameter(bends, requires_grad=num_bends > 0)  # one row per bend
@@ -95,7 +97,7 @@ class Curve(nn.Module):
     # -- weights along the curve --------------------------------------------------------------
     def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
         """The family's ``num_bends + 2`` coefficients at ``t`` (θ_A's first, θ_B's last)."""
-        return self.family.coefficients(torch.as_tensor(float(t)), self.num_bends)
+        return self._family_entry.invoke(self.family.coefficients, torch.as_tensor(float(t)), self.num_bends)
 
     def _rows(self) -> list[torch.Tensor]:
         """The flat control points in curve order: θ_A, the bends, θ_B."""

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from modeconn.curves.curve import Curve
-from modeconn.evaluation import CurveReport, evaluate_path, evenly_spaced
+from modeconn.errors import InvalidArgumentError
+from modeconn.paths import PathReport, evaluate_path, evenly_spaced
 
 __all__ = ["evaluate_curve"]
 
 
 def evaluate_curve(
     curve: Curve, test_data: Any, *, bn_data: Any, num_points: int = 11, label: str = ""
-) -> CurveReport:
+) -> PathReport:
     """Loss and accuracy of ``r(t)`` at ``num_points`` evenly spaced ``t`` in [0, 1].
 
     At each t, BatchNorm running statistics are recomputed on ``bn_data`` (Garipov et al.'s
@@ -21,7 +22,7 @@ def evaluate_curve(
     which is only right at the end points. The curve is left unchanged.
     """
     if num_points < 2:
-        raise ValueError(f"num_points must be >= 2 (the end points at least), got {num_points}")
+        raise InvalidArgumentError(f"num_points must be >= 2 (the end points at least), got {num_points}")
     ts = evenly_spaced(num_points)
     meta = {"family": curve.family_name, "num_bends": curve.num_bends, "bn_recomputed": bn_data is not None}
     return evaluate_path(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CurveFamily"]
+__all__ = ["CurveFamily", "check_family_law"]
 
 
 class CurveFamily:
@@ -30,3 +30,29 @@ class CurveFamily:
         """Where bends start on the segment θ_A → θ_B (the paper's linear initialization):
         bend ``k`` at ``θ_A + s_k (θ_B − θ_A)``. Evenly spaced by default."""
         return [(k + 1) / (num_bends + 1) for k in range(num_bends)]
+
+
+def check_family_law(family: CurveFamily) -> str | None:
+    """What is wrong with a family's coefficients, or ``None``: for the bend counts it takes,
+    ``c(0)`` and ``c(1)`` must select the end points exactly (so the curve starts at θ_A and
+    ends at θ_B) and the coefficients must be finite and sum to 1 at intermediate t."""
+    counts = (
+        [family.fixed_bends] if family.fixed_bends is not None else sorted({family.default_bends, 1, 2, 3})
+    )
+    for k in counts:
+        for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+            c = torch.as_tensor(
+                family.coefficients(torch.tensor(t, dtype=torch.float64), k), dtype=torch.float64
+            )
+            if c.shape != (k + 2,):
+                return f"{k} bend(s) at t={t}: {tuple(c.shape)} coefficients, expected {k + 2}"
+            if not torch.isfinite(c).all():
+                return f"{k} bend(s) at t={t}: coefficients are not finite ({c.tolist()})"
+            if t in (0.0, 1.0):
+                end = torch.zeros(k + 2, dtype=torch.float64)
+                end[0 if t == 0.0 else -1] = 1.0
+                if not torch.equal(c, end):
+                    return f"{k} bend(s) at t={t}: {c.tolist()} does not select the end point exactly ({end.tolist()})"
+            elif abs(float(c.sum()) - 1.0) > 1e-9:
+                return f"{k} bend(s) at t={t}: the coefficients sum to {float(c.sum())}, not 1"
+    return None

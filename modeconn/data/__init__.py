@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, Subset
 
+from modeconn.errors import InvalidArgumentError
+
 from .digits import Digits
 from .vision import cifar10, cifar100, test_transform, tiny_imagenet, train_transform
 
@@ -55,9 +57,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool =
         return digits(train, **kwargs)
     loaders = {"cifar10": cifar10, "cifar100": cifar100, "tiny_imagenet": tiny_imagenet}
     if name not in loaders:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InvalidArgumentError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if root is None:
-        raise ValueError(f"dataset {name!r} needs root=<folder>; only 'digits' is embedded")
+        raise InvalidArgumentError(f"dataset {name!r} needs root=<folder>; only 'digits' is embedded")
     return loaders[name](root, train, **kwargs)
 
 
@@ -70,7 +72,7 @@ def alignment_subset(
     n = len(dataset)
     k = num_samples if num_samples is not None else round(fraction * n)
     if not 0 < k <= n:
-        raise ValueError(f"an alignment subset needs between 1 and {n} samples, got {k}")
+        raise InvalidArgumentError(f"an alignment subset needs between 1 and {n} samples, got {k}")
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(n, generator=generator)[:k].sort().values
     return Subset(dataset, indices.tolist())

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from modeconn.errors import DataError
+
 __all__ = ["Batch", "as_batch", "Batches", "batches", "call_model", "LABEL_KEYS"]
 
 LABEL_KEYS = ("labels", "label")
@@ -58,7 +60,7 @@ class Batch:
         for v in self.values:
             if isinstance(v, torch.Tensor) and v.ndim:
                 return v.shape[0]
-        raise TypeError("a batch without input tensors has no size")
+        raise DataError("a batch without input tensors has no size")
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Batch:
         """The batch on ``device``, its floating-point inputs cast to ``dtype`` (targets keep theirs)."""
@@ -116,7 +118,7 @@ def as_batch(raw: Any, *, labels: bool = True) -> Batch:
                 return Batch(dict(nested) if isinstance(nested, Mapping) else tuple(nested), target)
             return Batch(tuple(inputs), target)
         return Batch(tuple(raw))
-    raise TypeError(
+    raise DataError(
         f"a batch must be a tensor, a dict of tensors, or a tuple (inputs..., labels); got {type(raw).__name__}"
     )
 
@@ -166,13 +168,13 @@ def batches(
         source = DataLoader(data, batch_size=batch_size, shuffle=shuffle)
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
         if reiterable and iter(data) is data:
-            raise TypeError(
+            raise DataError(
                 "the data is a one-shot iterator; pass a DataLoader, a Dataset or a list of batches so "
                 "every epoch can read it"
             )
         source = data
     else:
-        raise TypeError(
+        raise DataError(
             f"data must be a DataLoader, a Dataset, an iterable of batches, an (x, y) pair of tensors "
             f"or a tensor of inputs; got {type(data).__name__}"
         )

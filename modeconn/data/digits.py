@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from modeconn.errors import InvalidArgumentError
+
 __all__ = ["Digits"]
 
 NUM_CLASSES = 10
@@ -31,7 +33,9 @@ class Digits(Dataset):
 
     def __init__(self, train: bool = True, *, augment: bool | None = None, image_size: int = 32):
         if image_size < 8:
-            raise ValueError(f"image_size must be at least 8 (the digits are 8x8), got {image_size}")
+            raise InvalidArgumentError(
+                f"image_size must be at least 8 (the digits are 8x8), got {image_size}"
+            )
         with resources.files("modeconn.data").joinpath("digits.npz").open("rb") as f:
             data = np.load(f)
             images, labels, is_test = data["images"], data["labels"], data["is_test"]

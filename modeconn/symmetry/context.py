@@ -307,6 +307,8 @@ def op_name(t: Any) -> str:
         return name
     if module.startswith("torch._C") or module in ("torch._VariableFunctionsClass",):
         module = "torch"
-    if module == "torch.nn.functional" or module.startswith("torch.nn.functional"):
+    if module.startswith("torch.nn.functional"):
         module = "torch.nn.functional"
+    elif module.startswith("torch.nn.modules."):  # torch.nn.modules.conv.Conv2d is torch.nn.Conv2d
+        module = "torch.nn"
     return f"{module}.{name}" if module else name

@@ -233,7 +233,7 @@ def _explain_trace_failure(model: nn.Module, error: Exception) -> str:
         f"torch.fx could not trace {type(model).__name__}: {type(error).__name__}: {error}\n"
         f"  it broke in {where}, at {culprit}\n"
         f"  remedies: make that module a leaf by registering a permutation rule for its type "
-        f"(hook modeconn_permutation_rules) or with timm.layers.register_notrace_module; wrap the "
+        f"(hook modeconn_register_rules) or with timm.layers.register_notrace_module; wrap the "
         f"function with torch.fx.wrap; or remove data-dependent control flow."
     )
 

@@ -4,7 +4,7 @@
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.fit import fit_curve, train_model
 from modeconn.training.loop import Callback, EpochRecord, TrainState
-from modeconn.training.trainer import CurveOptimizer, Trainer, classification_loss
+from modeconn.training.trainer import AUX_WEIGHT, CurveOptimizer, Trainer, classification_loss
 
 __all__ = [
     "train_model",
@@ -12,6 +12,7 @@ __all__ = [
     "Trainer",
     "CurveOptimizer",
     "classification_loss",
+    "AUX_WEIGHT",
     "Callback",
     "EpochRecord",
     "TrainState",

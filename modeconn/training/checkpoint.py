@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +19,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from modeconn.errors import CheckpointError
-from modeconn.evaluation import architecture_difference
+from modeconn.errors import ArchitectureMismatchError, CheckpointError
+from modeconn.modules import unwrap
+from modeconn.state import architecture_difference
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write"]
 
@@ -27,7 +30,9 @@ FORMAT = "modeconn-checkpoint/1"
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it
-    onto ``path``: a crash leaves either the old file or the new one, never half of one."""
+    onto ``path``: a crash leaves either the old file or the new one, never half of one. The
+    file gets the permissions any new file of the user gets (``mkstemp`` alone would make it
+    private)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,12 +41,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _is_safetensors(path: str | os.PathLike) -> bool:
@@ -55,7 +67,7 @@ def save_checkpoint(module: nn.Module, path: str | os.PathLike, **training_state
     it must be made of tensors, numbers, strings, lists and dicts, and it needs a ``.pt`` file
     (a ``.safetensors`` file holds tensors only). Returns the path.
     """
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in unwrap(module).state_dict().items()}
     if _is_safetensors(path):
         if training_state:
             raise CheckpointError(
@@ -71,44 +83,87 @@ def save_checkpoint(module: nn.Module, path: str | os.PathLike, **training_state
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        if _is_safetensors(path):
-            from safetensors import safe_open
+def _damaged(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read checkpoint {os.fspath(path)!r}: it is truncated or damaged, or not a checkpoint "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:160]}). Pass another file, or delete it to start over."
+    )
 
+
+def _read(path: Path) -> dict[str, Any]:
+    """The file as ``{"state": state dict, ...training state}``, whatever wrote it."""
+    if _is_safetensors(path):
+        from safetensors import SafetensorError, safe_open
+
+        try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}
                 return {**meta, "state": {k: f.get_tensor(k) for k in f.keys()}}
+        except SafetensorError as e:
+            raise _damaged(path, e) from e
+    try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" (an object of type {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"cannot read checkpoint {os.fspath(path)!r}: the file is truncated, damaged or not a checkpoint "
-            f"({type(e).__name__}: {e}). Delete it to start over, or pass another file."
+            f"checkpoint {os.fspath(path)!r} holds pickled Python objects{what}, which modeconn does not load: "
+            f"files are read with weights_only=True. Save the state dict instead: "
+            f"torch.save(model.state_dict(), path), or a .safetensors file."
         ) from e
-    if not isinstance(payload, dict) or "state" not in payload:
-        raise CheckpointError(f"{os.fspath(path)!r} is not a modeconn checkpoint (no state dict in it)")
-    return payload
+    except (PermissionError, IsADirectoryError, FileNotFoundError):
+        raise  # the file system's answer, as it is: not a damaged checkpoint
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:  # not a zip or pickle torch reads
+        raise _damaged(path, e) from e
+    if isinstance(payload, dict) and "state" in payload and isinstance(payload["state"], dict):
+        return payload
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return {"state": payload}  # a plain torch.save(model.state_dict())
+    raise CheckpointError(
+        f"{os.fspath(path)!r} is not a checkpoint: it holds a {type(payload).__name__}, not a state dict "
+        f"(a dict of tensors) or a modeconn checkpoint"
+    )
+
+
+def _strip_wrapper_prefix(
+    saved: dict[str, torch.Tensor], expected: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Keys saved from a DataParallel/DistributedDataParallel (``module.``) or ``torch.compile``
+    (``_orig_mod.``) wrapper, for a module that is not wrapped."""
+    for prefix in ("module.", "_orig_mod."):
+        if (
+            saved
+            and all(k.startswith(prefix) for k in saved)
+            and not any(k.startswith(prefix) for k in expected)
+        ):
+            return {k[len(prefix) :]: v for k, v in saved.items()}
+    return saved
 
 
 def load_checkpoint(module: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``module``, in place.
+    """Load a checkpoint into ``module``, in place: one written by :func:`save_checkpoint`, a
+    plain ``torch.save(model.state_dict())``, or a ``.safetensors`` file from any tool; keys with
+    a DataParallel/DDP ``module.`` prefix are matched too. Pickled objects are refused (files
+    are read with ``weights_only=True``).
 
-    Raises :class:`~modeconn.CheckpointError` naming the first differing entry when the file
-    was written for another architecture, and when it is truncated or damaged. Returns the
-    training state stored with it (empty for ``.safetensors``).
+    Raises :class:`~modeconn.ArchitectureMismatchError` naming the first differing entry when
+    the file was written for another architecture, and :class:`~modeconn.CheckpointError` when
+    it is truncated, damaged or of another kind. Returns the training state stored with it
+    (empty for weights alone).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {os.fspath(path)!r}")
+    module = unwrap(module)
     payload = _read(path)
-    saved = payload.pop("state")
     expected = module.state_dict()
+    saved = _strip_wrapper_prefix(payload.pop("state"), expected)
     # safetensors sorts its keys: compare in the module's order, unexpected entries last
     state = {k: saved[k] for k in expected if k in saved} | {
         k: v for k, v in saved.items() if k not in expected
     }
     if (where := architecture_difference(state, expected)) is not None:
-        raise CheckpointError(
+        raise ArchitectureMismatchError(
             f"checkpoint {os.fspath(path)!r} was written for another architecture (a {payload.get('class', '?')}); "
             f"first difference, checkpoint vs this {type(module).__name__}: {where}"
         )

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from modeconn.errors import PluginError
-from modeconn.plugin_manager import get_plugin
+from modeconn.errors import InvalidArgumentError
+from modeconn.plugin_manager import direct_entry, get_plugin
 from modeconn.training.loop import Callback, EpochRecord, as_loader, resolve_device, run_epochs
 from modeconn.training.trainer import CurveOptimizer, Trainer
 
@@ -67,7 +67,7 @@ def fit_curve(
     curve: nn.Module,
     train_data: Any,
     *,
-    optimizer: str = "sgd",
+    optimizer: str | type[CurveOptimizer] = "sgd",
     epochs: int,
     lr: float = 1e-2,
     momentum: float = 0.9,
@@ -85,15 +85,19 @@ def fit_curve(
     """Fit the bends of ``curve`` (a :class:`~modeconn.Curve`) in place: each batch trains at a
     fresh ``t ~ U[0, 1]`` (paper Algorithm 2; Garipov et al. 2018); the end points stay fixed.
 
-    ``optimizer`` names an optimizer plugin (``"sgd"`` is built in); ``options`` go to it.
+    ``optimizer`` names an optimizer plugin (``"sgd"`` is built in), or is a
+    :class:`CurveOptimizer` subclass; ``options`` go to it.
     Data, device, checkpoints, resuming, callbacks and the return value are as in
     :func:`train_model`.
     """
     if not any(p.requires_grad for p in curve.parameters()):
-        raise ValueError(
+        raise InvalidArgumentError(
             "the curve has no learnable bends (num_bends=0 or family 'linear'): there is nothing to fit"
         )
-    entry = get_plugin("optimizer", optimizer)
+    if isinstance(optimizer, str):
+        entry = get_plugin("optimizer", optimizer)
+    else:
+        entry = direct_entry("optimizer", optimizer, "fit_curve")
     device = resolve_device(device)
     curve.to(device)
     trainer = entry(
@@ -105,10 +109,7 @@ def fit_curve(
         lr_gamma=lr_gamma,
         **options,
     )
-    if not isinstance(trainer, CurveOptimizer):
-        raise PluginError(
-            f"optimizer plugin {optimizer!r} (from plugin {entry.plugin!r}) did not build a CurveOptimizer"
-        )
+    trainer.plugin = entry
     return run_epochs(
         trainer,
         as_loader(train_data, batch_size),

@@ -15,7 +15,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from modeconn.data.batches import Batches, batches
-from modeconn.errors import ModeconnError
+from modeconn.errors import DataError, InvalidArgumentError, TrainingError
 from modeconn.modules import float_dtype_of
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.trainer import Trainer
@@ -109,7 +109,7 @@ def run_epochs(
     """Train ``trainer.module`` for ``epochs`` epochs over ``data``; with ``checkpoint``, save
     after every epoch and, when the file exists and ``resume`` is true, continue from it."""
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise InvalidArgumentError(f"epochs must be >= 0, got {epochs}")
     module = trainer.module
     dtype = float_dtype_of(module)
     cbs = [c if isinstance(c, Callback) else _FunctionCallback(c) for c in callbacks]
@@ -117,7 +117,7 @@ def run_epochs(
     start = 1
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         saved = load_checkpoint(module, checkpoint)
-        trainer.load_state_dict(saved["trainer"])
+        trainer.call_hook("load_state_dict", saved["trainer"])
         _set_rng_state(saved["rng"])
         state.history = [EpochRecord(**r) for r in saved["history"]]
         start = int(saved["epoch"]) + 1
@@ -128,7 +128,7 @@ def run_epochs(
         for epoch in range(start, epochs + 1):
             state.epoch, state.batch = epoch, 0
             module.train()
-            trainer.on_epoch_start(epoch)
+            trainer.call_hook("on_epoch_start", epoch)
             for cb in cbs:
                 cb.on_epoch_start(state)
             lr = trainer.optimizer.param_groups[0]["lr"]
@@ -136,15 +136,15 @@ def run_epochs(
             bar = tqdm(data, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False, unit="batch")
             for batch in bar:
                 if batch.target is None:
-                    raise ValueError(
+                    raise DataError(
                         "training needs labelled batches: (inputs..., labels) tuples or dicts with 'labels'"
                     )
                 batch = batch.to(device, dtype)
                 x, y = batch.x, batch.target
-                loss, logits = trainer.training_step(x, y)
+                loss, logits = trainer.call_hook("training_step", x, y)
                 loss_value = float(loss)
                 if not math.isfinite(loss_value):
-                    raise ModeconnError(
+                    raise TrainingError(
                         f"{desc} diverged in epoch {epoch}, batch {state.batch + 1}: the loss is {loss_value}. "
                         f"Lower the learning rate (now {lr:g})"
                         + (
@@ -164,7 +164,7 @@ def run_epochs(
                 for cb in cbs:
                     cb.on_batch_end(state)
             if seen == 0:
-                raise ValueError("train_data produced no batches")
+                raise DataError("train_data produced no batches")
             trainer.scheduler.step()
             record = EpochRecord(
                 epoch, loss_sum / seen, 100.0 * correct / seen, lr, time.perf_counter() - began
@@ -174,7 +174,7 @@ def run_epochs(
                 save_checkpoint(
                     module,
                     checkpoint,
-                    trainer=trainer.state_dict(),
+                    trainer=trainer.call_hook("state_dict"),
                     epoch=epoch,
                     history=[asdict(r) for r in state.history],
                     rng=_rng_state(),

@@ -14,9 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modeconn.data.batches import call_model
-from modeconn.registry.googlenet_cifar import AUX_WEIGHT
+from modeconn.errors import DataError, InvalidArgumentError
 
-__all__ = ["Trainer", "CurveOptimizer", "classification_loss"]
+__all__ = ["Trainer", "CurveOptimizer", "classification_loss", "AUX_WEIGHT"]
+
+AUX_WEIGHT = 0.3
+"""Weight of each auxiliary head's cross-entropy (Szegedy et al. 2015, and the paper's GoogLeNet)."""
 
 
 def classification_loss(
@@ -35,7 +38,7 @@ def classification_loss(
         for head in aux:
             loss = loss + aux_weight * F.cross_entropy(head, y)
         return loss, logits
-    raise TypeError(
+    raise DataError(
         f"the model returned {type(output).__name__}; expected logits or a tuple of logits (main head first)"
     )
 
@@ -50,6 +53,15 @@ class Trainer:
     across an interruption goes into :meth:`state_dict`/:meth:`load_state_dict`.
     """
 
+    plugin: Any = None  # the PluginEntry of an optimizer plugin: its own methods' errors name it
+
+    def call_hook(self, name: str, *args: Any) -> Any:
+        """Call method ``name``; if an optimizer plugin defines it, an error names the plugin."""
+        fn = getattr(self, name)
+        if self.plugin is not None and getattr(type(self), name) is not getattr(CurveOptimizer, name):
+            return self.plugin.invoke(fn, *args)
+        return fn(*args)
+
     def __init__(
         self,
         module: nn.Module,
@@ -62,12 +74,12 @@ class Trainer:
         aux_weight: float = AUX_WEIGHT,
     ):
         if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+            raise InvalidArgumentError(f"lr must be positive, got {lr}")
         self.module = module
         self.aux_weight = aux_weight
         params = list(self.parameters())
         if not params:
-            raise ValueError(f"{type(module).__name__} has no trainable parameters")
+            raise InvalidArgumentError(f"{type(module).__name__} has no trainable parameters")
         self.optimizer = self.configure_optimizer(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_step, gamma=lr_gamma)
 
@@ -92,7 +104,7 @@ class Trainer:
     def training_step(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimization step on a batch; returns the (detached) loss and logits."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits = self.loss(x, y)
+        loss, logits = self.call_hook("loss", x, y)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), logits.detach()
@@ -137,8 +149,8 @@ class CurveOptimizer(Trainer):
         return x
 
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.sample_t()
-        x = self.perturb(x, y, t)
+        t = self.call_hook("sample_t")
+        x = self.call_hook("perturb", x, y, t)
         return classification_loss(self.curve(x, t), y, self.aux_weight)
 
     def state_dict(self) -> dict[str, Any]:

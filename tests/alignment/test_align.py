@@ -102,14 +102,14 @@ def test_trained_pair_alignment_raises_every_groups_correlation():
     subset = alignment_subset(digits(train=True, augment=False), num_samples=300, seed=0)
     loader = torch.utils.data.DataLoader(subset, batch_size=100)
     result = align(a, b, loader)
-    before, after = result.similarity.before, result.similarity.after
+    before, after = result.signature.before, result.signature.after
     assert set(before) == {g.name for g in result.spec.permutable}
     for g in before:
         assert after[g] > before[g], f"{g}: {before[g]:.3f} -> {after[g]:.3f}"
     x = torch.stack([subset[i][0] for i in range(32)])
     with torch.no_grad():
         assert torch.allclose(result.model(x), b(x), atol=1e-5)
-    assert "before" in str(result.similarity) and "(all)" in str(result.similarity)
+    assert "before" in str(result.signature) and "(all)" in str(result.signature)
 
 
 def test_models_are_left_unchanged(check):
@@ -147,14 +147,14 @@ def test_dead_units_give_no_nan_and_deterministic_ties():
     x = torch.randn(64, 1, 4, 4)
     r1, r2 = align(a, b, x), align(a, b, x)
     assert all(torch.equal(r1.perms[k], r2.perms[k]) for k in r1.perms)
-    assert all(torch.isfinite(torch.tensor(v)) for v in r1.similarity.after.values())
+    assert all(torch.isfinite(torch.tensor(v)) for v in r1.signature.after.values())
 
 
 def test_clear_errors():
     a = modeconn.create_model("resnet20", width=4)
     other = modeconn.create_model("resnet20", width=8)
     with pytest.raises(
-        AlignmentError,
+        modeconn.ArchitectureMismatchError,
         match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)",
     ):
         align(a, other, torch.randn(4, 3, 32, 32))
@@ -191,7 +191,7 @@ def test_weight_matching_needs_no_data(check):
     spec = discover(a, torch.randn(2, 3, 32, 32))
     b = permute(a, spec, spec.random_permutation(1))
     result = align(a, b, cost="weight_matching", spec=spec)
-    assert result.similarity is None
+    assert result.signature is None
     assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in a.state_dict().items())
 
 
@@ -251,3 +251,16 @@ def test_a_failing_cost_plugin_is_named(fresh_plugins):
         modeconn.PluginError, match=r"cost plugin 'broken' \(from plugin 'broken_costs'.*bad matrix"
     ):
         align(a, b, torch.randn(8, 1, 4, 4), cost="broken")
+
+
+def test_only_errors_about_the_data_are_reported_as_rejected_data():
+    a = modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6,))
+    b = modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6,))
+    spec = discover(a, torch.randn(2, 1, 4, 4))
+
+    def exhausted(x):
+        raise MemoryError("out of memory")
+
+    a.net[1].forward = exhausted  # the statistics pass runs out of memory
+    with pytest.raises(MemoryError, match="out of memory"):  # not "model_a rejected the data"
+        align(a, b, torch.randn(8, 1, 4, 4), spec=spec)

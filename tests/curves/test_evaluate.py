@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import modeconn
-from modeconn import Curve, CurveReport, evaluate_curve
+from modeconn import Curve, PathReport, evaluate_curve
 
 
 def test_report_along_a_curve(digits_pair, tmp_path):
@@ -24,7 +24,7 @@ def test_report_along_a_curve(digits_pair, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["min_accuracy"] == report.min_accuracy
     report.save(tmp_path / "r.csv")
     assert (tmp_path / "r.csv").read_text().splitlines()[0] == "t,loss,accuracy"
-    CurveReport.plot([report, report], tmp_path / "r.png")
+    PathReport.plot([report, report], tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0
     with pytest.raises(ValueError, match="num_points"):
         evaluate_curve(Curve(a, b), test, bn_data=None, num_points=1)

@@ -193,7 +193,7 @@ def test_custom_rule_through_plugin_hook(fresh_plugins):
 
     class Rules:
         @modeconn.hookimpl
-        def modeconn_permutation_rules(self, registry):
+        def modeconn_register_rules(self, registry):
             registry.add(Shift, shift_rule)
 
     net = nn.Sequential(nn.Conv2d(3, 6, 1), Shift(6), nn.ReLU(), nn.Conv2d(6, 2, 1))

@@ -7,33 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeconn import discover
+from modeconn import discover, permute, testing
 from modeconn.plugin_manager import get_registry
-from modeconn.symmetry.discovery import model_inputs, trace_model
-
-
-def _key_of(node, gm):
-    if node.op == "call_module":
-        return type(gm.get_submodule(node.target))
-    if node.op == "call_method":
-        return f"method:{node.target}"
-    if node.op == "call_function":
-        return node.target
-    return None
-
-
-def _called_keys(model, x) -> set:
-    keys = set()
-    inputs = model_inputs(model, x)
-    for training in (False, True):
-        gm = trace_model(model, inputs, training=training)
-        for node in gm.graph.nodes:
-            key = _key_of(node, gm)
-            if isinstance(key, type):
-                keys.update(key.__mro__)
-            elif key is not None:
-                keys.add(key)
-    return keys
 
 
 def _build(case, cases):
@@ -61,18 +36,24 @@ def test_case_count(rule_cases):
 
 
 def test_rule_case(rule_case, rule_cases, check):
+    """Through the contract kit (modeconn.testing.check_rule): the key is called, and random
+    permutations keep the function; then the case's own expectation, and every group moves."""
     case = rule_case
     if case.requires == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     model = check.randomize(_build(case, rule_cases)).eval()
     x = rule_cases.example_input(case)
     x = x.double() if x.is_floating_point() else x
-    called = _called_keys(model, x)
-    uncalled = [k for k in case.keys if k not in called]
-    assert not uncalled, f"the case never calls {uncalled}"
+    for key in case.keys:
+        testing.check_rule(key, [(model, x)])
     spec = discover(model, x)
-    perms_checked = check.assert_equivalent(model, x, seeds=(0, 1, 2), spec=spec, require_permutable=False)
-    assert perms_checked is spec
+    perms = spec.random_permutation(0)
+    before, after = model.state_dict(), permute(model, spec, perms).state_dict()
+    for g in spec.permutable:
+        if not torch.equal(perms[g.name], torch.arange(g.size)):
+            assert any(not torch.equal(before[t.tensor], after[t.tensor]) for t in g.slices), (
+                f"{g.name} did not move"
+            )
     p1 = [g for g in spec.groups.values() if g.name == "p1" or g.name.startswith("p1[")]
     if case.expect == "free":  # the producer (or some piece of it, after a split) stays permutable
         assert any(g.permutable for g in p1), f"p1 should stay permutable: {[g.reason for g in p1]}"

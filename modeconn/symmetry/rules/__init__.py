@@ -33,7 +33,7 @@ from modeconn.symmetry.rules import (
 )
 from modeconn.symmetry.rules.common import activation, elementwise, metadata, passthrough
 
-__all__ = ["builtin_rules", "register_builtin_rules", "common"]
+__all__ = ["builtin_rules", "TABLE", "common"]
 
 
 def _methods(*names: str) -> tuple[str, ...]:
@@ -219,9 +219,3 @@ def builtin_rules() -> dict[Hashable, Callable]:
         for key in keys:
             out.setdefault(key, rule)
     return out
-
-
-def register_builtin_rules(registry) -> None:
-    """Fill ``registry`` (the ``rule`` plugin registry) with modeconn's table."""
-    for key, rule in builtin_rules().items():
-        registry.add(key, rule)

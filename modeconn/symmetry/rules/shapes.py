@@ -313,7 +313,7 @@ def order_along(ctx: RuleContext) -> TensorLayout:
         raw = [ctx.const("dim")]
     axes = {axis_index(int(a), x.ndim) for a in raw}
     for a in axes:
-        ctx.fix(x[a], f"{ctx.op} depends on the order along axis {a}")
+        ctx.fix(x[a], f"depends on the order along axis {a}")
     if tuple(ctx.out_value) != x.shape:
         return ctx.unsupported("the op changed the shape")
     return ctx.out([None if a in axes else x[a] for a in range(x.ndim)])

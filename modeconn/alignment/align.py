@@ -1,0 +1,174 @@
+"""``align``: find the permutation of model B that best matches model A (paper §3.1, Alg. 1),
+as the composition of its parts — statistics (:func:`collect_statistics`), per-group cost
+matrices (:func:`cost_matrices`) and the assignment of each group (:func:`solve_groups`) —
+which other methods (PAM's ``init="alignment"``) reuse on their own."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from modeconn.alignment.assignment import solve_assignment
+from modeconn.alignment.costs import ActivationCost
+from modeconn.alignment.result import AlignResult, CorrelationSignature
+from modeconn.alignment.stats import PairStats, _collect
+from modeconn.alignment.ties import break_ties, has_constant_units
+from modeconn.alignment.weight_matching import match_weights, signature_matching
+from modeconn.data.batches import batches
+from modeconn.errors import AlignmentError
+from modeconn.modules import device_of, modes_restored, unwrap
+from modeconn.plugin_manager import PluginEntry, direct_entry, get_plugin
+from modeconn.state import check_same_architecture
+from modeconn.symmetry.discovery import discover
+from modeconn.symmetry.permute import permute
+from modeconn.symmetry.spec import Group, PermutationSpec
+
+__all__ = ["align", "cost_matrices", "solve_groups"]
+
+Perms = dict[str, torch.Tensor]
+
+
+def cost_matrices(
+    cost: ActivationCost | str, stats: Mapping[str, Sequence[PairStats]]
+) -> dict[str, torch.Tensor]:
+    """Each group's (units of A) x (units of B) matrix: the cost's matrix at every site,
+    averaged over the group's sites, in float64."""
+    entry = _entry(cost)
+    out = {}
+    for name, site_stats in stats.items():
+        mats = [entry.invoke(entry.obj.matrix, s) for s in site_stats]
+        out[name] = torch.stack(mats).mean(0).double()
+    return out
+
+
+def solve_groups(
+    spec: PermutationSpec,
+    matrices: Mapping[str, torch.Tensor],
+    *,
+    maximize: bool,
+    state_a: Mapping[str, torch.Tensor] | None = None,
+    state_b: Mapping[str, torch.Tensor] | None = None,
+) -> Perms:
+    """The permutation of every permutable group: the linear assignment (paper eq. 2) of its
+    matrix; with the models' state dicts, near-ties are broken by weight similarity and the
+    groups without a matrix (nothing observes them) are matched by weight matching, the
+    others held fixed. Groups without a matrix and without states keep the identity."""
+    perms = spec.identity()
+    groups = [g for g in spec.permutable if g.name in matrices]
+    for g in groups:
+        perms[g.name] = solve_assignment(matrices[g.name], maximize=maximize)
+    if state_a is None or state_b is None:
+        return perms
+    perms = break_ties(spec, groups, matrices, maximize, state_a, state_b, perms)
+    hidden = [g for g in spec.permutable if g.name not in matrices]
+    if hidden:
+        init = {**perms, **signature_matching(spec, state_a, state_b, hidden)}
+        perms = match_weights(spec, state_a, state_b, groups=hidden, init=init)
+    return perms
+
+
+def _entry(cost: Any) -> PluginEntry:
+    return get_plugin("cost", cost) if isinstance(cost, str) else direct_entry("cost", cost, "cost_matrices")
+
+
+def _check_finite(model: nn.Module, label: str) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise AlignmentError(f"{label} has NaN or Inf in `{name}`; align needs finite weights.")
+
+
+def _names(groups: Sequence[Group]) -> str:
+    return ", ".join(g.name for g in groups[:5]) + (" ..." if len(groups) > 5 else "")
+
+
+def align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any = None,
+    *,
+    cost: str = "correlation",
+    spec: PermutationSpec | None = None,
+    num_samples: int | None = None,
+    device: str | torch.device | None = None,
+    example_inputs: Any = None,
+    batch_size: int = 256,
+    labels: bool = True,
+) -> AlignResult:
+    """Permute model B's units to match model A's (neuron alignment).
+
+    ``data`` is a DataLoader or iterable of batches (tensors, dicts of inputs by name, or
+    ``(inputs..., labels)`` tuples — ``labels=False`` when tuples hold inputs only), a Dataset,
+    or a tensor of inputs; ``num_samples`` caps how many samples are used. Wrapped models
+    (DataParallel, DDP, ``torch.compile``) are looked through. ``cost`` names a cost plugin:
+    ``"correlation"`` (post-activations, the paper's default), ``"l2_preact"`` (pre-activations,
+    the paper's Wasserstein-2 variant) or ``"weight_matching"`` (data-free). Statistics are
+    taken in eval mode with one forward pass of each model; both models are left unchanged.
+    ``spec`` defaults to ``discover(model_a, ...)`` on the first batch (or ``example_inputs``).
+    """
+    entry = get_plugin("cost", cost)
+    cost_obj = entry.obj
+    model_a, model_b = unwrap(model_a), unwrap(model_b)
+    check_same_architecture(model_a.state_dict(), model_b.state_dict())
+    _check_finite(model_a, "model_a")
+    _check_finite(model_b, "model_b")
+    device = torch.device(device) if device is not None else device_of(model_a)
+    first, stream = None, iter(())
+    if data is not None:
+        stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples))
+        first = next(stream, None)
+        if first is None:
+            raise AlignmentError("no data: the data iterable yielded no batch")
+        stream = itertools.chain([first], stream)
+    elif cost_obj.requires_data:
+        raise AlignmentError(
+            f"cost {cost!r} needs data: pass a DataLoader, batches or a tensor of inputs "
+            f"(or use cost='weight_matching', which needs none)"
+        )
+
+    a, b = model_a, model_b
+    if any(p.device != device for p in itertools.chain(a.parameters(), b.parameters())):
+        a, b = copy.deepcopy(a).to(device), copy.deepcopy(b).to(device)
+    with modes_restored(a, b):
+        a.eval()
+        b.eval()
+        if spec is None:
+            probe = (
+                example_inputs if example_inputs is not None else (first.head(2).inputs if first else None)
+            )
+            spec = discover(a, probe)  # shapes only
+        observed = [g for g in spec.permutable if g.sites]
+        state_a = {k: v.detach() for k, v in a.state_dict().items()}
+        state_b = {k: v.detach() for k, v in b.state_dict().items()}
+        notes: list[str] = []
+        stats: dict[str, list[PairStats]] = {}
+        if isinstance(cost_obj, ActivationCost):
+            stats = _collect(a, b, observed, cost_obj.site_kind, stream, first)
+            matrices = cost_matrices(cost, stats)
+            perms = solve_groups(spec, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b)
+            silent = [g for g in observed if has_constant_units(stats[g.name])]
+            if silent:
+                notes.append(
+                    f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
+                    f"weight similarity decided their ties: {_names(silent)}"
+                )
+            hidden = [g for g in spec.permutable if not g.sites]
+            if hidden:  # e.g. head dims inside nn.MultiheadAttention: no activation to observe
+                notes.append(
+                    f"{len(hidden)} group(s) without an observable activation were aligned by weight "
+                    f"matching with the others held fixed: {_names(hidden)}"
+                )
+        else:
+            perms = spec.identity()
+            found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
+            perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
+            if first is not None and observed:
+                stats = _collect(a, b, observed, "post", stream, first)
+        spec.check(perms)
+        signature = CorrelationSignature.of(spec.permutable, stats, perms) if stats else None
+    aligned = permute(model_b, spec, perms)
+    return AlignResult(model=aligned, perms=perms, spec=spec, cost=cost, signature=signature, notes=notes)

@@ -1,0 +1,166 @@
+"""Paths between two models — straight lines and curves — evaluated at points ``t``, and the
+report of what was measured along them (``PathReport``)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from modeconn.batchnorm import update_bn
+from modeconn.errors import InvalidArgumentError
+from modeconn.metrics import Classification, Metric, measure
+from modeconn.modules import unwrap
+from modeconn.state import check_same_architecture, lerp_state
+
+__all__ = ["PathReport", "evaluate_path", "interpolate", "evenly_spaced"]
+
+
+@dataclass
+class PathReport:
+    """Loss and accuracy at points ``t`` of a path between two models (a line or a curve),
+    and any other metric measured there (``extra``: ``{"robust_accuracy": [...]}``).
+
+    ``barrier`` is the largest excess of the loss over the straight line between the end points'
+    losses, ``max_t [L(t) - ((1 - t) L(0) + t L(1))]``; ``average_accuracy`` and
+    ``min_accuracy`` are the two numbers of the paper's Table 1.
+    """
+
+    t: list[float]
+    loss: list[float]
+    accuracy: list[float]
+    label: str = ""
+    meta: dict = field(default_factory=dict)
+    extra: dict[str, list[float]] = field(default_factory=dict)
+
+    def values(self, key: str) -> list[float]:
+        """The values of one metric along the path (``"loss"``, ``"accuracy"`` or an extra one)."""
+        if key in ("loss", "accuracy"):
+            return getattr(self, key)
+        return self.extra[key]
+
+    @property
+    def average_accuracy(self) -> float:
+        return sum(self.accuracy) / len(self.accuracy)
+
+    @property
+    def min_accuracy(self) -> float:
+        return min(self.accuracy)
+
+    @property
+    def barrier(self) -> float:
+        return barrier(self.t, self.loss)
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.label or 'path'}: average accuracy {self.average_accuracy:.2f}%, "
+            f"minimum {self.min_accuracy:.2f}%, loss barrier {self.barrier:.4f}"
+        )
+        keys = list(self.extra)
+        rows = [head, "       t      loss  accuracy" + "".join(f"  {k:>16}" for k in keys)]
+        for i, (t, loss, acc) in enumerate(zip(self.t, self.loss, self.accuracy)):
+            more = "".join(f"  {self.extra[k][i]:16.4f}" for k in keys)
+            rows.append(f"  {t:6.3f}  {loss:8.4f}  {acc:7.2f}%{more}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(average_accuracy=self.average_accuracy, min_accuracy=self.min_accuracy, barrier=self.barrier)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PathReport:
+        return cls(
+            d["t"], d["loss"], d["accuracy"], d.get("label", ""), d.get("meta", {}), d.get("extra", {})
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``.csv`` (one row per t) or ``.json`` (everything), by the file's suffix."""
+        path = os.fspath(path)
+        if path.endswith(".json"):
+            with open(path, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+        elif path.endswith(".csv"):
+            keys = list(self.extra)
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["t", "loss", "accuracy", *keys])
+                w.writerows(zip(self.t, self.loss, self.accuracy, *(self.extra[k] for k in keys)))
+        else:
+            raise InvalidArgumentError(f"save to a .csv or .json file, not {path!r}")
+
+    @staticmethod
+    def plot(reports: Sequence[PathReport], path: str | os.PathLike | None = None):
+        """Accuracy and loss against t for several paths on one figure (the paper's Fig. 3,
+        right); saved to ``path`` when given. Returns the matplotlib figure."""
+        from modeconn.plotting import plot_paths
+
+        return plot_paths(reports, path)
+
+
+def barrier(t: Sequence[float], loss: Sequence[float]) -> float:
+    """``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` over the given points."""
+    l0, l1 = loss[0], loss[-1]
+    t0, t1 = t[0], t[-1]
+    return max(x - (l0 + (l1 - l0) * (ti - t0) / ((t1 - t0) or 1.0)) for ti, x in zip(t, loss))
+
+
+def evenly_spaced(num_points: int) -> list[float]:
+    """``num_points`` evenly spaced t in [0, 1], both ends included (``[0.0]`` for one point)."""
+    return [i / (num_points - 1) for i in range(num_points)] if num_points > 1 else [0.0]
+
+
+def interpolate(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    ts: Sequence[float] | int,
+    data: Any,
+    bn_data: Any = None,
+    *,
+    label: str = "",
+    metrics: Sequence[Metric] = (Classification(),),
+) -> PathReport:
+    """Loss and accuracy of ``(1 - t) θ_A + t θ_B`` at each ``t`` (or at ``ts`` evenly spaced points
+    in [0, 1]), with BatchNorm statistics recomputed on ``bn_data`` at each t when given
+    (otherwise the running statistics are interpolated too). The models are left unchanged."""
+    model_a, model_b = unwrap(model_a), unwrap(model_b)
+    if isinstance(ts, int):
+        ts = evenly_spaced(ts)
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    check_same_architecture(sa, sb)
+    states = ((float(t), lerp_state(sa, sb, float(t))) for t in ts)
+    return evaluate_path(model_a, states, data, bn_data, label=label, metrics=metrics)
+
+
+def evaluate_path(
+    template: nn.Module,
+    states: Iterable[tuple[float, dict[str, torch.Tensor]]],
+    data: Any,
+    bn_data: Any = None,
+    *,
+    label: str = "",
+    meta: dict | None = None,
+    metrics: Sequence[Metric] = (Classification(),),
+) -> PathReport:
+    """The metrics of a copy of ``template`` loaded with each ``(t, state_dict)`` in turn,
+    BatchNorm statistics recomputed on ``bn_data`` first when given. ``template`` is unchanged."""
+    probe = copy.deepcopy(template)
+    ts: list[float] = []
+    values: dict[str, list[float]] = {}
+    for t, state in states:
+        probe.load_state_dict(state)
+        if bn_data is not None:
+            update_bn(probe, bn_data)
+        for k, v in measure(probe, data, metrics).items():
+            values.setdefault(k, []).append(v if math.isfinite(v) or "loss" not in k else float("inf"))
+        ts.append(t)
+    loss, acc = values.pop("loss"), values.pop("accuracy")
+    return PathReport(ts, loss, acc, label=label, meta=meta or {}, extra=values)
