@@ -1,15 +1,22 @@
 """The plugin contract: every hook modeconn calls, documented for plugin authors.
 
-A plugin is a module (or object) with functions decorated by :data:`modeconn.hookimpl` and named
-like the hooks below. Publish it in your distribution's ``pyproject.toml``::
+A plugin is a module (or object) whose functions are named like the hooks below; decorate them
+with :data:`modeconn.hookimpl`. A ``modeconn_*`` function that is not a hook (a typo such as
+``modeconn_register_cost``) is an error that names the hook it probably meant. Publish the
+plugin in your distribution's ``pyproject.toml``::
 
     [project.entry-points.modeconn]
-    my_costs = "modeconn_mycosts.plugin"
+    my_plugin = "modeconn_myplugin.plugin"
 
-modeconn's own plugins are registered the same way. Each hook receives a registry to add to;
-adding a name that another plugin already added fails at once and names both plugins.
-Set ``MODECONN_DISABLE_PLUGIN_AUTOLOAD=1`` to load only modeconn's built-in plugins, and
-``MODECONN_BLOCK_PLUGINS=name1,name2`` to skip entry points by name.
+Each hook receives a registry to add to. ``registry.add(name, obj)`` checks ``obj`` against
+the kind's contract at once (the wrong type, or a curve family that does not select its end
+points, is refused with the reason), and a name another plugin already added is an error
+naming both plugins. Everything a plugin needs to import is in :mod:`modeconn.plugin`;
+:mod:`modeconn.testing` checks a plugin in its own CI. modeconn's own plugins are ordinary
+plugins, registered by module name before any entry point.
+``MODECONN_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the built-ins,
+``MODECONN_BLOCK_PLUGINS=name1,name2`` skips entry points by name, and
+``MODECONN_TRACE_PLUGINS=1`` prints every hook call and registration on stderr.
 """
 
 from __future__ import annotations
@@ -26,16 +33,19 @@ hookspec = pluggy.HookspecMarker("modeconn")
 
 @hookspec
 def modeconn_register_costs(registry: PluginRegistry) -> None:
-    """Add alignment cost functions: ``registry.add(name, cost)``.
+    """Add alignment costs: ``registry.add(name, cost)``.
 
-    A cost tells ``modeconn.align`` how to match the units of model A and model B within each
-    permutation group. Register an instance of a subclass of
-    :class:`modeconn.alignment.ActivationCost` (implement ``matrix(stats)`` for one observation
-    site; modeconn streams the data, averages your matrices over a group's sites and solves the
-    assignment) or of :class:`modeconn.alignment.WeightCost` (implement
-    ``solve(spec, state_a, state_b)`` and return the permutations). ``"correlation"``,
-    ``"l2_preact"`` and ``"weight_matching"`` are built in. ``name`` is what users pass as
-    ``align(..., cost=name)``. Called once, when the plugin manager is built. Returns nothing.
+    A cost tells :func:`modeconn.align` how to match the units of model A and model B within
+    each permutation group. Register an *instance* of a subclass of
+    :class:`~modeconn.plugin.ActivationCost` — implement ``matrix(stats)``: from the
+    :class:`~modeconn.plugin.PairStats` of one observation site, a (units of A) x (units of B)
+    tensor; set ``site_kind`` (``"post"`` or ``"pre"``) and ``maximize`` — or of
+    :class:`~modeconn.plugin.WeightCost` — implement ``solve(spec, state_a, state_b)`` and
+    return a permutation for every permutable group. modeconn streams the data, averages your
+    matrices over a group's sites and solves the assignment. ``"correlation"``, ``"l2_preact"``
+    and ``"weight_matching"`` are built in; ``name`` is what users pass as
+    ``align(..., cost=name)``. Check yours with :func:`modeconn.testing.check_cost`.
+    Called once, when the registry is first used. Returns nothing.
     """
 
 
@@ -43,9 +53,15 @@ def modeconn_register_costs(registry: PluginRegistry) -> None:
 def modeconn_register_curves(registry: PluginRegistry) -> None:
     """Add curve families: ``registry.add(name, family)``.
 
-    A family maps the end points and the learnable bends to the weights at ``t`` in [0, 1]
-    (``"bezier"``, ``"polychain"``, ``"linear"`` are built in). ``name`` is what users pass as
-    ``Curve(..., family=name)``. Called once, when the plugin manager is built. Returns nothing.
+    Register an *instance* of a subclass of :class:`~modeconn.plugin.CurveFamily`: implement
+    ``coefficients(t, num_bends)``, the ``num_bends + 2`` weights of θ_A, the bends and θ_B at
+    ``t``; optionally ``bend_times`` (where bends start on the segment), ``default_bends`` and
+    ``fixed_bends``. The registry refuses a family whose coefficients do not select θ_A exactly
+    at t = 0 and θ_B exactly at t = 1, or do not sum to 1 in between
+    (:func:`~modeconn.plugin.check_family_law`). ``"bezier"``, ``"polychain"`` and
+    ``"linear"`` are built in; ``name`` is what users pass as ``Curve(..., family=name)``.
+    Check yours with :func:`modeconn.testing.check_curve_family`. Called once, when the
+    registry is first used. Returns nothing.
     """
 
 
@@ -53,31 +69,38 @@ def modeconn_register_curves(registry: PluginRegistry) -> None:
 def modeconn_register_optimizers(registry: PluginRegistry) -> None:
     """Add curve optimizers: ``registry.add(name, cls)``.
 
-    An optimizer fits a curve's bends to data. Register a subclass of
-    :class:`modeconn.training.CurveOptimizer` (the class, not an instance): ``fit_curve`` builds
+    An optimizer fits a curve's bends to data. Register a *subclass* of
+    :class:`~modeconn.plugin.CurveOptimizer` (the class, not an instance): ``fit_curve`` builds
     one per fit as ``cls(curve, lr=..., momentum=..., weight_decay=..., lr_step=...,
     lr_gamma=..., **options)``, where ``options`` are the extra keyword arguments the user gave
     ``fit_curve``. Override ``on_epoch_start(epoch)`` to act between epochs (PAM re-estimates
     the permutation of end point B there), ``perturb(x, y, t)`` to change each batch's inputs
-    against ``r(t)`` (PGD-robust training), ``sample_t()`` or ``loss(x, y)`` to change what a
-    step minimizes, and ``state_dict``/``load_state_dict`` for state that must survive a resume.
-    ``"sgd"`` is built in. ``name`` is what users pass as ``fit_curve(..., optimizer=name)``.
-    Called once, when the plugin manager is built. Returns nothing.
+    against ``r(t)`` (PGD-robust training: what it returns is what the network runs on),
+    ``sample_t()`` or ``loss(x, y)`` to change what a step minimizes, and
+    ``state_dict``/``load_state_dict`` for state that must survive a resume. An exception in a
+    method your class defines is reported naming your plugin. ``"sgd"`` is built in; ``name``
+    is what users pass as ``fit_curve(..., optimizer=name)``. Check yours with
+    :func:`modeconn.testing.check_optimizer`. Called once, when the registry is first used.
+    Returns nothing.
     """
 
 
 @hookspec
 def modeconn_register_rules(registry: PluginRegistry) -> None:
-    """Teach symmetry discovery how a module type or function treats channels.
+    """Teach symmetry discovery how a module type or function treats channels:
+    ``registry.add(key, rule)``.
 
-    ``registry.add(key, rule)`` where ``key`` is an ``nn.Module`` subclass (matched for
-    ``call_module`` nodes, most derived class first), a callable such as ``torch.add`` or
-    ``F.relu`` (``call_function`` nodes), or a string ``"method:<name>"`` for tensor methods
-    (``call_method`` nodes, e.g. ``"method:view"``). ``rule(ctx)`` receives a
-    :class:`modeconn.symmetry.RuleContext` describing one graph node and declares which
-    channel spaces it couples and which parameter axes follow them; see the docs page
-    "How symmetry discovery works". A module class with a rule becomes a leaf of the trace.
-    Each key has one rule: registering a key that the built-in table or another plugin already
-    has is an error naming both plugins. Called once, when the plugin manager is built.
+    ``key`` is an ``nn.Module`` subclass (matched for ``call_module`` nodes, most derived class
+    first; a module class with a rule becomes a leaf of the trace), a function such as
+    ``torch.add`` or ``F.relu`` (``call_function`` nodes), or a string ``"method:<name>"`` for
+    tensor methods (``call_method`` nodes, e.g. ``"method:view"``). ``rule(ctx)`` receives a
+    :class:`~modeconn.plugin.RuleContext` for one graph node — arguments by parameter name,
+    matched against the op's signature — declares which channel spaces the op couples and which
+    parameter axes follow them, and returns the :class:`~modeconn.plugin.TensorLayout` of the
+    output; see the docs page "How symmetry discovery works". A rule that reads an argument the
+    call does not have, or raises, makes its node unsupported (everything it touches is fixed):
+    never a guess. Each key has one rule: a key that the built-in table or another plugin
+    already has is an error naming both plugins. Check yours with
+    :func:`modeconn.testing.check_rule`. Called once, when the registry is first used.
     Returns nothing.
     """

@@ -139,15 +139,24 @@ def test_data_forms_and_num_samples():
     assert all(torch.equal(p5[k], p6[k]) for k in p5)
 
 
-def test_dead_units_give_no_nan_and_deterministic_ties():
+def test_dead_units_are_recovered_by_their_weights():
+    """Units that never fire have equal (zero) statistics: only the weight tie-break tells them
+    apart, and it must recover the planted permutation exactly."""
+    torch.manual_seed(0)
     a = modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6,))
     with torch.no_grad():
         a.net[1].bias[:3] = -100.0  # three units never fire
-    b = permute(a, *(lambda s: (s, s.random_permutation(0)))(discover(a, torch.randn(2, 1, 4, 4))))
+    spec = discover(a, torch.randn(2, 1, 4, 4))
+    perms = spec.random_permutation(0)
+    assert not torch.equal(
+        perms["net.1"][:3].sort().values, torch.arange(3)
+    )  # dead units move among live ones
+    b = permute(a, spec, perms)
     x = torch.randn(64, 1, 4, 4)
-    r1, r2 = align(a, b, x), align(a, b, x)
-    assert all(torch.equal(r1.perms[k], r2.perms[k]) for k in r1.perms)
-    assert all(torch.isfinite(torch.tensor(v)) for v in r1.signature.after.values())
+    result = align(a, b, x, spec=spec)
+    assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in a.state_dict().items())
+    assert "constant on the data (dead ReLUs)" in result.notes[0]
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.signature.after.values())
 
 
 def test_clear_errors():

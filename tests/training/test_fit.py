@@ -121,21 +121,22 @@ def test_fit_curve_errors(tiny_resnet):
 
 
 def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plugins, tiny_resnet):
-    """The hook has what PAM (update the permutation between epochs) and PGD (perturb each
-    batch against r(t)) need."""
+    """The hooks have what PAM (update the permutation between epochs) and PGD (perturb each
+    batch against r(t)) need: what perturb returns is what the network is run on, at the t the
+    step uses."""
     calls = {"epochs": [], "ts": []}
 
     class Probe(CurveOptimizer):
-        def __init__(self, curve, *, noise, **settings):
+        def __init__(self, curve, *, shift, **settings):
             super().__init__(curve, **settings)
-            self.noise = noise
+            self.shift = shift
 
         def on_epoch_start(self, epoch):
             calls["epochs"].append(epoch)
 
         def perturb(self, x, y, t):
             calls["ts"].append(t)
-            return x + self.noise * torch.randn_like(x)
+            return x + self.shift * (1 + t)  # a perturbation the test can recognize
 
     class Plugin:
         @modeconn.hookimpl
@@ -144,9 +145,15 @@ def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plu
 
     modeconn.register_plugin(Plugin(), name="probe-plugin")
     curve = Curve(tiny_resnet(0), tiny_resnet(1))
-    fit_curve(curve, [_data(8)] * 3, optimizer="probe", epochs=2, noise=0.1, progress=False)
+    received = []
+    curve.base.conv1.register_forward_pre_hook(lambda m, inputs: received.append(inputs[0].detach().clone()))
+    data = [_data(8)] * 3
+    fit_curve(curve, data, optimizer="probe", epochs=2, shift=100.0, progress=False)
     assert calls["epochs"] == [1, 2]
     assert len(calls["ts"]) == 6 and all(0.0 <= t <= 1.0 for t in calls["ts"]) and len(set(calls["ts"])) == 6
+    assert len(received) == 6
+    for seen, t in zip(received, calls["ts"]):
+        torch.testing.assert_close(seen, data[0][0] + 100.0 * (1 + t))  # the perturbed batch, at that t
 
 
 def test_callbacks_can_stop_training(tiny_resnet):
