@@ -75,6 +75,18 @@ def _train_mode(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _create_without_randomness(name: str) -> torch.nn.Module:
+    """The model with dropout and drop-path rates at zero. Some families take only one of
+    the two keywords, and some apply ``F.dropout`` in ``forward`` (ghostnet's head), which
+    ``_train_mode`` cannot switch off afterwards, so each keyword is tried on its own."""
+    for kwargs in ({"drop_rate": 0.0, "drop_path_rate": 0.0}, {"drop_rate": 0.0}, {"drop_path_rate": 0.0}):
+        try:
+            return timm.create_model(name, **kwargs)
+        except TypeError:
+            continue
+    return timm.create_model(name)
+
+
 def check(name: str) -> dict:
     row = {
         "model": name,
@@ -86,10 +98,7 @@ def check(name: str) -> dict:
         "detail": "",
     }
     try:
-        try:
-            model = timm.create_model(name, drop_rate=0.0, drop_path_rate=0.0)
-        except TypeError:
-            model = timm.create_model(name)
+        model = _create_without_randomness(name)
         model = model.double().eval()
         randomize(model)
         size = model.pretrained_cfg.get("input_size", (3, 224, 224))
@@ -140,11 +149,14 @@ def main() -> None:
     parser.add_argument("--filter", default="*", help="fnmatch pattern on timm model names")
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole sweep")
     parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--after", help="resume an interrupted sweep: skip models up to this one (alphabetical)")
     parser.add_argument("-v", action="store_true", help="print tracebacks")
     args = parser.parse_args()
 
     names = [n for n in timm.list_models() if fnmatch.fnmatch(n, args.filter)]
     chosen = smallest_per_family(names)
+    if args.after:
+        chosen = {fam: name for fam, name in chosen.items() if name > args.after}
     print(f"{len(chosen)} families from {len(names)} timm models", flush=True)
 
     # speed target: trace + discover of timm/resnet50 (float32, 224x224)
