@@ -12,33 +12,17 @@ both alike. Prints per-round medians, the overall medians and their ratio (targe
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 import torch
+from stepbench import parser, timed_steps
 
 import modeconn
 from modeconn.training import CurveOptimizer, Trainer
 
 
-def timed_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        trainer.training_step(x, y)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet32")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--steps", type=int, default=10, help="steps per round and kind")
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    args = parser(__doc__.splitlines()[0], rounds=7, steps=10).parse_args()
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)

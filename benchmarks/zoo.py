@@ -149,7 +149,9 @@ def main() -> None:
     parser.add_argument("--filter", default="*", help="fnmatch pattern on timm model names")
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole sweep")
     parser.add_argument("--out", help="also write the markdown table to this file")
-    parser.add_argument("--after", help="resume an interrupted sweep: skip models up to this one (alphabetical)")
+    parser.add_argument(
+        "--after", help="resume an interrupted sweep: skip models up to this one (alphabetical)"
+    )
     parser.add_argument("-v", action="store_true", help="print tracebacks")
     args = parser.parse_args()
 

@@ -1,10 +1,12 @@
 """The shape of the paper's Table 1 on CIFAR-10 with TinyTen, at a budget for two CPU cores.
 
 For each pair of seeds: train two end points, align B to A by correlation, fit an unaligned and
-an aligned quadratic Bezier curve (one bend), and evaluate both curves and both straight lines
-at evenly spaced t on the test set, with BatchNorm statistics recomputed at each t. Prints a
-table of average / minimum test accuracy along the curves next to the paper's TinyTen row, and
-writes a JSON file and a plot per pair. Checkpoints make an interrupted run resumable: run the
+an aligned quadratic Bezier curve (one bend), and — the paper's PAM rows — the same curves with
+the permutation of B learned jointly (``optimizer="pam"``, from the identity on B: "PAM
+Unaligned"; from the identity on aligned B: "PAM Aligned"), then evaluate every curve and both
+straight lines at evenly spaced t on the test set, with BatchNorm statistics recomputed at each
+t. Prints a table of average / minimum test accuracy along the curves next to the paper's
+TinyTen rows, and writes a JSON file and a plot per pair. Checkpoints make an interrupted run resumable: run the
 same command again.
 
     python experiments/curves_tinyten.py --root ../shared/data --pairs 2
@@ -24,7 +26,14 @@ import modeconn
 
 from common import add_data_args, cifar_subsets
 
-PAPER = {"endpoints": 89.0, "unaligned": (87.4, 82.8), "aligned": (88.5, 87.8)}  # Tatro et al., Table 1
+PAPER = {  # Tatro et al., Table 1, TinyTen on CIFAR-10: average / minimum accuracy along the curve
+    "endpoints": 89.0,
+    "unaligned": (87.4, 82.8),
+    "aligned": (88.5, 87.8),
+    "pam_unaligned": (87.6, 84.0),
+    "pam_aligned": (88.4, 87.6),
+}
+CURVES = ("unaligned", "aligned", "pam_unaligned", "pam_aligned")
 
 
 def main() -> None:
@@ -37,6 +46,8 @@ def main() -> None:
     p.add_argument("--curve-epochs", type=int, default=10)
     p.add_argument("--curve-lr", type=float, default=0.02)
     p.add_argument("--curve-lr-step", type=int, default=4)
+    p.add_argument("--pam-perm-epochs", type=int, default=10, help="PAM's permutation epochs (paper: 20)")
+    p.add_argument("--pam-perm-lr", type=float, default=0.05, help="PAM's permutation lr (paper: 0.05)")
     p.add_argument("--points", type=int, default=11)
     p.add_argument("--out", default="experiments/out/curves_tinyten")
     args = p.parse_args()
@@ -69,20 +80,36 @@ def main() -> None:
         t_train = time.time() - t0
         result = modeconn.align(a, b, DataLoader(sets.align, batch_size=256))
         reports, t_curves = {}, 0.0
-        for name, end_b in (("unaligned", b), ("aligned", result.model)):
+        pam_logs = {}
+        for name in CURVES:
+            end_b = b if "unaligned" in name else result.model
             torch.manual_seed(100 + pair)
             curve = modeconn.Curve(a, end_b, family="bezier", num_bends=1)
             print(f"pair {pair}: fitting the {name} curve", flush=True)
             t1 = time.time()
-            modeconn.fit_curve(
+            pam = (
+                dict(
+                    optimizer="pam",
+                    init="identity",
+                    perm_epochs=args.pam_perm_epochs,
+                    perm_lr_scale=args.pam_perm_lr / args.curve_lr,
+                )
+                if name.startswith("pam")
+                else {}
+            )
+            history = modeconn.fit_curve(
                 curve,
                 sets.train,
-                epochs=args.curve_epochs,
+                epochs=args.curve_epochs + (args.pam_perm_epochs if pam else 0),
                 lr=args.curve_lr,
                 lr_step=args.curve_lr_step,
                 checkpoint=out / f"pair{pair}_{name}_curve.pt",
+                **pam,
                 **quiet,
             )
+            if pam:
+                pam_logs[name] = history.summary["log"]
+                print(f"  PAM log: {history.summary['log']}", flush=True)
             t_curves += time.time() - t1
             reports[name] = modeconn.evaluate_curve(
                 curve, sets.test, bn_data=sets.bn, num_points=args.points, label=f"{name} curve"
@@ -92,7 +119,7 @@ def main() -> None:
             )
             print(reports[name], flush=True)
         modeconn.PathReport.plot(
-            [reports[k] for k in ("unaligned", "aligned", "unaligned_line", "aligned_line")],
+            [reports[k] for k in (*CURVES, "unaligned_line", "aligned_line")],
             out / f"pair{pair}.png",
         )
         row = {
@@ -102,24 +129,31 @@ def main() -> None:
             "acc_a": reports["aligned"].accuracy[0],
             "acc_b": reports["aligned"].accuracy[-1],
             "corr": result.signature.mean(),
+            "pam": pam_logs,
             **{k: r.to_dict() for k, r in reports.items()},
         }
         rows.append(row)
 
+    print("\n| average / minimum test accuracy (%) | end points | " + " | ".join(CURVES) + " |")
+    print("|---|---|" + "---|" * len(CURVES))
     print(
-        "\n| | end points | unaligned curve avg / min | aligned curve avg / min | line barrier unaligned / aligned | curve barrier unaligned / aligned |"
-    )
-    print("|---|---|---|---|---|---|")
-    print(
-        f"| paper (full budget) | {PAPER['endpoints']} | {PAPER['unaligned'][0]} / {PAPER['unaligned'][1]} | "
-        f"{PAPER['aligned'][0]} / {PAPER['aligned'][1]} | | |"
+        f"| paper (full budget) | {PAPER['endpoints']} | "
+        + " | ".join(f"{PAPER[c][0]} / {PAPER[c][1]}" for c in CURVES)
+        + " |"
     )
     for r in rows:
-        u, al, ul, all_ = r["unaligned"], r["aligned"], r["unaligned_line"], r["aligned_line"]
         print(
-            f"| pair {r['pair']} | {r['acc_a']:.1f} / {r['acc_b']:.1f} | {u['average_accuracy']:.1f} / {u['min_accuracy']:.1f} | "
-            f"{al['average_accuracy']:.1f} / {al['min_accuracy']:.1f} | {ul['barrier']:.3f} / {all_['barrier']:.3f} | "
-            f"{u['barrier']:.3f} / {al['barrier']:.3f} |"
+            f"| pair {r['pair']} | {r['acc_a']:.1f} / {r['acc_b']:.1f} | "
+            + " | ".join(f"{r[c]['average_accuracy']:.1f} / {r[c]['min_accuracy']:.1f}" for c in CURVES)
+            + " |"
+        )
+    print("\n| loss barrier | unaligned line | aligned line | " + " | ".join(CURVES) + " |")
+    print("|---|---|---|" + "---|" * len(CURVES))
+    for r in rows:
+        print(
+            f"| pair {r['pair']} | {r['unaligned_line']['barrier']:.3f} | {r['aligned_line']['barrier']:.3f} | "
+            + " | ".join(f"{r[c]['barrier']:.3f}" for c in CURVES)
+            + " |"
         )
     with open(out / "results.json", "w") as f:
         json.dump({"args": vars(args), "pairs": rows}, f, indent=1)

@@ -23,8 +23,22 @@ from modeconn.metrics import Classification, Metric, evaluate, measure
 from modeconn.paths import PathReport, interpolate
 from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin, reset_plugins
 from modeconn.registry import create_model, is_model, list_models, register_model, unregister_model
-from modeconn.symmetry import PermutationSpec, discover, permute
-from modeconn.training import CurveOptimizer, fit_curve, load_checkpoint, save_checkpoint, train_model
+from modeconn.symmetry import (
+    PermutationSpec,
+    discover,
+    permutation_matrix,
+    permute,
+    permute_state_dict,
+    soft_permute_state_dict,
+)
+from modeconn.training import (
+    CurveOptimizer,
+    History,
+    fit_curve,
+    load_checkpoint,
+    save_checkpoint,
+    train_model,
+)
 
 __version__ = "0.2.0"
 
@@ -39,6 +53,9 @@ __all__ = [
     # symmetry
     "discover",
     "permute",
+    "permute_state_dict",
+    "soft_permute_state_dict",
+    "permutation_matrix",
     "PermutationSpec",
     # alignment
     "align",
@@ -51,6 +68,7 @@ __all__ = [
     "Curve",
     "train_model",
     "fit_curve",
+    "History",
     "evaluate_curve",
     "save_checkpoint",
     "load_checkpoint",

@@ -73,11 +73,18 @@ def modeconn_register_optimizers(registry: PluginRegistry) -> None:
     :class:`~modeconn.plugin.CurveOptimizer` (the class, not an instance): ``fit_curve`` builds
     one per fit as ``cls(curve, lr=..., momentum=..., weight_decay=..., lr_step=...,
     lr_gamma=..., **options)``, where ``options`` are the extra keyword arguments the user gave
-    ``fit_curve``. Override ``on_epoch_start(epoch)`` to act between epochs (PAM re-estimates
-    the permutation of end point B there), ``perturb(x, y, t)`` to change each batch's inputs
-    against ``r(t)`` (PGD-robust training: what it returns is what the network runs on),
-    ``sample_t()`` or ``loss(x, y)`` to change what a step minimizes, and
-    ``state_dict``/``load_state_dict`` for state that must survive a resume. An exception in a
+    ``fit_curve``. Override ``on_fit_start(data, epochs)`` to prepare with the training batches
+    (after a resume too), ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)`` to act between
+    epochs (PAM switches between learning the permutation of end point B and the bends, and
+    rounds the permutation at the end of its permutation epochs; what ``on_epoch_end`` changes
+    is in that epoch's checkpoint), ``training_step(x, y)`` to step other tensors than the
+    bends, ``perturb(x, y, t)`` to change each batch's inputs against ``r(t)`` (PGD-robust
+    training: what it returns is what the network runs on), ``sample_t()`` or ``loss(x, y)``
+    to change what a step minimizes, ``state_dict``/``load_state_dict`` for state that must
+    survive a resume, and ``summary()`` for what the fit returns besides the curve
+    (``fit_curve(...).summary``). The curve's seams for changing end points are
+    :meth:`~modeconn.Curve.end_state`, :meth:`~modeconn.Curve.set_end` and
+    :meth:`~modeconn.Curve.set_parametrization`. An exception in a
     method your class defines is reported naming your plugin. ``"sgd"`` is built in; ``name``
     is what users pass as ``fit_curve(..., optimizer=name)``. Check yours with
     :func:`modeconn.testing.check_optimizer`. Called once, when the registry is first used.

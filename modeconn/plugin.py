@@ -6,6 +6,10 @@
   :func:`solve_assignment` and weight matching (:func:`match_weights`);
 * curve families: :class:`CurveFamily` and the law a family must keep (:func:`check_family_law`);
 * curve optimizers: :class:`CurveOptimizer` (subclass it) and :func:`classification_loss`;
+  what an optimizer that learns permutations needs: :func:`permute_state_dict`,
+  :func:`soft_permute_state_dict`, :func:`permutation_matrix`, and relaxed permutations
+  (:func:`project_doubly_stochastic`, :func:`distance_from_doubly_stochastic`,
+  :func:`nearest_permutation`, :func:`birkhoff_decomposition`);
 * permutation rules: :class:`RuleContext`, :class:`TensorLayout`, :class:`Unsupported`, and
   the helpers built-in rules use (:func:`elementwise`, :func:`activation`, :func:`passthrough`,
   :func:`broadcast`, :func:`channel_axis`, :func:`metadata`, :func:`axis_index`);
@@ -17,6 +21,13 @@ The hooks themselves, with what each must do, are documented in :mod:`modeconn.h
 
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost, WeightCost
+from modeconn.alignment.doubly_stochastic import (
+    PROJECTIONS,
+    birkhoff_decomposition,
+    distance_from_doubly_stochastic,
+    nearest_permutation,
+    project_doubly_stochastic,
+)
 from modeconn.alignment.stats import PairStats
 from modeconn.alignment.weight_matching import match_weights, signature_matching
 from modeconn.curves.family import CurveFamily, check_family_law
@@ -29,6 +40,7 @@ from modeconn.plugin_manager import (
     reset_plugins,
 )
 from modeconn.symmetry.context import RuleContext, Unsupported
+from modeconn.symmetry.permute import permutation_matrix, permute_state_dict, soft_permute_state_dict
 from modeconn.symmetry.rules import builtin_rules
 from modeconn.symmetry.rules.common import (
     activation,
@@ -64,6 +76,14 @@ __all__ = [
     # curve optimizers
     "CurveOptimizer",
     "classification_loss",
+    "permute_state_dict",
+    "soft_permute_state_dict",
+    "permutation_matrix",
+    "PROJECTIONS",
+    "project_doubly_stochastic",
+    "distance_from_doubly_stochastic",
+    "nearest_permutation",
+    "birkhoff_decomposition",
     # permutation rules
     "RuleContext",
     "TensorLayout",

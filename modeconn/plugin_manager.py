@@ -64,6 +64,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "costs": "modeconn.plugins.costs",
     "curves": "modeconn.plugins.curves",
     "optimizers": "modeconn.plugins.optimizers",
+    "pam": "modeconn.plugins.pam",
 }
 """modeconn's own plugins: name -> module, registered before any other."""
 

@@ -21,7 +21,9 @@ def test_plugins_lists_kinds_and_sources(capsys):
     for kind in ("costs", "curves", "optimizers", "rules"):
         assert f"{kind} (" in out
     assert f"from 'costs' [modeconn {modeconn.__version__} (built-in modeconn.plugins.costs)]" in out
-    assert len(out.splitlines()) == 8  # one line per kind and plugin, not one per rule
+    assert "from 'pam' [" in out
+    # one line per kind and plugin (two for optimizers), not one per rule
+    assert len(out.splitlines()) == 9
     assert main(["plugins", "--kind", "rule"]) == 0
     rules = capsys.readouterr().out.splitlines()
     assert len(rules) > 350 and rules[0] == f"rules ({len(rules) - 1}):"

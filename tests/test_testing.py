@@ -26,11 +26,18 @@ def test_every_builtin_curve_family_keeps_the_contract(name):
 def test_every_registered_kind_is_covered_here():
     assert sorted(e.name for e in get_registry("cost")) == ["correlation", "l2_preact", "weight_matching"]
     assert sorted(e.name for e in get_registry("curve")) == ["bezier", "linear", "polychain"]
-    assert sorted(e.name for e in get_registry("optimizer")) == ["sgd"]
+    assert sorted(e.name for e in get_registry("optimizer")) == ["pam", "sgd"]
 
 
-def test_the_builtin_optimizer_keeps_the_contract():
-    testing.check_optimizer("sgd")
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("sgd", {}),
+        ("pam", {"perm_epochs": 1, "score_batches": 1, "candidates": 2}),
+    ],
+)
+def test_every_builtin_optimizer_keeps_the_contract(name, options):
+    testing.check_optimizer(name, **options)
 
 
 class Transposed(ActivationCost):

@@ -1,8 +1,16 @@
-"""Neuron alignment: ``align(model_a, model_b, data)``, its parts, and the cost plugin API."""
+"""Neuron alignment: ``align(model_a, model_b, data)``, its parts, the cost plugin API, and
+relaxed (doubly stochastic) permutations."""
 
 from modeconn.alignment.align import align, cost_matrices, solve_groups
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost, WeightCost
+from modeconn.alignment.doubly_stochastic import (
+    PROJECTIONS,
+    birkhoff_decomposition,
+    distance_from_doubly_stochastic,
+    nearest_permutation,
+    project_doubly_stochastic,
+)
 from modeconn.alignment.result import AlignResult, CorrelationSignature
 from modeconn.alignment.stats import PairStats, collect_statistics
 from modeconn.alignment.weight_matching import match_weights, signature_matching
@@ -20,4 +28,9 @@ __all__ = [
     "ActivationCost",
     "WeightCost",
     "PairStats",
+    "PROJECTIONS",
+    "project_doubly_stochastic",
+    "distance_from_doubly_stochastic",
+    "nearest_permutation",
+    "birkhoff_decomposition",
 ]

@@ -93,6 +93,7 @@ class Curve(nn.Module):
         bends = torch.stack(bends) if bends else ends.new_empty(0, ends.shape[1])
         self.bends = nn.Parameter(bends, requires_grad=num_bends > 0)  # one row per bend
         self.end_buffers = nn.ModuleList(_Buffers({n: st[n] for n in self.buffer_names}) for st in (sa, sb))
+        self._parametrization = None
 
     # -- weights along the curve --------------------------------------------------------------
     def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
@@ -100,12 +101,52 @@ class Curve(nn.Module):
         return self._family_entry.invoke(self.family.coefficients, torch.as_tensor(float(t)), self.num_bends)
 
     def _rows(self) -> list[torch.Tensor]:
-        """The flat control points in curve order: θ_A, the bends, θ_B."""
+        """The flat control points in curve order: θ_A, the bends, θ_B (as a parametrization
+        gives them, when one is set)."""
+        if self._parametrization is not None:
+            return list(self._parametrization(self))
         return [self.ends[0], *self.bends, self.ends[1]]
 
     def control_points(self) -> list[dict[str, torch.Tensor]]:
         """θ_A, the bends, θ_B: dicts of parameters (views; the bends' are trainable)."""
         return [self._unflatten(row) for row in self._rows()]
+
+    # -- seams for optimizers that change the end points ------------------------------------
+    def flatten(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A state dict's parameters as one row in this curve's order (``ends`` and ``bends``
+        rows are such rows)."""
+        return torch.cat([state[n].reshape(-1) for n in self.param_names]).to(self.ends)
+
+    def unflatten(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A row as a dict of parameters (views of the row)."""
+        return self._unflatten(row)
+
+    def end_state(self, which: int) -> dict[str, torch.Tensor]:
+        """The full state dict of end point ``which`` (0: θ_A, 1: θ_B), buffers included."""
+        state = {k: v.detach().clone() for k, v in self._unflatten(self.ends[which]).items()}
+        state.update({k: v.clone() for k, v in self.end_buffers[which].tensors().items()})
+        return {name: state[canonical] for name, canonical in self._aliases.items()}
+
+    @torch.no_grad()
+    def set_end(self, which: int, state: dict[str, torch.Tensor]) -> None:
+        """Replace end point ``which`` (0: θ_A, 1: θ_B) by the parameters and buffers of
+        ``state`` (a state dict of the same architecture): PAM puts a permuted B here."""
+        check_same_architecture(state, self.end_state(which), what="the new end point", of="the old one")
+        self.ends[which].copy_(self.flatten(state))
+        for name, buf in self.end_buffers[which].tensors().items():
+            buf.copy_(state[name])
+
+    @property
+    def parametrization(self) -> Any:
+        """The function set by :meth:`set_parametrization`, or ``None``."""
+        return self._parametrization
+
+    def set_parametrization(self, rows: Any = None) -> None:
+        """Make the control points a function of other tensors: ``rows(curve)`` returns the
+        ``num_bends + 2`` flat rows (θ_A, the bends, θ_B) that :meth:`weights` combines, and
+        gradients flow to whatever it uses (PAM's relaxed permutations of θ_B). ``None``
+        restores the stored ``ends`` and ``bends``."""
+        self._parametrization = rows
 
     def weights(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """The parameters at ``t``, differentiable with respect to the bends."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 
 import torch
@@ -12,7 +13,7 @@ from modeconn.errors import SymmetryError
 from modeconn.modules import unwrap
 from modeconn.symmetry.spec import PermutationSpec, unit_positions
 
-__all__ = ["permute", "permute_state_dict", "axis_indices"]
+__all__ = ["permute", "permute_state_dict", "soft_permute_state_dict", "permutation_matrix", "axis_indices"]
 
 
 def axis_indices(
@@ -75,3 +76,44 @@ def permute(
             if new[k] is not v.detach():
                 v.copy_(new[k])
     return target
+
+
+def permutation_matrix(perm: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The matrix ``P`` of a permutation in modeconn's convention (``P[i, perm[i]] = 1``): unit
+    ``i`` of ``P·x`` is unit ``perm[i]`` of ``x``."""
+    perm = torch.as_tensor(perm, dtype=torch.long)
+    out = torch.zeros(len(perm), len(perm), dtype=dtype, device=perm.device)
+    out[torch.arange(len(perm), device=perm.device), perm] = 1
+    return out
+
+
+def soft_permute_state_dict(
+    state: Mapping[str, torch.Tensor], spec: PermutationSpec, matrices: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A new state dict with each group's units mixed by its matrix: along every slice of group
+    ``g``, unit ``i`` becomes ``Σ_j matrices[g][i, j]`` × unit ``j`` (``P·W·Pᵀ`` for a weight
+    between two groups). With permutation matrices (:func:`permutation_matrix`) this is
+    :func:`permute_state_dict` exactly; with doubly stochastic ones it is PAM's relaxation. It
+    is differentiable in the matrices. Groups left out, and entries no group touches, are
+    shared with ``state``."""
+    new = dict(state)
+    for name, matrix in matrices.items():
+        group = spec.groups[name]
+        n = group.size
+        if matrix.shape != (n, n):
+            raise SymmetryError(f"the matrix of group {name!r} is {tuple(matrix.shape)}, not {(n, n)}")
+        for sl in group.slices:
+            t = new[sl.tensor]
+            if not t.is_floating_point():
+                continue
+            length = n * sl.inner
+            block = t.narrow(sl.axis, sl.start, length)
+            units = block.reshape(math.prod(block.shape[: sl.axis]), n, -1)
+            mixed = torch.matmul(matrix.to(units), units).reshape(block.shape)
+            if length == t.shape[sl.axis]:
+                new[sl.tensor] = mixed
+            else:
+                head = t.narrow(sl.axis, 0, sl.start)
+                tail = t.narrow(sl.axis, sl.start + length, t.shape[sl.axis] - sl.start - length)
+                new[sl.tensor] = torch.cat([head, mixed, tail], sl.axis)
+    return new

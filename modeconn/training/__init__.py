@@ -3,7 +3,7 @@
 
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.fit import fit_curve, train_model
-from modeconn.training.loop import Callback, EpochRecord, TrainState
+from modeconn.training.loop import Callback, EpochRecord, History, TrainState
 from modeconn.training.trainer import AUX_WEIGHT, CurveOptimizer, Trainer, classification_loss
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "AUX_WEIGHT",
     "Callback",
     "EpochRecord",
+    "History",
     "TrainState",
     "save_checkpoint",
     "load_checkpoint",

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from modeconn.errors import InvalidArgumentError
 from modeconn.plugin_manager import direct_entry, get_plugin
-from modeconn.training.loop import Callback, EpochRecord, as_loader, resolve_device, run_epochs
+from modeconn.training.loop import Callback, History, as_loader, resolve_device, run_epochs
 from modeconn.training.trainer import CurveOptimizer, Trainer
 
 __all__ = ["train_model", "fit_curve"]
@@ -33,7 +33,7 @@ def train_model(
     resume: bool = True,
     callbacks: Sequence[Callback | Callable] = (),
     progress: bool = True,
-) -> list[EpochRecord]:
+) -> History:
     """Train ``model`` in place with the paper's recipe: SGD with momentum 0.9 and weight decay
     5e-4, the learning rate halved every 20 epochs, cross-entropy (plus 0.3 × each auxiliary
     head's, for GoogLeNet).
@@ -42,13 +42,19 @@ def train_model(
     are shuffled in batches of ``batch_size``). With ``checkpoint`` (a ``.pt`` path) the state
     is saved atomically after every epoch, and a later call with the same path resumes after
     the last finished epoch, with the optimizer and learning-rate schedule as saved (the
-    resumed call's ``lr`` and schedule arguments do not override them). ``device`` defaults to CUDA when available. Returns one
+    resumed call's ``lr`` and schedule arguments do not override them). ``device`` defaults to
+    CUDA when available. Returns a :class:`~modeconn.training.loop.History`: one
     :class:`EpochRecord` per epoch (training loss and accuracy); the model ends in eval mode.
     """
     device = resolve_device(device)
     model.to(device)
     trainer = Trainer(
-        model, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_step=lr_step, lr_gamma=lr_gamma
+        model,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        lr_step=lr_step,
+        lr_gamma=lr_gamma,
     )
     return run_epochs(
         trainer,
@@ -81,12 +87,15 @@ def fit_curve(
     callbacks: Sequence[Callback | Callable] = (),
     progress: bool = True,
     **options: Any,
-) -> list[EpochRecord]:
+) -> History:
     """Fit the bends of ``curve`` (a :class:`~modeconn.Curve`) in place: each batch trains at a
     fresh ``t ~ U[0, 1]`` (paper Algorithm 2; Garipov et al. 2018); the end points stay fixed.
 
-    ``optimizer`` names an optimizer plugin (``"sgd"`` is built in), or is a
-    :class:`CurveOptimizer` subclass; ``options`` go to it.
+    ``optimizer`` names an optimizer plugin — ``"sgd"``, or ``"pam"``, which learns a
+    permutation of end point B together with the bends (paper eq. 5; see
+    :class:`modeconn.plugins.pam.PAM` for its options) — or is a :class:`CurveOptimizer`
+    subclass; ``options`` go to it. What the optimizer reports besides the curve (PAM: the
+    permutation and its log) is the returned history's ``summary``.
     Data, device, checkpoints, resuming, callbacks and the return value are as in
     :func:`train_model`.
     """

@@ -20,7 +20,7 @@ from modeconn.modules import float_dtype_of
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.trainer import Trainer
 
-__all__ = ["EpochRecord", "TrainState", "Callback", "run_epochs", "as_loader", "resolve_device"]
+__all__ = ["EpochRecord", "History", "TrainState", "Callback", "run_epochs", "as_loader", "resolve_device"]
 
 
 @dataclass
@@ -36,6 +36,16 @@ class EpochRecord:
 
     def __str__(self) -> str:
         return f"epoch {self.epoch}: loss {self.loss:.4f}, accuracy {self.accuracy:.2f}%, lr {self.lr:g}, {self.seconds:.1f}s"
+
+
+class History(list):
+    """The :class:`EpochRecord` of every epoch (a list), and ``summary``: what the trainer
+    reported besides the weights (:meth:`~modeconn.training.trainer.Trainer.summary`; PAM's
+    permutation and log)."""
+
+    def __init__(self, records: Iterable[EpochRecord] = (), summary: dict[str, Any] | None = None):
+        super().__init__(records)
+        self.summary: dict[str, Any] = summary or {}
 
 
 @dataclass
@@ -105,7 +115,7 @@ def run_epochs(
     callbacks: Sequence[Callback | Callable] = (),
     progress: bool = True,
     desc: str = "train",
-) -> list[EpochRecord]:
+) -> History:
     """Train ``trainer.module`` for ``epochs`` epochs over ``data``; with ``checkpoint``, save
     after every epoch and, when the file exists and ``resume`` is true, continue from it."""
     if epochs < 0:
@@ -125,6 +135,8 @@ def run_epochs(
             tqdm.write(f"{desc}: resuming from {os.fspath(checkpoint)} after epoch {start - 1}")
 
     with torch.enable_grad():
+        if start <= epochs:
+            trainer.call_hook("on_fit_start", data, epochs)
         for epoch in range(start, epochs + 1):
             state.epoch, state.batch = epoch, 0
             module.train()
@@ -166,6 +178,7 @@ def run_epochs(
             if seen == 0:
                 raise DataError("train_data produced no batches")
             trainer.scheduler.step()
+            trainer.call_hook("on_epoch_end", epoch)
             record = EpochRecord(
                 epoch, loss_sum / seen, 100.0 * correct / seen, lr, time.perf_counter() - began
             )
@@ -186,4 +199,4 @@ def run_epochs(
             if state.stop:
                 break
     module.eval()
-    return state.history
+    return History(state.history, trainer.call_hook("summary"))

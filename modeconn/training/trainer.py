@@ -93,8 +93,23 @@ class Trainer:
         """The torch optimizer over ``params``: SGD with momentum and weight decay."""
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
+    def on_fit_start(self, data: Any, epochs: int) -> None:
+        """Called once before the first epoch to run (after a resume has restored
+        :meth:`load_state_dict`), with the batches the loop will iterate — a re-iterable of
+        :class:`~modeconn.data.batches.Batch` (``batch.x``, ``batch.target``,
+        ``batch.to(device, dtype)``) — and the total number of epochs. No-op by default."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch (1-based), after a resume too. No-op by default."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called after each epoch (1-based), after the schedule stepped and before the
+        checkpoint is written, so what it changes is saved. No-op by default."""
+
+    def summary(self) -> dict[str, Any]:
+        """What the fit found beyond the trained weights (PAM: the permutation and its log);
+        returned as ``history.summary``. Empty by default."""
+        return {}
 
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss on one batch and the logits it came from. ``x`` is the model's
@@ -125,9 +140,11 @@ class CurveOptimizer(Trainer):
 
     Plugins subclass it and register the class; ``fit_curve`` calls it as
     ``cls(curve, lr=..., momentum=..., weight_decay=..., lr_step=..., lr_gamma=..., **options)``.
-    The extension points: :meth:`on_epoch_start` (PAM re-estimates the permutation of the end
-    point B here, through ``self.module``, the curve), :meth:`perturb` (PGD replaces each
-    batch's inputs by adversarial ones against ``r(t)``), :meth:`sample_t`, :meth:`loss`.
+    The extension points: :meth:`on_fit_start`, :meth:`on_epoch_start` and :meth:`on_epoch_end`
+    (PAM switches between learning the permutation of end point B and the bends there),
+    :meth:`training_step` and :meth:`loss`, :meth:`perturb` (PGD replaces each batch's inputs
+    by adversarial ones against ``r(t)``), :meth:`sample_t`, and :meth:`summary` (what the fit
+    returns besides the curve).
     """
 
     def __init__(self, curve: nn.Module, **settings: Any):
