@@ -133,6 +133,12 @@ def check(name: str) -> dict:
         elif unsupported:
             row["outcome"] = "fixed"
             row["detail"] = "; ".join(unsupported[:3])[:160]
+        elif not spec.permutable:  # equivalence holds trivially: nothing was permuted
+            row["outcome"] = "fixed"
+            reasons = sorted({g.reason for g in spec.groups.values() if g.reason})
+            row["detail"] = (
+                ("nothing permutable; " + "; ".join(reasons[:2]))[:160] if reasons else "no groups found"
+            )
         else:
             row["outcome"] = "ok"
             row["detail"] = f"rel. error {err:.1e}"
