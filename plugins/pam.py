@@ -225,9 +225,10 @@ class PAM(CurveOptimizer):
         return [self.theta_a, *bends, end_b]
 
     def _soft_rows(self, curve: modeconn.Curve) -> list[torch.Tensor]:
-        return self._rows_through(
-            curve.flatten(soft_permute_state_dict(self.theta_b, self.spec, self.matrices))
-        )
+        # the parameters alone (every name of a tied one): the rows hold no buffers
+        buffers = set(curve.buffer_names)
+        params = {n: t for n, t in self.theta_b.items() if n not in buffers}
+        return self._rows_through(curve.flatten(soft_permute_state_dict(params, self.spec, self.matrices)))
 
     def _hard_end(self, perms: Perms) -> dict[str, torch.Tensor]:
         return permute_state_dict(self.theta_b, self.spec, perms)

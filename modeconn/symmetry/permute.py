@@ -95,7 +95,8 @@ def soft_permute_state_dict(
     between two groups). With permutation matrices (:func:`permutation_matrix`) this is
     :func:`permute_state_dict` exactly; with doubly stochastic ones it is PAM's relaxation. It
     is differentiable in the matrices. Groups left out, and entries no group touches, are
-    shared with ``state``."""
+    shared with ``state``; tensors the spec names but ``state`` lacks are skipped (pass the
+    parameters alone to mix only them)."""
     new = dict(state)
     for name, matrix in matrices.items():
         group = spec.groups[name]
@@ -103,8 +104,8 @@ def soft_permute_state_dict(
         if matrix.shape != (n, n):
             raise SymmetryError(f"the matrix of group {name!r} is {tuple(matrix.shape)}, not {(n, n)}")
         for sl in group.slices:
-            t = new[sl.tensor]
-            if not t.is_floating_point():
+            t = new.get(sl.tensor)
+            if t is None or not t.is_floating_point():
                 continue
             length = n * sl.inner
             block = t.narrow(sl.axis, sl.start, length)
