@@ -28,10 +28,13 @@ class CifarSubsets:
     test: DataLoader
 
 
-def cifar_subsets(args: argparse.Namespace) -> CifarSubsets:
-    full_train = data.cifar10(args.root, train=True, verify=args.verify)
-    plain_train = data.cifar10(args.root, train=True, augment=False, verify=args.verify)
-    test = data.cifar10(args.root, train=False, verify=args.verify)
+def cifar_subsets(args: argparse.Namespace, normalize: bool = True) -> CifarSubsets:
+    """The fixed training subset (augmented), its alignment and BatchNorm parts, and the test
+    subset; ``normalize=False`` keeps pixels in [0, 1] (for models that normalize inside)."""
+    kw = dict(verify=args.verify, normalize=normalize)
+    full_train = data.cifar10(args.root, train=True, **kw)
+    plain_train = data.cifar10(args.root, train=True, augment=False, **kw)
+    test = data.cifar10(args.root, train=False, **kw)
     idx = data.alignment_subset(full_train, num_samples=args.train_size, seed=0).indices
     return CifarSubsets(
         train=Subset(full_train, idx),

@@ -4,7 +4,7 @@ The public API is what this module exports (and, for plugin authors, :mod:`modec
 everything else may change.
 """
 
-from modeconn import errors
+from modeconn import attacks, errors
 from modeconn.alignment import (
     ActivationCost,
     AlignResult,
@@ -44,6 +44,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "__version__",
+    "attacks",
     # model registry
     "register_model",
     "unregister_model",

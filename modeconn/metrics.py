@@ -2,8 +2,8 @@
 
 A :class:`Metric` turns one batch into sums (``{"loss": Σ loss, "accuracy": Σ correct}``)
 that :func:`measure` adds up over the data and divides by the number of samples. Clean
-classification loss and accuracy are built in; robust metrics (PGD) measure on attacked
-inputs through the same seam.
+classification loss and accuracy are built in; robust ones (PGD,
+:class:`modeconn.attacks.RobustClassification`) measure on attacked inputs through the same seam.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class Metric:
     an attack runs it many times)."""
 
     keys: tuple[str, ...] = ()
+
+    def start(self) -> None:
+        """Called before each pass over the data (a metric with a per-batch seed restarts it)."""
 
     def batch(self, model: nn.Module, x: Any, y: torch.Tensor) -> dict[str, float]:
         raise NotImplementedError
@@ -57,6 +60,8 @@ def measure(model: nn.Module, data: Any, metrics: Sequence[Metric] = (Classifica
     total = 0
     with modes_restored(model):
         model.eval()
+        for m in metrics:
+            m.start()
         for batch in batches(data):
             if batch.target is None:
                 raise DataError(

@@ -5,12 +5,21 @@ and tied tensors."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["unwrap", "modes_restored", "device_of", "float_dtype_of", "tensor_aliases"]
+__all__ = [
+    "unwrap",
+    "modes_restored",
+    "device_of",
+    "float_dtype_of",
+    "tensor_aliases",
+    "Normalize",
+    "normalized",
+]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,3 +68,22 @@ def tensor_aliases(model: nn.Module) -> dict[str, str]:
     for name, t in model.state_dict(keep_vars=True).items():
         out[name] = first.setdefault(id(t), name)
     return out
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel (axis 1): normalization inside a model, so that it takes
+    inputs in [0, 1] and an attack's ε is in pixel units (RobustBench's convention)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+
+def normalized(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
+    """``model`` with :class:`Normalize` in front (submodules ``normalize`` and ``model``)."""
+    return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), model=model))

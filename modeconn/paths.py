@@ -127,17 +127,22 @@ def interpolate(
     *,
     label: str = "",
     metrics: Sequence[Metric] = (Classification(),),
+    bn_adversary: Any = None,
 ) -> PathReport:
     """Loss and accuracy of ``(1 - t) θ_A + t θ_B`` at each ``t`` (or at ``ts`` evenly spaced points
-    in [0, 1]), with BatchNorm statistics recomputed on ``bn_data`` at each t when given
-    (otherwise the running statistics are interpolated too). The models are left unchanged."""
+    in [0, 1]), and any other ``metrics``, with BatchNorm statistics recomputed on ``bn_data``
+    (adversarial examples of it with ``bn_adversary``; see :func:`modeconn.update_bn`) at each t
+    when given (otherwise the running statistics are interpolated too). The models are left
+    unchanged."""
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     if isinstance(ts, int):
         ts = evenly_spaced(ts)
     sa, sb = model_a.state_dict(), model_b.state_dict()
     check_same_architecture(sa, sb)
     states = ((float(t), lerp_state(sa, sb, float(t))) for t in ts)
-    return evaluate_path(model_a, states, data, bn_data, label=label, metrics=metrics)
+    return evaluate_path(
+        model_a, states, data, bn_data, label=label, metrics=metrics, bn_adversary=bn_adversary
+    )
 
 
 def evaluate_path(
@@ -149,18 +154,36 @@ def evaluate_path(
     label: str = "",
     meta: dict | None = None,
     metrics: Sequence[Metric] = (Classification(),),
+    bn_adversary: Any = None,
 ) -> PathReport:
     """The metrics of a copy of ``template`` loaded with each ``(t, state_dict)`` in turn,
-    BatchNorm statistics recomputed on ``bn_data`` first when given. ``template`` is unchanged."""
+    BatchNorm statistics recomputed on ``bn_data`` (attacked by ``bn_adversary`` when given)
+    first when given; ``meta["bn_data"]`` records which (``"none"``, ``"clean"`` or
+    ``"adversarial (<attack>)"``). ``metrics`` must include ``loss`` and ``accuracy``
+    (:class:`~modeconn.metrics.Classification`). ``template`` is unchanged."""
+    if not any({"loss", "accuracy"} <= set(m.keys) for m in metrics):
+        raise InvalidArgumentError(
+            "path metrics must include loss and accuracy: put modeconn.metrics.Classification() among them"
+        )
+    meta = {**(meta or {}), "bn_data": _bn_data(bn_data, bn_adversary)}
     probe = copy.deepcopy(template)
     ts: list[float] = []
     values: dict[str, list[float]] = {}
     for t, state in states:
         probe.load_state_dict(state)
         if bn_data is not None:
-            update_bn(probe, bn_data)
+            update_bn(probe, bn_data, adversary=bn_adversary)
         for k, v in measure(probe, data, metrics).items():
             values.setdefault(k, []).append(v if math.isfinite(v) or "loss" not in k else float("inf"))
         ts.append(t)
     loss, acc = values.pop("loss"), values.pop("accuracy")
-    return PathReport(ts, loss, acc, label=label, meta=meta or {}, extra=values)
+    return PathReport(ts, loss, acc, label=label, meta=meta, extra=values)
+
+
+def _bn_data(bn_data: Any, adversary: Any) -> str:
+    if bn_data is None:
+        return "none"
+    if adversary is None:
+        return "clean"
+    label = adversary.describe() if hasattr(adversary, "describe") else repr(adversary)
+    return f"adversarial ({label})"

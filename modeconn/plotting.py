@@ -27,14 +27,19 @@ def finish(fig: Any, path: str | os.PathLike | None) -> Any:
 
 def plot_paths(reports, path: str | os.PathLike | None = None) -> Any:
     """Accuracy and loss against t for several paths (:class:`~modeconn.PathReport`) on one
-    figure, the paper's Fig. 3 (right); saved to ``path`` when given. Returns the figure."""
-    fig, (ax_acc, ax_loss) = pyplot().subplots(1, 2, figsize=(10, 3.8))
-    for r in reports:
-        ax_acc.plot(r.t, r.accuracy, marker="o", ms=3, label=r.label or None)
-        ax_loss.plot(r.t, r.loss, marker="o", ms=3, label=r.label or None)
-    ax_acc.set(xlabel="t", ylabel="accuracy (%)", title="accuracy along the path")
-    ax_loss.set(xlabel="t", ylabel="loss", title="loss along the path")
-    for ax in (ax_acc, ax_loss):
+    figure, the paper's Fig. 3 (right); when the reports hold robust accuracy too, clean and
+    robust accuracy side by side (the paper's Fig. 4). Saved to ``path`` when given. Returns
+    the figure."""
+    robust = all("robust_accuracy" in r.extra for r in reports) and bool(reports)
+    panels = [("accuracy", "clean accuracy (%)" if robust else "accuracy (%)")]
+    if robust:
+        panels.append(("robust_accuracy", "robust accuracy (%)"))
+    panels.append(("loss", "loss"))
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for ax, (key, ylabel) in zip(axes, panels):
+        for r in reports:
+            ax.plot(r.t, r.values(key), marker="o", ms=3, label=r.label or None)
+        ax.set(xlabel="t", ylabel=ylabel, title=f"{ylabel.split(' (')[0]} along the path")
         ax.grid(alpha=0.3)
         if any(r.label for r in reports):
             ax.legend()

@@ -65,6 +65,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "curves": "modeconn.plugins.curves",
     "optimizers": "modeconn.plugins.optimizers",
     "pam": "modeconn.plugins.pam",
+    "pgd": "modeconn.plugins.pgd",
 }
 """modeconn's own plugins: name -> module, registered before any other."""
 

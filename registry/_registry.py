@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.nn as nn
@@ -147,13 +147,29 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     pretrained: bool = False,
+    normalize: str | tuple[Sequence[float], Sequence[float]] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model by name, timm-style.
 
     ``num_classes`` and ``in_chans`` are forwarded when given (``None`` means the constructor's
-    default); other keyword arguments go to the constructor as they are.
+    default); other keyword arguments go to the constructor as they are. ``normalize`` (a
+    dataset name of ``modeconn.data.NORMALIZATION`` or a ``(mean, std)`` pair) puts a
+    :class:`~modeconn.modules.Normalize` in front, for inputs in [0, 1] (the convention of
+    adversarial robustness: see :mod:`modeconn.attacks`).
     """
+    if normalize is not None:
+        from modeconn.data.vision import NORMALIZATION
+        from modeconn.modules import normalized
+
+        if isinstance(normalize, str):
+            if normalize not in NORMALIZATION:
+                raise InvalidArgumentError(
+                    f"unknown normalization {normalize!r}; use one of {', '.join(NORMALIZATION)} or a (mean, std) pair"
+                )
+            normalize = NORMALIZATION[normalize]
+        mean, std = normalize
+        return normalized(create_model(name, num_classes, in_chans, pretrained, **kwargs), mean, std)
     if name.startswith(TIMM_PREFIX):
         return _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
     if name.startswith(TORCHVISION_PREFIX):

@@ -21,9 +21,9 @@ def test_plugins_lists_kinds_and_sources(capsys):
     for kind in ("costs", "curves", "optimizers", "rules"):
         assert f"{kind} (" in out
     assert f"from 'costs' [modeconn {modeconn.__version__} (built-in modeconn.plugins.costs)]" in out
-    assert "from 'pam' [" in out
-    # one line per kind and plugin (two for optimizers), not one per rule
-    assert len(out.splitlines()) == 9
+    assert "from 'pam' [" in out and "from 'pgd' [" in out
+    # one line per kind and plugin (three for optimizers), not one per rule
+    assert len(out.splitlines()) == 10
     assert main(["plugins", "--kind", "rule"]) == 0
     rules = capsys.readouterr().out.splitlines()
     assert len(rules) > 350 and rules[0] == f"rules ({len(rules) - 1}):"

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from modeconn import testing
+from modeconn.attacks import PGD
 from modeconn.plugin import ActivationCost, CurveFamily, CurveOptimizer, PairStats, WeightCost, passthrough
 from modeconn.plugin_manager import get_registry
 
@@ -26,7 +27,7 @@ def test_every_builtin_curve_family_keeps_the_contract(name):
 def test_every_registered_kind_is_covered_here():
     assert sorted(e.name for e in get_registry("cost")) == ["correlation", "l2_preact", "weight_matching"]
     assert sorted(e.name for e in get_registry("curve")) == ["bezier", "linear", "polychain"]
-    assert sorted(e.name for e in get_registry("optimizer")) == ["pam", "sgd"]
+    assert sorted(e.name for e in get_registry("optimizer")) == ["pam", "pgd", "sgd"]
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,7 @@ def test_every_registered_kind_is_covered_here():
     [
         ("sgd", {}),
         ("pam", {"perm_epochs": 1, "score_batches": 1, "candidates": 2}),
+        ("pgd", {"attack": PGD(eps=0.05, alpha=0.02, steps=2)}),
     ],
 )
 def test_every_builtin_optimizer_keeps_the_contract(name, options):

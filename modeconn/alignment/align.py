@@ -16,7 +16,7 @@ import torch.nn as nn
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost
 from modeconn.alignment.result import AlignResult, CorrelationSignature
-from modeconn.alignment.stats import PairStats, _collect
+from modeconn.alignment.stats import ADVERSARIAL, PairStats, _collect
 from modeconn.alignment.ties import break_ties, has_constant_units
 from modeconn.alignment.weight_matching import match_weights, signature_matching
 from modeconn.data.batches import batches
@@ -98,6 +98,8 @@ def align(
     example_inputs: Any = None,
     batch_size: int = 256,
     labels: bool = True,
+    adversary: Any = None,
+    adversarial: str = "own",
 ) -> AlignResult:
     """Permute model B's units to match model A's (neuron alignment).
 
@@ -109,7 +111,14 @@ def align(
     the paper's Wasserstein-2 variant) or ``"weight_matching"`` (data-free). Statistics are
     taken in eval mode with one forward pass of each model; both models are left unchanged.
     ``spec`` defaults to ``discover(model_a, ...)`` on the first batch (or ``example_inputs``).
+
+    Robust models: with ``adversary`` (a :class:`modeconn.attacks.PGD`) the statistics are taken
+    on adversarial examples of each labelled batch, each model's own (``adversarial="own"``, the
+    paper's code) or those against model A for both (``"shared"``); see
+    :func:`collect_statistics`.
     """
+    if adversarial not in ADVERSARIAL:
+        raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
     entry = get_plugin("cost", cost)
     cost_obj = entry.obj
     model_a, model_b = unwrap(model_a), unwrap(model_b)
@@ -147,7 +156,7 @@ def align(
         notes: list[str] = []
         stats: dict[str, list[PairStats]] = {}
         if isinstance(cost_obj, ActivationCost):
-            stats = _collect(a, b, observed, cost_obj.site_kind, stream, first)
+            stats = _collect(a, b, observed, cost_obj.site_kind, stream, first, adversary, adversarial)
             matrices = cost_matrices(cost, stats)
             perms = solve_groups(spec, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b)
             silent = [g for g in observed if has_constant_units(stats[g.name])]
@@ -167,7 +176,7 @@ def align(
             found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
             if first is not None and observed:
-                stats = _collect(a, b, observed, "post", stream, first)
+                stats = _collect(a, b, observed, "post", stream, first, adversary, adversarial)
         spec.check(perms)
         signature = CorrelationSignature.of(spec.permutable, stats, perms) if stats else None
     aligned = permute(model_b, spec, perms)

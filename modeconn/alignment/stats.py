@@ -26,6 +26,9 @@ from modeconn.symmetry.spec import Group, PermutationSpec, Site, unit_view
 
 __all__ = ["PairStats", "site_view", "site_matrix", "collect_statistics", "choose_sites"]
 
+ADVERSARIAL = ("own", "shared")
+"""Whose adversarial examples robust alignment observes: each model's own, or model A's for both."""
+
 
 def site_view(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:
     """One group's units at one site output as (outer, units, samples) — a view in the usual
@@ -144,11 +147,20 @@ def collect_statistics(
     batch_size: int = 256,
     num_samples: int | None = None,
     labels: bool = True,
+    adversary: Any = None,
+    adversarial: str = "own",
 ) -> dict[str, list[PairStats]]:
     """:class:`PairStats` of both models' units at every site of every group (default: the
     permutable groups that have sites), one eval forward pass of each model per batch. ``data``
     is any form :func:`modeconn.data.batches` reads; ``kind`` picks the sites to observe. The
-    models are left unchanged."""
+    models are left unchanged.
+
+    With ``adversary`` (a :class:`modeconn.attacks.PGD`; models in eval mode) the statistics
+    are taken on adversarial examples of each labelled batch: each model's own
+    (``adversarial="own"``, the paper's code for robust models) or those against model A, fed
+    to both (``"shared"``: both models see the same inputs, as in clean alignment)."""
+    if adversarial not in ADVERSARIAL:
+        raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples))
     first = next(stream, None)
@@ -158,7 +170,9 @@ def collect_statistics(
     with modes_restored(model_a, model_b):
         model_a.eval()
         model_b.eval()
-        return _collect(model_a, model_b, groups, kind, itertools.chain([first], stream), first)
+        return _collect(
+            model_a, model_b, groups, kind, itertools.chain([first], stream), first, adversary, adversarial
+        )
 
 
 def _collect(
@@ -168,8 +182,11 @@ def _collect(
     kind: str,
     data: Iterable[Batch],
     first: Batch,
+    adversary: Any = None,
+    adversarial: str = "own",
 ) -> dict[str, list[PairStats]]:
-    """One eval forward pass of each model per batch; statistics for every site of every group."""
+    """One eval forward pass of each model per batch; statistics for every site of every group
+    (on adversarial examples when ``adversary`` is given: see :func:`collect_statistics`)."""
     device, dtype = device_of(model_a), float_dtype_of(model_a)
     plan = {g.name: choose_sites(g, kind) for g in groups}
     names = sorted({s.node for sites in plan.values() for s in sites})
@@ -180,11 +197,18 @@ def _collect(
     acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
     with torch.no_grad():
         for step, batch in enumerate(data):
-            inputs = model_inputs(model_a, batch.to(device, dtype).inputs)
+            batch = batch.to(device, dtype)
+            inputs = model_inputs(model_a, batch.inputs)
+            per_model = [inputs.values, inputs.values]
+            if adversary is not None:
+                per_model = _attacked(model_a, model_b, batch, inputs.values, adversary, adversarial)
             values = []
-            for label, extract in (("model_a", extract_a), ("model_b", extract_b)):
+            for label, extract, args in (
+                ("model_a", extract_a, per_model[0]),
+                ("model_b", extract_b, per_model[1]),
+            ):
                 try:
-                    values.append(extract(*inputs.values))
+                    values.append(extract(*args))
                 except Exception as e:
                     if not _rejected(e):
                         raise
@@ -213,6 +237,25 @@ def _collect(
             ):
                 raise AlignmentError(f"activations at node `{site.node}` (group {g.name}) contain NaN or Inf")
     return out
+
+
+def _attacked(model_a, model_b, batch: Batch, values: tuple, adversary: Any, adversarial: str) -> list[tuple]:
+    """Each model's inputs: its own adversarial examples of the clean batch (``"own"``), or
+    those against model A for both (``"shared"``)."""
+    x = batch.x
+    single = isinstance(batch.inputs, tuple) and len(batch.inputs) == 1 and isinstance(x, torch.Tensor)
+    if batch.target is None or not single:
+        raise AlignmentError(
+            "robust alignment attacks one input tensor and needs labelled batches: (x, y) tuples"
+        )
+    # the same random start for both models: a permuted copy of A gets A's examples exactly
+    seed = int(torch.randint(0, 2**62, ()))
+    xa = adversary(model_a, x, batch.target, generator=torch.Generator().manual_seed(seed))
+    if adversarial == "shared":
+        xb = xa
+    else:
+        xb = adversary(model_b, x, batch.target, generator=torch.Generator().manual_seed(seed))
+    return [(xa, *values[1:]), (xb, *values[1:])]
 
 
 def _check_activations(va, vb, names) -> None:

@@ -176,7 +176,17 @@ class Curve(nn.Module):
 
     def forward(self, x: Any, t: float | torch.Tensor) -> Any:
         """The network at ``r(t)`` on ``x`` (a tensor, or a tuple / dict of inputs)."""
-        state = self.weights(t)
+        return self._run(self.weights(t), x, t)
+
+    def function_at(self, t: float) -> Any:
+        """The network at ``r(t)`` as a function of its inputs, with ``r(t)`` computed once and
+        held fixed (no gradient reaches the bends): what an attack at ``t`` runs many times.
+        It follows the curve's train/eval mode as ``forward`` does."""
+        with torch.no_grad():
+            state = {k: v.detach() for k, v in self.weights(t).items()}
+        return lambda x: self._run(dict(state), x, t)
+
+    def _run(self, state: dict[str, torch.Tensor], x: Any, t: float | torch.Tensor) -> Any:
         if not self.training:
             state.update(self.buffers_at(float(t)))
         if isinstance(x, dict):

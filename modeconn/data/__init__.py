@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Subset
 from modeconn.errors import InvalidArgumentError
 
 from .digits import Digits
-from .vision import cifar10, cifar100, test_transform, tiny_imagenet, train_transform
+from .vision import NORMALIZATION, cifar10, cifar100, test_transform, tiny_imagenet, train_transform
 
 __all__ = [
     "Digits",
@@ -24,6 +24,7 @@ __all__ = [
     "digits",
     "load_dataset",
     "alignment_subset",
+    "NORMALIZATION",
     "train_transform",
     "test_transform",
 ]

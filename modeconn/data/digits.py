@@ -27,11 +27,14 @@ class Digits(Dataset):
     """The embedded digits as 1-channel ``image_size`` x ``image_size`` tensors.
 
     Images are upsampled bilinearly from 8x8 (32x32 by default, so every registry model takes
-    them) and normalized to zero mean and unit variance over the training split. ``augment``
+    them) and normalized to zero mean and unit variance over the training split — or, with
+    ``normalize=False``, left in [0, 1] (for adversarial attacks; see :mod:`modeconn.attacks`). ``augment``
     adds small random rotations and shifts (never flips: a flipped digit is another symbol).
     """
 
-    def __init__(self, train: bool = True, *, augment: bool | None = None, image_size: int = 32):
+    def __init__(
+        self, train: bool = True, *, augment: bool | None = None, image_size: int = 32, normalize: bool = True
+    ):
         if image_size < 8:
             raise InvalidArgumentError(
                 f"image_size must be at least 8 (the digits are 8x8), got {image_size}"
@@ -42,10 +45,11 @@ class Digits(Dataset):
         x = torch.from_numpy(images).float().unsqueeze(1) / 16.0
         if image_size != 8:
             x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-        train_x = x[torch.from_numpy(~is_test)]
-        mean, std = train_x.mean(), train_x.std()
         keep = torch.from_numpy(is_test != train)
-        self.data = ((x[keep] - mean) / std).contiguous()
+        if normalize:
+            train_x = x[torch.from_numpy(~is_test)]
+            x = (x - train_x.mean()) / train_x.std()
+        self.data = x[keep].contiguous()
         self.targets = torch.from_numpy(labels[keep.numpy()]).long()
         self.train = train
         self.transform = None

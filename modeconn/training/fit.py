@@ -33,10 +33,15 @@ def train_model(
     resume: bool = True,
     callbacks: Sequence[Callback | Callable] = (),
     progress: bool = True,
+    adversary: Any = None,
 ) -> History:
     """Train ``model`` in place with the paper's recipe: SGD with momentum 0.9 and weight decay
     5e-4, the learning rate halved every 20 epochs, cross-entropy (plus 0.3 × each auxiliary
-    head's, for GoogLeNet).
+    head's, for GoogLeNet). With ``adversary`` (e.g. ``modeconn.attacks.PGD.preset("train")``)
+    every batch is replaced by its adversarial examples against the model in train mode (Madry
+    et al.'s adversarial training; BatchNorm normalizes by the attacked batch, and the attack's
+    forward passes update the running statistics, as in the paper's code); the history's
+    accuracy is then accuracy on those examples.
 
     ``train_data`` is a DataLoader, a Dataset or an ``(x, y)`` pair of tensors (the last two
     are shuffled in batches of ``batch_size``). With ``checkpoint`` (a ``.pt`` path) the state
@@ -55,6 +60,7 @@ def train_model(
         weight_decay=weight_decay,
         lr_step=lr_step,
         lr_gamma=lr_gamma,
+        adversary=adversary,
     )
     return run_epochs(
         trainer,

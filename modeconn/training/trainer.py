@@ -45,7 +45,8 @@ def classification_loss(
 
 class Trainer:
     """SGD with momentum and weight decay over ``module``'s trainable parameters, with the
-    learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs (the paper's recipe).
+    learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs (the paper's recipe);
+    with ``adversary`` (e.g. :class:`modeconn.attacks.PGD`), on its adversarial examples.
 
     Subclasses change what a step does (:meth:`loss`, :meth:`training_step`), which parameters
     train (:meth:`parameters`), which torch optimizer is used (:meth:`configure_optimizer`),
@@ -72,11 +73,17 @@ class Trainer:
         lr_step: int = 20,
         lr_gamma: float = 0.5,
         aux_weight: float = AUX_WEIGHT,
+        adversary: Any = None,
     ):
         if lr <= 0:
             raise InvalidArgumentError(f"lr must be positive, got {lr}")
+        if adversary is not None and not callable(adversary):
+            raise InvalidArgumentError(
+                f"adversary must be callable as adversary(model, x, y), e.g. modeconn.attacks.PGD(); got {adversary!r}"
+            )
         self.module = module
         self.aux_weight = aux_weight
+        self.adversary = adversary
         params = list(self.parameters())
         if not params:
             raise InvalidArgumentError(f"{type(module).__name__} has no trainable parameters")
@@ -113,7 +120,11 @@ class Trainer:
 
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss on one batch and the logits it came from. ``x`` is the model's
-        input: a tensor, or a tuple / dict of several (see :func:`modeconn.data.call_model`)."""
+        input: a tensor, or a tuple / dict of several (see :func:`modeconn.data.call_model`).
+        With an ``adversary``, the loss is on its examples against the module in train mode
+        (adversarial training, Madry et al. 2018)."""
+        if self.adversary is not None:
+            x = self.adversary(self.module, x, y)
         return classification_loss(call_model(self.module, x), y, self.aux_weight)
 
     def training_step(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

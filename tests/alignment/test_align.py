@@ -273,3 +273,31 @@ def test_only_errors_about_the_data_are_reported_as_rejected_data():
     a.net[1].forward = exhausted  # the statistics pass runs out of memory
     with pytest.raises(MemoryError, match="out of memory"):  # not "model_a rejected the data"
         align(a, b, torch.randn(8, 1, 4, 4), spec=spec)
+
+
+@pytest.mark.parametrize("adversarial", ["own", "shared"])
+def test_robust_alignment_recovers_a_planted_permutation(adversarial):
+    """Statistics on PGD examples: a permuted copy gets the same examples (same random start),
+    so its own and the shared examples both recover the permutation exactly."""
+    from modeconn.attacks import PGD
+
+    torch.manual_seed(0)
+    a = modeconn.create_model("tinyten", in_chans=1, widths=(4, 4, 8, 8, 8, 8, 8, 8)).eval()
+    x, y = torch.rand(64, 1, 32, 32), torch.randint(0, 10, (64,))
+    modeconn.update_bn(a, [x])
+    spec = modeconn.discover(a, x[:2])
+    b = modeconn.permute(a, spec, spec.random_permutation(1))
+    attack = PGD(eps=0.03, alpha=0.01, steps=2)
+    result = modeconn.align(a, b, (x, y), spec=spec, adversary=attack, adversarial=adversarial, batch_size=32)
+    recovered = result.model.state_dict()
+    assert all(torch.equal(v, recovered[k]) for k, v in a.state_dict().items())
+
+
+def test_robust_alignment_needs_labels():
+    from modeconn.attacks import PGD
+
+    a = modeconn.create_model("tinyten", in_chans=1, widths=(4, 4, 8, 8, 8, 8, 8, 8))
+    with pytest.raises(modeconn.AlignmentError, match="labelled batches"):
+        modeconn.align(a, a, torch.rand(8, 1, 32, 32), adversary=PGD(steps=1))
+    with pytest.raises(modeconn.AlignmentError, match="one of own, shared"):
+        modeconn.align(a, a, torch.rand(8, 1, 32, 32), adversary=PGD(steps=1), adversarial="both")

@@ -66,3 +66,34 @@ def test_bn_recomputation_changes_statistics_and_improves_mid_curve_accuracy(dig
     assert fresh_report.accuracy[1] == modeconn.evaluate(fresh, test)[1]
     assert fresh_report.accuracy[1] > stale_report.accuracy[1] + 5.0
     assert fresh_report.meta["bn_recomputed"] and not stale_report.meta["bn_recomputed"]
+
+
+def test_robust_evaluation_at_the_start_is_model_a_under_the_same_attack():
+    from modeconn.attacks import PGD, RobustClassification
+    from modeconn.metrics import Classification, measure
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    b = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    data = [(torch.rand(16, 12), torch.randint(0, 3, (16,))) for _ in range(2)]
+    metrics = [Classification(), RobustClassification(PGD(eps=0.1, alpha=0.03, steps=4), seed=5)]
+    report = evaluate_curve(Curve(a, b), data, bn_data=None, num_points=3, metrics=metrics)
+    alone = measure(a, data, metrics)
+    assert report.accuracy[0] == alone["accuracy"] and report.loss[0] == pytest.approx(
+        alone["loss"], abs=1e-6
+    )
+    assert report.values("robust_accuracy")[0] == alone["robust_accuracy"]
+    assert report.values("robust_loss")[0] == pytest.approx(alone["robust_loss"], abs=1e-6)
+    assert report.meta["bn_data"] == "none"
+    assert "robust_accuracy" in str(report)
+
+
+def test_adversarial_bn_data_is_recorded_in_the_report(digits_pair):
+    from modeconn.attacks import PGD
+
+    a, b = digits_pair[0], digits_pair[1]
+    attack = PGD(eps=0.05, alpha=0.02, steps=1)
+    x = torch.rand(32, 1, 32, 32)
+    y = torch.randint(0, 10, (32,))
+    report = evaluate_curve(Curve(a, b), [(x, y)], bn_data=[(x, y)], num_points=2, bn_adversary=attack)
+    assert report.meta["bn_data"] == "adversarial (PGD-1 linf eps=0.05 alpha=0.02)"

@@ -130,3 +130,26 @@ def test_pretrained_weights_clear_error():
         modeconn.create_model("tinyten", pretrained=True)
     with pytest.raises(PretrainedWeightsError, match="pretrained=False"):
         modeconn.create_model("timm/resnet10t", pretrained=True)
+
+
+def test_normalize_puts_the_datasets_normalization_inside_the_model():
+    from modeconn.data import NORMALIZATION
+
+    torch.manual_seed(0)
+    inner = modeconn.create_model("tinyten")
+    torch.manual_seed(0)
+    model = modeconn.create_model("tinyten", normalize="cifar10").eval()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION["cifar10"])
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model(x), inner.eval()((x - mean) / std), atol=1e-6)
+    custom = modeconn.create_model("tinyten", normalize=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    assert torch.allclose(custom.normalize.std, torch.full((1, 3, 1, 1), 0.25))
+    with pytest.raises(modeconn.InvalidArgumentError, match="cifar10"):
+        modeconn.create_model("tinyten", normalize="mnist")
+
+
+def test_a_normalized_model_is_discovered_like_the_plain_one():
+    model = modeconn.create_model("tinyten", normalize="cifar10")
+    plain = modeconn.create_model("tinyten")
+    x = torch.rand(2, 3, 32, 32)
+    assert len(modeconn.discover(model, x).permutable) == len(modeconn.discover(plain, x).permutable) == 8
