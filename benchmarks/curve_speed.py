@@ -4,7 +4,7 @@ Both are the steps modeconn itself takes: ``Trainer.training_step`` (what ``trai
 on a ResNet32, and ``CurveOptimizer.training_step`` (what ``fit_curve(optimizer="sgd")`` runs)
 on a one-bend Bezier curve between two ResNet32s: sample t, combine the control points,
 forward and backward through ``functional_call``, SGD step on the bend. Same batch (128
-CIFAR-sized inputs), same process; the two alternate in rounds so that load on the machine hits
+CIFAR-sized inputs), same process; the two alternate in rounds (ABBA) so that load on the machine hits
 both alike. Prints per-round medians, the overall medians and their ratio (target <= 1.15).
 
     python benchmarks/curve_speed.py [--rounds 7] [--steps 10] [--batch 128]
@@ -12,10 +12,8 @@ both alike. Prints per-round medians, the overall medians and their ratio (targe
 
 from __future__ import annotations
 
-import statistics
-
 import torch
-from stepbench import parser, timed_steps
+from stepbench import interleaved, parser, timed_steps
 
 import modeconn
 from modeconn.training import CurveOptimizer, Trainer
@@ -39,15 +37,14 @@ def main() -> None:
         f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, {args.steps} steps per round\n"
     )
     print(f"{'round':>5}  {'plain step (ms)':>15}  {'curve step (ms)':>15}  {'ratio':>6}")
-    all_plain, all_curve = [], []
-    for r in range(args.rounds):
-        tp = timed_steps(plain, x, y, args.steps)
-        tc = timed_steps(curved, x, y, args.steps)
-        all_plain += tp
-        all_curve += tc
-        mp, mc = statistics.median(tp), statistics.median(tc)
-        print(f"{r + 1:>5}  {1000 * mp:>15.1f}  {1000 * mc:>15.1f}  {mc / mp:>6.3f}")
-    mp, mc = statistics.median(all_plain), statistics.median(all_curve)
+
+    def show(r: int, m: dict[str, float]) -> None:
+        print(
+            f"{r:>5}  {1000 * m['plain']:>15.1f}  {1000 * m['curve']:>15.1f}  {m['curve'] / m['plain']:>6.3f}"
+        )
+
+    m = interleaved({"plain": plain, "curve": curved}, x, y, args.rounds, args.steps, show)
+    mp, mc = m["plain"], m["curve"]
     print(
         f"\nmedian  plain {1000 * mp:.1f} ms, curve {1000 * mc:.1f} ms, ratio curve/plain {mc / mp:.3f} (target <= 1.15)"
     )

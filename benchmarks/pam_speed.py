@@ -5,7 +5,7 @@ same two ResNet32s: ``CurveOptimizer.training_step`` (``optimizer="sgd"``), and
 ``PAM.training_step`` in a permutation epoch (forward and backward through the relaxed
 permutation of every permutable group, SGD, proximal pull and the paper's 20-round projection
 onto the doubly stochastic matrices) and in a curve epoch (the ordinary step plus the proximal
-pull on the bends). Same batch, same process; the three alternate in rounds so that load on the
+pull on the bends). Same batch, same process; the three alternate in rounds (ABBA) so that load on the
 machine hits all alike. Prints per-round medians, overall medians and the ratios (target: the
 permutation step <= 1.25 x the ordinary step).
 
@@ -14,11 +14,9 @@ permutation step <= 1.25 x the ordinary step).
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 from modeconn.plugins.pam import PAM
-from stepbench import parser, timed_steps
+from stepbench import interleaved, parser, timed_steps
 
 import modeconn
 from modeconn.training import CurveOptimizer
@@ -56,19 +54,15 @@ def main() -> None:
     print(
         f"{'round':>5}  {'ordinary (ms)':>13}  {'PAM perm (ms)':>13}  {'PAM curve (ms)':>14}  {'perm/ord':>8}  {'curve/ord':>9}"
     )
-    times: dict[str, list[float]] = {k: [] for k in kinds}
-    for r in range(args.rounds):
-        medians = {}
-        for k, trainer in kinds.items():
-            t = timed_steps(trainer, x, y, args.steps)
-            times[k] += t
-            medians[k] = statistics.median(t)
+
+    def show(r: int, medians: dict[str, float]) -> None:
         o = medians["ordinary"]
         print(
-            f"{r + 1:>5}  {1000 * o:>13.1f}  {1000 * medians['perm']:>13.1f}  {1000 * medians['curve']:>14.1f}  "
+            f"{r:>5}  {1000 * o:>13.1f}  {1000 * medians['perm']:>13.1f}  {1000 * medians['curve']:>14.1f}  "
             f"{medians['perm'] / o:>8.3f}  {medians['curve'] / o:>9.3f}"
         )
-    m = {k: statistics.median(v) for k, v in times.items()}
+
+    m = interleaved(kinds, x, y, args.rounds, args.steps, show)
     print(
         f"\nmedian  ordinary {1000 * m['ordinary']:.1f} ms, PAM permutation step {1000 * m['perm']:.1f} ms "
         f"(ratio {m['perm'] / m['ordinary']:.3f}, target <= 1.25), PAM curve step {1000 * m['curve']:.1f} ms "

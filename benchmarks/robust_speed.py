@@ -13,11 +13,9 @@ both, so the curve must add almost nothing).
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 from modeconn.plugins.pgd import PGDCurve
-from stepbench import parser, timed_steps
+from stepbench import interleaved, parser, timed_steps
 
 import modeconn
 from modeconn.attacks import PGD
@@ -39,19 +37,14 @@ def main() -> None:
     timed_steps(plain, x, y, 2), timed_steps(curved, x, y, 2)  # warm-up
     print(f"{args.model}, batch {args.batch}, {attack.describe()}, {torch.get_num_threads()} threads\n")
     print(f"{'round':>5}  {'robust plain (ms)':>17}  {'robust curve (ms)':>17}  {'ratio':>6}")
-    all_plain, all_curve = [], []
-    for r in range(args.rounds):
-        if r % 2 == 0:  # ABBA: neither kind always runs first
-            tp = timed_steps(plain, x, y, args.steps)
-            tc = timed_steps(curved, x, y, args.steps)
-        else:
-            tc = timed_steps(curved, x, y, args.steps)
-            tp = timed_steps(plain, x, y, args.steps)
-        all_plain += tp
-        all_curve += tc
-        mp, mc = statistics.median(tp), statistics.median(tc)
-        print(f"{r + 1:>5}  {1000 * mp:>17.1f}  {1000 * mc:>17.1f}  {mc / mp:>6.3f}")
-    mp, mc = statistics.median(all_plain), statistics.median(all_curve)
+
+    def show(r: int, m: dict[str, float]) -> None:
+        print(
+            f"{r:>5}  {1000 * m['plain']:>17.1f}  {1000 * m['curve']:>17.1f}  {m['curve'] / m['plain']:>6.3f}"
+        )
+
+    m = interleaved({"plain": plain, "curve": curved}, x, y, args.rounds, args.steps, show)
+    mp, mc = m["plain"], m["curve"]
     print(
         f"\nmedian  robust plain {1000 * mp:.1f} ms, robust curve {1000 * mc:.1f} ms, "
         f"ratio curve/plain {mc / mp:.3f} (target <= 1.10)"

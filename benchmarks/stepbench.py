@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -29,3 +31,26 @@ def timed_steps(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) 
         trainer.training_step(x, y)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def interleaved(
+    kinds: dict[str, Trainer],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rounds: int,
+    steps: int,
+    on_round: Callable[[int, dict[str, float]], None],
+) -> dict[str, float]:
+    """Time ``steps`` steps of every kind per round, the order reversed every other round
+    (ABBA: no kind always runs first, so load on the machine hits all alike); ``on_round`` gets
+    each round's number and per-kind medians. Returns every kind's median over all rounds."""
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(rounds):
+        order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
+        medians = {}
+        for k in order:
+            t = timed_steps(kinds[k], x, y, steps)
+            times[k] += t
+            medians[k] = statistics.median(t)
+        on_round(r + 1, medians)
+    return {k: statistics.median(v) for k, v in times.items()}
