@@ -4,7 +4,7 @@ The public API is what this module exports (and, for plugin authors, :mod:`modec
 everything else may change.
 """
 
-from modeconn import attacks, errors
+from modeconn import attacks, distributed, errors
 from modeconn.alignment import (
     ActivationCost,
     AlignResult,
@@ -32,8 +32,13 @@ from modeconn.symmetry import (
     soft_permute_state_dict,
 )
 from modeconn.training import (
+    Constant,
+    Cosine,
     CurveOptimizer,
+    Garipov,
     History,
+    Settings,
+    Step,
     fit_curve,
     load_checkpoint,
     save_checkpoint,
@@ -45,6 +50,7 @@ __version__ = "0.2.0"
 __all__ = [
     "__version__",
     "attacks",
+    "distributed",
     # model registry
     "register_model",
     "unregister_model",
@@ -69,6 +75,11 @@ __all__ = [
     "Curve",
     "train_model",
     "fit_curve",
+    "Settings",
+    "Step",
+    "Cosine",
+    "Garipov",
+    "Constant",
     "History",
     "evaluate_curve",
     "save_checkpoint",

@@ -78,6 +78,12 @@ class TrainingError(ModeconnError, RuntimeError):
     """Training cannot go on: the loss diverged."""
 
 
+class ResumeWarning(UserWarning):
+    """A resumed run was given settings that differ from the checkpoint's, which it keeps."""
+
+
 __all__ = sorted(
-    name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, ModeconnError)
+    name
+    for name, obj in list(globals().items())
+    if isinstance(obj, type) and (issubclass(obj, ModeconnError) or obj is ResumeWarning)
 )

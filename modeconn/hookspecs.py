@@ -71,9 +71,14 @@ def modeconn_register_optimizers(registry: PluginRegistry) -> None:
 
     An optimizer fits a curve's bends to data. Register a *subclass* of
     :class:`~modeconn.plugin.CurveOptimizer` (the class, not an instance): ``fit_curve`` builds
-    one per fit as ``cls(curve, lr=..., momentum=..., weight_decay=..., lr_step=...,
-    lr_gamma=..., **options)``, where ``options`` are the extra keyword arguments the user gave
-    ``fit_curve``. Override ``on_fit_start(data, epochs)`` to prepare with the training batches
+    one per fit as ``cls(curve, settings=settings, epochs=epochs, **options)``, where ``settings`` is the
+    fit's :class:`~modeconn.plugin.Settings` (learning rate, momentum, weight decay, schedule,
+    batch size: the base class builds the torch optimizer and schedule from it; override
+    ``schedule_epochs`` if the schedule spans fewer epochs) and ``options`` are the extra keyword
+    arguments the user gave ``fit_curve``; pass ``settings`` and the rest on to
+    ``super().__init__``. Under ``torchrun`` every rank builds one: draw what must agree across
+    ranks from ``self.strategy.shared_seed()``, and what the loss calls is ``self.wrapped``
+    (the curve or its DDP wrapper). Override ``on_fit_start(data, epochs)`` to prepare with the training batches
     (after a resume too), ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)`` to act between
     epochs (PAM switches between learning the permutation of end point B and the bends, and
     rounds the permutation at the end of its permutation epochs; what ``on_epoch_end`` changes

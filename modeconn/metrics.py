@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modeconn import distributed
 from modeconn.data.batches import batches, call_model
 from modeconn.errors import DataError
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
@@ -53,7 +54,8 @@ class Classification(Metric):
 def measure(model: nn.Module, data: Any, metrics: Sequence[Metric] = (Classification(),)) -> dict[str, float]:
     """Every metric's results over ``data`` (labelled batches in any form
     :func:`modeconn.data.batches` reads), averaged per sample, with ``model`` in eval mode
-    (its modes are restored)."""
+    (its modes are restored). Under ``torchrun`` each rank measures its share of the data and
+    every rank gets the results over all of it."""
     model = unwrap(model)
     device, dtype = device_of(model), float_dtype_of(model)
     sums = {k: 0.0 for m in metrics for k in m.keys}
@@ -62,7 +64,7 @@ def measure(model: nn.Module, data: Any, metrics: Sequence[Metric] = (Classifica
         model.eval()
         for m in metrics:
             m.start()
-        for batch in batches(data):
+        for batch in batches(data, shard=True):
             if batch.target is None:
                 raise DataError(
                     "evaluation needs labelled batches: (inputs..., labels) or dicts with 'labels'"
@@ -72,6 +74,11 @@ def measure(model: nn.Module, data: Any, metrics: Sequence[Metric] = (Classifica
                 for k, v in m.batch(model, batch.x, batch.target).items():
                     sums[k] += v
             total += len(batch)
+    strategy = distributed.current()
+    if strategy.world_size > 1:  # sums and counts over every rank's share
+        keys = list(sums)
+        reduced = strategy.all_reduce(torch.tensor([*(sums[k] for k in keys), total], dtype=torch.float64))
+        sums, total = dict(zip(keys, reduced[:-1].tolist())), int(reduced[-1])
     if total == 0:
         raise DataError("the evaluation data yielded no batch")
     return {k: v / total for k, v in sums.items()}

@@ -5,7 +5,8 @@
 * costs: :class:`ActivationCost`, :class:`WeightCost`, the :class:`PairStats` a cost reads,
   :func:`solve_assignment` and weight matching (:func:`match_weights`);
 * curve families: :class:`CurveFamily` and the law a family must keep (:func:`check_family_law`);
-* curve optimizers: :class:`CurveOptimizer` (subclass it) and :func:`classification_loss`;
+* curve optimizers: :class:`CurveOptimizer` (subclass it), the :class:`Settings` it is built
+  with, and :func:`classification_loss`;
   what an optimizer that learns permutations needs: :func:`permute_state_dict`,
   :func:`soft_permute_state_dict`, :func:`permutation_matrix`, and relaxed permutations
   (:func:`project_doubly_stochastic`, :func:`distance_from_doubly_stochastic`,
@@ -53,6 +54,7 @@ from modeconn.symmetry.rules.common import (
 )
 from modeconn.symmetry.spaces import Layout, TensorLayout
 from modeconn.symmetry.spec import PermutationSpec
+from modeconn.training.settings import Settings
 from modeconn.training.trainer import CurveOptimizer, classification_loss
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "check_family_law",
     # curve optimizers
     "CurveOptimizer",
+    "Settings",
     "classification_loss",
     "permute_state_dict",
     "soft_permute_state_dict",

@@ -59,8 +59,8 @@ class PAM(CurveOptimizer):
       permutation phase then a curve phase; ``epochs`` must be
       ``outer_iters * (perm_epochs + curve_epochs)`` (``curve_epochs`` defaults to what is left).
     * ``perm_lr_scale`` (0.5): the permutation step is plain SGD (no momentum, no weight decay)
-      at this fraction of the curve's learning rate. The curve's schedule (``lr_step``,
-      ``lr_gamma``) counts curve epochs only, so the curve phase is ordinary curve fitting.
+      at this fraction of the curve's learning rate. The curve's schedule (the settings'
+      ``schedule``) spans and counts curve epochs only, so the curve phase is ordinary curve fitting.
     * ``prox`` (ν = 1e3): the weight of the proximal terms ‖P − P_k‖²/(2ν) and ‖φ − φ_k‖²/(2ν),
       applied after each step in closed form, pulling toward the block's value at its start.
     * ``projection`` (``"alternating"``, the paper's; or ``"exact"``, ``"sinkhorn"``) and
@@ -82,6 +82,7 @@ class PAM(CurveOptimizer):
     def __init__(
         self,
         curve: modeconn.Curve,
+        settings: modeconn.Settings | None = None,
         *,
         init: str | Mapping[str, torch.Tensor] = "identity",
         outer_iters: int = 1,
@@ -97,9 +98,9 @@ class PAM(CurveOptimizer):
         align_cost: str = "correlation",
         align_samples: int | None = 2048,
         spec: modeconn.PermutationSpec | None = None,
-        **settings: Any,
+        epochs: int,
+        **kwargs: Any,
     ):
-        super().__init__(curve, **settings)
         if isinstance(init, str) and init not in INITS:
             raise modeconn.InvalidArgumentError(
                 f"init must be one of {', '.join(INITS)} or a dict of permutations, got {init!r}"
@@ -120,8 +121,17 @@ class PAM(CurveOptimizer):
                 raise modeconn.InvalidArgumentError(f"{name} must be >= 0, got {value}")
         if prox <= 0 or perm_lr_scale <= 0:
             raise modeconn.InvalidArgumentError("prox and perm_lr_scale must be positive")
+        if curve_epochs is None:
+            curve_epochs = epochs // outer_iters - perm_epochs
+        if curve_epochs < 0 or outer_iters * (perm_epochs + curve_epochs) != epochs:
+            raise modeconn.InvalidArgumentError(
+                f"pam runs outer_iters × (perm_epochs + curve_epochs) epochs = {outer_iters} × "
+                f"({perm_epochs} + {curve_epochs}); fit_curve was given epochs={epochs}. "
+                "Pass epochs to match, or set perm_epochs / curve_epochs"
+            )
         self.init, self.outer_iters, self.perm_epochs = init, outer_iters, perm_epochs
         self.curve_epochs = curve_epochs
+        super().__init__(curve, settings, epochs=epochs, **kwargs)
         self.perm_lr_scale, self.prox = perm_lr_scale, prox
         self.projection, self.projection_iters = projection, projection_iters
         self.candidates, self.bvn_terms, self.score_batches = candidates, bvn_terms, score_batches
@@ -135,23 +145,18 @@ class PAM(CurveOptimizer):
         self._pending: dict[str, Any] | None = None
         self.phase = "perm"
         self.scheduler = _CurveEpochsOnly(self, self.scheduler)
-        self.score_seed = int(torch.randint(0, 2**62, ()))
+        self.score_seed = self.strategy.shared_seed()
 
     # -- setup -----------------------------------------------------------------------------
+    def schedule_epochs(self, epochs: int) -> int:
+        return self.outer_iters * self.curve_epochs  # the schedule advances in curve epochs only
+
     def on_fit_start(self, data: Any, epochs: int) -> None:
         curve = self.curve
-        per = epochs // self.outer_iters
-        if self.curve_epochs is None:
-            self.curve_epochs = per - self.perm_epochs
-        if self.curve_epochs < 0 or self.outer_iters * (self.perm_epochs + self.curve_epochs) != epochs:
-            raise modeconn.InvalidArgumentError(
-                f"pam runs outer_iters × (perm_epochs + curve_epochs) epochs = {self.outer_iters} × "
-                f"({self.perm_epochs} + {self.curve_epochs}); fit_curve was given epochs={epochs}. "
-                "Pass epochs to match, or set perm_epochs / curve_epochs"
-            )
         device, dtype = curve.ends.device, curve.ends.dtype
         # the scoring batches are drawn under their own seed, so that a resumed fit scores
-        # on the same ones and the training batches' shuffling is not disturbed
+        # on the same ones and the training batches' shuffling is not disturbed; under torchrun
+        # each rank scores on its own and the objective is their mean
         self._score: list[tuple[Any, torch.Tensor]] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.score_seed)
@@ -254,14 +259,16 @@ class PAM(CurveOptimizer):
             curve.set_parametrization(rows)
         n = len(self._score)
         ts = [(i + 0.5) / n for i in range(n)]  # midpoints: the end points alone say nothing of φ
-        total = 0.0
+        total = torch.zeros(2, dtype=torch.float64)
         try:
             for (x, y), t in zip(self._score, ts):
-                total += float(classification_loss(curve(x, t), y, self.aux_weight)[0])
+                total[0] += float(classification_loss(curve(x, t), y, self.aux_weight)[0])
+                total[1] += 1
         finally:
             curve.set_parametrization(saved)
             curve.train(was_training)
-        return total / len(self._score)
+        self.strategy.all_reduce(total)  # every rank takes the same decision
+        return float(total[0] / total[1])
 
     def _hard_rows(self, perms: Perms) -> Any:
         end_b = self.curve.flatten(self._hard_end(perms))
@@ -312,8 +319,18 @@ class PAM(CurveOptimizer):
             return loss, logits
         for m in self.matrices.values():
             m.grad = None
-        loss, logits = self.call_hook("loss", x, y)
+        # the bends do not train in this phase, so the step bypasses DDP (which would wait for
+        # their gradients) and averages the matrices' gradients over the ranks itself
+        wrapped, self.wrapped = self.wrapped, self.curve
+        try:
+            loss, logits = self.call_hook("loss", x, y)
+        finally:
+            self.wrapped = wrapped
         loss.backward()
+        if self.strategy.world_size > 1:
+            for m in self.matrices.values():
+                if m.grad is not None:
+                    self.strategy.all_reduce(m.grad).div_(self.strategy.world_size)
         step = self.perm_lr_scale * lr
         pull = step / self.prox
         worst = self.log[-1]["distance_from_ds"]

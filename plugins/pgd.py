@@ -26,10 +26,17 @@ class PGDCurve(CurveOptimizer):
     [0, 1] with normalization inside the model (see :mod:`modeconn.attacks`).
     """
 
-    def __init__(self, curve: modeconn.Curve, *, attack: PGD | str = "train", **settings: Any):
+    def __init__(
+        self,
+        curve: modeconn.Curve,
+        settings: modeconn.Settings | None = None,
+        *,
+        attack: PGD | str = "train",
+        **kwargs: Any,
+    ):
         if isinstance(attack, str):
             attack = PGD.preset(attack)
-        super().__init__(curve, adversary=attack, **settings)
+        super().__init__(curve, settings, adversary=attack, **kwargs)
 
     def perturb(self, x: Any, y: torch.Tensor, t: float) -> Any:
         return self.adversary(self.curve.function_at(t), x, y)

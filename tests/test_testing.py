@@ -87,8 +87,8 @@ def test_a_family_that_misses_its_end_points_fails():
 class Forgetful(CurveOptimizer):
     """Keeps a running count it needs but does not checkpoint."""
 
-    def __init__(self, curve, **settings):
-        super().__init__(curve, **settings)
+    def __init__(self, curve, **kwargs):
+        super().__init__(curve, **kwargs)
         self.steps = 0
 
     def sample_t(self):

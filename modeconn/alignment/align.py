@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from modeconn import distributed
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost
 from modeconn.alignment.result import AlignResult, CorrelationSignature
@@ -112,6 +113,11 @@ def align(
     taken in eval mode with one forward pass of each model; both models are left unchanged.
     ``spec`` defaults to ``discover(model_a, ...)`` on the first batch (or ``example_inputs``).
 
+    Under ``torchrun`` every rank calls ``align`` on its share of the data (a Dataset or tensor
+    is split here; a DataLoader is taken as the rank's share): the statistics are summed over
+    the ranks exactly and every rank gets the same permutations, those of one process on all
+    the data (:mod:`modeconn.distributed`).
+
     Robust models: with ``adversary`` (a :class:`modeconn.attacks.PGD`) the statistics are taken
     on adversarial examples of each labelled batch, each model's own (``adversarial="own"``, the
     paper's code) or those against model A for both (``"shared"``); see
@@ -128,10 +134,14 @@ def align(
     device = torch.device(device) if device is not None else device_of(model_a)
     first, stream = None, iter(())
     if data is not None:
-        stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples))
+        stream = iter(
+            batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples, shard=True)
+        )
         first = next(stream, None)
         if first is None:
-            raise AlignmentError("no data: the data iterable yielded no batch")
+            raise AlignmentError(
+                f"no data{distributed.current().where()}: the data iterable yielded no batch"
+            )
         stream = itertools.chain([first], stream)
     elif cost_obj.requires_data:
         raise AlignmentError(
@@ -177,6 +187,8 @@ def align(
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
             if first is not None and observed:
                 stats = _collect(a, b, observed, "post", stream, first, adversary, adversarial)
+        # solved on every rank from the same all-reduced statistics; rank 0's answer is the one
+        perms = distributed.current().broadcast(perms)
         spec.check(perms)
         signature = CorrelationSignature.of(spec.permutable, stats, perms) if stats else None
     aligned = permute(model_b, spec, perms)

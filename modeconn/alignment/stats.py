@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from modeconn import distributed
 from modeconn.data.batches import Batch, batches
 from modeconn.errors import AlignmentError
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
@@ -87,11 +88,9 @@ class Accumulator:
         the model's convolutions. ``inplace=True`` lets the shift overwrite ``xa`` and ``xb``.
         """
         if self.shift_a is None:
-            self.shift_a = xa.mean((0, 2)).detach()[None, :, None]
-            self.shift_b = xb.mean((0, 2)).detach()[None, :, None]
-            self.sa = torch.zeros(self.size, dtype=torch.float64, device=xa.device)
-            self.sb, self.saa, self.sbb = self.sa.clone(), self.sa.clone(), self.sa.clone()
-            self.sab = torch.zeros(self.size, self.size, dtype=torch.float64, device=xa.device)
+            self._start_empty(
+                xa.mean((0, 2)).detach()[None, :, None], xb.mean((0, 2)).detach()[None, :, None]
+            )
         if inplace:
             xa, xb = xa.sub_(self.shift_a), xb.sub_(self.shift_b)
         else:
@@ -107,6 +106,12 @@ class Accumulator:
             self.sab += (xa[:, :, 0].T @ xb[:, :, 0]).double()
         else:
             self.sab += torch.bmm(xa, xb.transpose(1, 2)).sum(0).double()
+
+    def _start_empty(self, shift_a: torch.Tensor, shift_b: torch.Tensor) -> None:
+        self.shift_a, self.shift_b = shift_a, shift_b
+        self.sa = torch.zeros(self.size, dtype=torch.float64, device=shift_a.device)
+        self.sb, self.saa, self.sbb = self.sa.clone(), self.sa.clone(), self.sa.clone()
+        self.sab = torch.zeros(self.size, self.size, dtype=torch.float64, device=shift_a.device)
 
     def result(self) -> PairStats:
         n = self.n
@@ -162,10 +167,10 @@ def collect_statistics(
     if adversarial not in ADVERSARIAL:
         raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
     model_a, model_b = unwrap(model_a), unwrap(model_b)
-    stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples))
+    stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples, shard=True))
     first = next(stream, None)
     if first is None:
-        raise AlignmentError("no data: the data iterable yielded no batch")
+        raise AlignmentError(f"no data{distributed.current().where()}: the data iterable yielded no batch")
     groups = [g for g in spec.permutable if g.sites] if groups is None else list(groups)
     with modes_restored(model_a, model_b):
         model_a.eval()
@@ -195,6 +200,7 @@ def _collect(
     extract_a = extract_outputs(trace_model(model_a, probe), names)
     extract_b = extract_outputs(trace_model(model_b, probe), names)
     acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
+    everyone = [a for g in groups for a in acc[g.name]]
     with torch.no_grad():
         for step, batch in enumerate(data):
             batch = batch.to(device, dtype)
@@ -218,16 +224,24 @@ def _collect(
             va, vb = values
             if step == 0:
                 _check_activations(va, vb, names)
+            views = [
+                (site_view(va[index[site.node]], site, g.size), site_view(vb[index[site.node]], site, g.size))
+                for g in groups
+                for site in plan[g.name]
+            ]
+            if step == 0:
+                _common_shifts(everyone, views)
             # The site outputs are ours (fresh activations, or copies when the graph has in-place
             # ops) and no two (group, site) slices overlap, so the statistics may shift them in place.
-            for g in groups:
-                for site, a in zip(plan[g.name], acc[g.name]):
-                    i = index[site.node]
-                    a.update(site_view(va[i], site, g.size), site_view(vb[i], site, g.size), inplace=True)
+            for a, (xa, xb) in zip(everyone, views):
+                a.update(xa, xb, inplace=True)
+    _all_reduce(everyone)
     out = {}
     for g in groups:
         if not acc[g.name] or acc[g.name][0].n == 0:
-            raise AlignmentError("no data: the data iterable yielded no batch")
+            raise AlignmentError(
+                f"no data{distributed.current().where()}: the data iterable yielded no batch"
+            )
         out[g.name] = [a.result() for a in acc[g.name]]
         for site, st in zip(plan[g.name], out[g.name]):
             if not (
@@ -237,6 +251,40 @@ def _collect(
             ):
                 raise AlignmentError(f"activations at node `{site.node}` (group {g.name}) contain NaN or Inf")
     return out
+
+
+def _common_shifts(accumulators: list[Accumulator], views: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Under torchrun, start every rank's sums from rank 0's first-batch means: each batch is
+    then shifted and reduced exactly as one process would, and the sums add up exactly."""
+    strategy = distributed.current()
+    if strategy.world_size == 1:
+        return
+    means = [(xa.mean((0, 2)).detach().cpu(), xb.mean((0, 2)).detach().cpu()) for xa, xb in views]
+    for a, (ma, mb), (xa, _) in zip(accumulators, strategy.broadcast(means), views):
+        a._start_empty(ma.to(xa)[None, :, None], mb.to(xa)[None, :, None])
+
+
+def _all_reduce(accumulators: list[Accumulator]) -> None:
+    """Under torchrun, the sums of every rank in one float64 all-reduce (no rank's statistics
+    are averaged; the shifts are common, see :func:`_common_shifts`)."""
+    strategy = distributed.current()
+    if strategy.world_size == 1 or not accumulators:
+        return
+    flat = torch.cat(
+        [
+            torch.cat([a.sa.new_tensor([float(a.n)]), a.sa, a.sb, a.saa, a.sbb, a.sab.flatten()])
+            for a in accumulators
+        ]
+    )
+    strategy.all_reduce(flat)
+    at = 0
+    for a in accumulators:
+        k = a.size
+        parts = flat[at : at + 1 + 4 * k + k * k]
+        at += 1 + 4 * k + k * k
+        a.n = int(parts[0])
+        a.sa, a.sb, a.saa, a.sbb = (parts[1 + i * k : 1 + (i + 1) * k].clone() for i in range(4))
+        a.sab = parts[1 + 4 * k :].reshape(k, k).clone()
 
 
 def _attacked(model_a, model_b, batch: Batch, values: tuple, adversary: Any, adversarial: str) -> list[tuple]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Subset, TensorDataset
 
 from modeconn.errors import DataError
 
@@ -124,10 +124,18 @@ def as_batch(raw: Any, *, labels: bool = True) -> Batch:
 
 
 class Batches:
-    """A re-iterable source of :class:`Batch` es (see :func:`batches`)."""
+    """A re-iterable source of :class:`Batch` es (see :func:`batches`). ``sampler`` is the
+    shuffling sampler when the batches were made here from a Dataset (its ``seed`` fixes the
+    order of every epoch; :meth:`set_epoch` moves to the next)."""
 
-    def __init__(self, source: Iterable, labels: bool, num_samples: int | None):
-        self.source, self.labels, self.num_samples = source, labels, num_samples
+    def __init__(self, source: Iterable, labels: bool, num_samples: int | None, sampler: Any = None):
+        self.source, self.labels, self.num_samples, self.sampler = source, labels, num_samples, sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle for ``epoch``: this one's sampler, or a user DataLoader's DistributedSampler."""
+        sampler = self.sampler if self.sampler is not None else getattr(self.source, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
@@ -152,20 +160,42 @@ def batches(
     labels: bool = True,
     num_samples: int | None = None,
     reiterable: bool = False,
+    shard: bool = False,
+    seed: int | None = None,
 ) -> Batches:
-    """``data`` (see the module docstring) as batches. Datasets and tensor pairs are batched by
-    ``batch_size`` (shuffled when ``shuffle``); ``num_samples`` stops after that many samples;
-    ``reiterable`` refuses one-shot iterators (a training loop reads the data every epoch)."""
+    """``data`` (see the module docstring) as batches. Datasets, tensors and tensor pairs are
+    batched here: by ``batch_size`` in order, or with ``shuffle`` in a fresh order every epoch
+    (:meth:`Batches.set_epoch`) drawn from ``seed`` (default: from torch's global generator).
+    ``num_samples`` stops after that many samples; ``reiterable`` refuses one-shot iterators
+    (a training loop reads the data every epoch).
+
+    ``shard=True`` splits the work between the ranks of a ``torchrun`` job
+    (:mod:`modeconn.distributed`) when the data is batched here: shuffled, each rank takes
+    ``batch_size / N`` of every global batch (PyTorch's DistributedSampler), so that the N
+    ranks together see the batches one process would; in order, rank r takes whole batches
+    r, r + N, ... (``num_samples`` counts over all ranks; with fewer batches than ranks the
+    batches are made smaller, one per rank). A DataLoader or other iterable is taken as this
+    rank's share as it is."""
+    from modeconn import distributed
+
+    strategy = distributed.current() if shard else distributed.Local()
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         data = TensorDataset(*data)
-    if isinstance(data, torch.Tensor):
-        source: Iterable = (
-            data.split(batch_size) if not shuffle else DataLoader(data, batch_size, shuffle=True)
-        )
-    elif isinstance(data, IterableDataset):
-        source = DataLoader(data, batch_size=batch_size)
-    elif isinstance(data, Dataset):
-        source = DataLoader(data, batch_size=batch_size, shuffle=shuffle)
+    sampler = None
+    if isinstance(data, IterableDataset):
+        source: Iterable = DataLoader(data, batch_size=batch_size)
+    elif isinstance(data, (torch.Tensor, Dataset)):
+        if shuffle:
+            source, sampler = _shuffled(data, batch_size, strategy, seed)
+        else:
+            if num_samples is not None:
+                data = (
+                    data[:num_samples]
+                    if isinstance(data, torch.Tensor)
+                    else Subset(data, range(min(num_samples, len(data))))
+                )
+                num_samples = None
+            source = _in_order(data, batch_size, strategy)
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
         if reiterable and iter(data) is data:
             raise DataError(
@@ -178,4 +208,31 @@ def batches(
             f"data must be a DataLoader, a Dataset, an iterable of batches, an (x, y) pair of tensors "
             f"or a tensor of inputs; got {type(data).__name__}"
         )
-    return Batches(source, labels, num_samples)
+    return Batches(source, labels, num_samples, sampler)
+
+
+def _shuffled(data: Any, batch_size: int, strategy: Any, seed: int | None) -> tuple[DataLoader, Any]:
+    world = strategy.world_size
+    if batch_size % world:
+        raise DataError(
+            f"batch_size {batch_size} is the global batch and must be divisible by the {world} ranks; "
+            f"pass a multiple of {world}"
+        )
+    seed = strategy.shared_seed() if seed is None else seed
+    sampler = DistributedSampler(
+        data, num_replicas=world, rank=strategy.rank, shuffle=True, seed=seed % 2**62
+    )
+    return DataLoader(data, batch_size=batch_size // world, sampler=sampler), sampler
+
+
+def _in_order(data: Any, batch_size: int, strategy: Any) -> Iterable:
+    n = len(data)
+    if -(-n // batch_size) < strategy.world_size <= n:  # fewer batches than ranks: smaller ones, one each
+        batch_size = -(-n // strategy.world_size)
+    starts = range(strategy.rank * batch_size, n, strategy.world_size * batch_size)
+    if isinstance(data, torch.Tensor):
+        return (
+            [data[i : i + batch_size] for i in starts] if strategy.world_size > 1 else data.split(batch_size)
+        )
+    index = [list(range(i, min(i + batch_size, n))) for i in starts]
+    return DataLoader(data, batch_sampler=index)

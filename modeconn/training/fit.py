@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from modeconn import distributed
 from modeconn.errors import InvalidArgumentError
 from modeconn.plugin_manager import direct_entry, get_plugin
-from modeconn.training.loop import Callback, History, as_loader, resolve_device, run_epochs
+from modeconn.training.loop import Callback, History, as_loader, run_epochs
+from modeconn.training.settings import SETTING_NAMES, Settings
 from modeconn.training.trainer import CurveOptimizer, Trainer
 
-__all__ = ["train_model", "fit_curve"]
+__all__ = ["train_model", "fit_curve", "END_POINTS", "CURVES"]
+
+
+_FLAT_DOC = """The flat keyword arguments ``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
+    ``schedule``, ``batch_size``, ``lr_step`` and ``lr_gamma`` override ``settings`` field by
+    field (see :class:`~modeconn.training.settings.Settings`)."""
+
+END_POINTS = Settings()
+"""The paper's recipe for end points: lr 0.1, momentum 0.9, weight decay 5e-4, halved every 20 epochs."""
+
+CURVES = Settings(lr=1e-2)
+"""The default for curves: as :data:`END_POINTS`, at lr 0.01."""
 
 
 def train_model(
@@ -22,49 +35,44 @@ def train_model(
     train_data: Any,
     *,
     epochs: int,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    lr_step: int = 20,
-    lr_gamma: float = 0.5,
-    batch_size: int = 128,
+    settings: Settings | Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = True,
     callbacks: Sequence[Callback | Callable] = (),
     progress: bool = True,
     adversary: Any = None,
+    **flat: Any,
 ) -> History:
-    """Train ``model`` in place with the paper's recipe: SGD with momentum 0.9 and weight decay
-    5e-4, the learning rate halved every 20 epochs, cross-entropy (plus 0.3 × each auxiliary
-    head's, for GoogLeNet). With ``adversary`` (e.g. ``modeconn.attacks.PGD.preset("train")``)
-    every batch is replaced by its adversarial examples against the model in train mode (Madry
-    et al.'s adversarial training; BatchNorm normalizes by the attacked batch, and the attack's
-    forward passes update the running statistics, as in the paper's code); the history's
-    accuracy is then accuracy on those examples.
+    """Train ``model`` in place as ``settings`` say (default: the paper's recipe, SGD with
+    momentum 0.9 and weight decay 5e-4, the learning rate halved every 20 epochs),
+    cross-entropy (plus 0.3 × each auxiliary head's, for GoogLeNet). With ``adversary`` (e.g.
+    ``modeconn.attacks.PGD.preset("train")``) every batch is replaced by its adversarial
+    examples against the model in train mode (Madry et al.'s adversarial training; BatchNorm
+    normalizes by the attacked batch, and the attack's forward passes update the running
+    statistics, as in the paper's code); the history's accuracy is then accuracy on those
+    examples.
 
     ``train_data`` is a DataLoader, a Dataset or an ``(x, y)`` pair of tensors (the last two
-    are shuffled in batches of ``batch_size``). With ``checkpoint`` (a ``.pt`` path) the state
-    is saved atomically after every epoch, and a later call with the same path resumes after
-    the last finished epoch, with the optimizer and learning-rate schedule as saved (the
-    resumed call's ``lr`` and schedule arguments do not override them). ``device`` defaults to
-    CUDA when available. Returns a :class:`~modeconn.training.loop.History`: one
-    :class:`EpochRecord` per epoch (training loss and accuracy); the model ends in eval mode.
+    are shuffled in batches of ``settings.batch_size``). With ``checkpoint`` (a ``.pt`` path)
+    the state is saved atomically after every epoch, and a later call with the same path
+    resumes after the last finished epoch, with the optimizer and learning-rate schedule as
+    saved; settings that differ from the saved ones apply from the next epoch on, and a
+    :class:`~modeconn.ResumeWarning` names them.
+    ``device`` defaults to CUDA when available. Under ``torchrun`` the model trains with
+    DistributedDataParallel on every rank (:mod:`modeconn.distributed`). Returns a
+    :class:`~modeconn.training.loop.History`: one :class:`EpochRecord` per epoch (training loss
+    and accuracy); the model ends in eval mode.
+
+    {flat}
     """
-    device = resolve_device(device)
+    settings = Settings.of(settings, END_POINTS, **flat)
+    device = distributed.current().device(device)
     model.to(device)
-    trainer = Trainer(
-        model,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        lr_step=lr_step,
-        lr_gamma=lr_gamma,
-        adversary=adversary,
-    )
+    trainer = Trainer(model, settings, epochs=epochs, adversary=adversary)
     return run_epochs(
         trainer,
-        as_loader(train_data, batch_size),
+        as_loader(train_data, settings.batch_size),
         epochs=epochs,
         device=device,
         checkpoint=checkpoint,
@@ -81,12 +89,7 @@ def fit_curve(
     *,
     optimizer: str | type[CurveOptimizer] = "sgd",
     epochs: int,
-    lr: float = 1e-2,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    lr_step: int = 20,
-    lr_gamma: float = 0.5,
-    batch_size: int = 128,
+    settings: Settings | Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = True,
@@ -96,38 +99,34 @@ def fit_curve(
 ) -> History:
     """Fit the bends of ``curve`` (a :class:`~modeconn.Curve`) in place: each batch trains at a
     fresh ``t ~ U[0, 1]`` (paper Algorithm 2; Garipov et al. 2018); the end points stay fixed.
+    ``settings`` default to :data:`CURVES` (lr 0.01, else the paper's recipe).
 
-    ``optimizer`` names an optimizer plugin — ``"sgd"``, or ``"pam"``, which learns a
-    permutation of end point B together with the bends (paper eq. 5; see
-    :class:`modeconn.plugins.pam.PAM` for its options) — or is a :class:`CurveOptimizer`
-    subclass; ``options`` go to it. What the optimizer reports besides the curve (PAM: the
-    permutation and its log) is the returned history's ``summary``.
-    Data, device, checkpoints, resuming, callbacks and the return value are as in
-    :func:`train_model`.
+    ``optimizer`` names an optimizer plugin — ``"sgd"``; ``"pam"``, which learns a permutation
+    of end point B together with the bends (paper eq. 5; see :class:`modeconn.plugins.pam.PAM`
+    for its options); ``"pgd"``, which trains on adversarial examples — or is a
+    :class:`CurveOptimizer` subclass; the other ``options`` go to it. What the optimizer
+    reports besides the curve (PAM: the permutation and its log) is the returned history's
+    ``summary``. Data, device, checkpoints, resuming, ``torchrun``, callbacks and the return
+    value are as in :func:`train_model`.
+
+    {flat}
     """
     if not any(p.requires_grad for p in curve.parameters()):
         raise InvalidArgumentError(
             "the curve has no learnable bends (num_bends=0 or family 'linear'): there is nothing to fit"
         )
+    settings = Settings.of(settings, CURVES, **{k: options.pop(k) for k in SETTING_NAMES if k in options})
     if isinstance(optimizer, str):
         entry = get_plugin("optimizer", optimizer)
     else:
         entry = direct_entry("optimizer", optimizer, "fit_curve")
-    device = resolve_device(device)
+    device = distributed.current().device(device)
     curve.to(device)
-    trainer = entry(
-        curve,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        lr_step=lr_step,
-        lr_gamma=lr_gamma,
-        **options,
-    )
+    trainer = entry(curve, settings=settings, epochs=epochs, **options)
     trainer.plugin = entry
     return run_epochs(
         trainer,
-        as_loader(train_data, batch_size),
+        as_loader(train_data, settings.batch_size),
         epochs=epochs,
         device=device,
         checkpoint=checkpoint,
@@ -136,3 +135,7 @@ def fit_curve(
         progress=progress,
         desc=f"fit curve ({optimizer})",
     )
+
+
+train_model.__doc__ = train_model.__doc__.format(flat=_FLAT_DOC)
+fit_curve.__doc__ = fit_curve.__doc__.format(flat=_FLAT_DOC)

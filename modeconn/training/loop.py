@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,8 +15,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from modeconn import distributed
 from modeconn.data.batches import Batches, batches
-from modeconn.errors import DataError, InvalidArgumentError, TrainingError
+from modeconn.errors import DataError, InvalidArgumentError, ResumeWarning, TrainingError
 from modeconn.modules import float_dtype_of
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.trainer import Trainer
@@ -79,29 +81,61 @@ class _FunctionCallback(Callback):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``device``, or CUDA when available (this rank's GPU under torchrun), else the CPU."""
+    return distributed.current().device(device)
 
 
 def as_loader(data: Any, batch_size: int = 128) -> Batches:
     """A re-iterable source of labelled batches (see :mod:`modeconn.data.batches`): a DataLoader
-    or iterable as given, a Dataset or an ``(x, y)`` pair of tensors as a shuffled DataLoader."""
-    return batches(data, batch_size=batch_size, shuffle=True, reiterable=True)
+    or iterable as given, a Dataset or an ``(x, y)`` pair of tensors shuffled in batches of
+    ``batch_size`` (split between the ranks under torchrun)."""
+    loader = batches(data, batch_size=batch_size, shuffle=True, reiterable=True, shard=True)
+    strategy = distributed.current()
+    if (
+        strategy.world_size > 1
+        and loader.sampler is None
+        and not hasattr(getattr(data, "sampler", None), "set_epoch")
+    ):
+        warnings.warn(
+            f"under torchrun, every one of the {strategy.world_size} ranks trains on all of this "
+            f"{type(data).__name__}; pass a Dataset (split here) or a DataLoader with a DistributedSampler",
+            stacklevel=3,
+        )
+    return loader
 
 
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+def _set_rng_state(saved: dict[str, Any], strategy: distributed.Strategy) -> None:
+    """This rank's generators as saved. Each rank keeps its own; on another number of ranks
+    every rank restarts from rank 0's, offset by its rank (dropout masks and attack starts then
+    differ from the interrupted run's; the model, optimizer, schedule, t and data order do not)."""
+    ranks = saved.get("ranks", [saved])  # checkpoints before 0.3 hold one process's state
+    if len(ranks) == strategy.world_size:
+        state = ranks[strategy.rank]
+        torch.set_rng_state(state["torch"])
+    else:
+        state = ranks[0]
+        torch.set_rng_state(state["torch"])
+        if strategy.rank:
+            torch.manual_seed(int(torch.randint(0, 2**62, ())) + strategy.rank)
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # one state per visible GPU (before 0.3)
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
+
+
+def _settings_changed(saved: dict[str, Any] | None, given: dict[str, Any]) -> list[str]:
+    if not saved:
+        return []
+    return [f"{k} {saved[k]!r} -> {given[k]!r}" for k in given if k in saved and saved[k] != given[k]]
 
 
 def run_epochs(
@@ -121,18 +155,35 @@ def run_epochs(
     if epochs < 0:
         raise InvalidArgumentError(f"epochs must be >= 0, got {epochs}")
     module = trainer.module
+    strategy = trainer.strategy
+    progress = progress and strategy.is_main
     dtype = float_dtype_of(module)
     cbs = [c if isinstance(c, Callback) else _FunctionCallback(c) for c in callbacks]
     state = TrainState(module=module, trainer=trainer, epoch=0, epochs=epochs)
+    sampler = getattr(data, "sampler", None)
     start = 1
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         saved = load_checkpoint(module, checkpoint)
         trainer.call_hook("load_state_dict", saved["trainer"])
-        _set_rng_state(saved["rng"])
+        _set_rng_state(saved["rng"], strategy)
+        if sampler is not None and "data_seed" in saved:
+            sampler.seed = int(saved["data_seed"])
         state.history = [EpochRecord(**r) for r in saved["history"]]
         start = int(saved["epoch"]) + 1
+        changed = _settings_changed(saved.get("settings"), trainer.settings.describe())
+        if changed:
+            trainer.apply_settings()
+            if strategy.is_main:
+                warnings.warn(
+                    f"resuming from {os.fspath(checkpoint)} with changed settings, applied from epoch "
+                    f"{start}: " + "; ".join(changed),
+                    ResumeWarning,
+                    stacklevel=3,
+                )
         if progress:
             tqdm.write(f"{desc}: resuming from {os.fspath(checkpoint)} after epoch {start - 1}")
+    if strategy.world_size > 1:
+        trainer.wrapped = strategy.wrap(module, broadcast_buffers=trainer.broadcast_buffers)
 
     with torch.enable_grad():
         if start <= epochs:
@@ -140,6 +191,8 @@ def run_epochs(
         for epoch in range(start, epochs + 1):
             state.epoch, state.batch = epoch, 0
             module.train()
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(epoch)
             trainer.call_hook("on_epoch_start", epoch)
             for cb in cbs:
                 cb.on_epoch_start(state)
@@ -175,6 +228,9 @@ def run_epochs(
                 )
                 for cb in cbs:
                     cb.on_batch_end(state)
+            if strategy.world_size > 1:  # the epoch's figures over all ranks
+                totals = strategy.all_reduce(torch.tensor([loss_sum, correct, seen], dtype=torch.float64))
+                loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
             if seen == 0:
                 raise DataError("train_data produced no batches")
             trainer.scheduler.step()
@@ -184,19 +240,25 @@ def run_epochs(
             )
             state.history.append(record)
             if checkpoint is not None:
-                save_checkpoint(
-                    module,
-                    checkpoint,
-                    trainer=trainer.call_hook("state_dict"),
-                    epoch=epoch,
-                    history=[asdict(r) for r in state.history],
-                    rng=_rng_state(),
-                )
+                rng = {"ranks": strategy.gather(_rng_state())}
+                if strategy.is_main:
+                    save_checkpoint(
+                        module,
+                        checkpoint,
+                        trainer=trainer.call_hook("state_dict"),
+                        epoch=epoch,
+                        history=[asdict(r) for r in state.history],
+                        rng=rng,
+                        settings=trainer.settings.describe(),
+                        **({"data_seed": sampler.seed} if sampler is not None else {}),
+                    )
+                strategy.barrier()  # no rank runs ahead of the file it would resume from
             if progress:
                 tqdm.write(f"{desc} {record} (of {epochs})")
             for cb in cbs:
                 cb.on_epoch_end(state)
             if state.stop:
                 break
+    trainer.wrapped = module
     module.eval()
     return History(state.history, trainer.call_hook("summary"))

@@ -13,8 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from modeconn import distributed
 from modeconn.data.batches import call_model
 from modeconn.errors import DataError, InvalidArgumentError
+from modeconn.training.settings import Settings
 
 __all__ = ["Trainer", "CurveOptimizer", "classification_loss", "AUX_WEIGHT"]
 
@@ -44,17 +46,24 @@ def classification_loss(
 
 
 class Trainer:
-    """SGD with momentum and weight decay over ``module``'s trainable parameters, with the
-    learning rate multiplied by ``lr_gamma`` every ``lr_step`` epochs (the paper's recipe);
-    with ``adversary`` (e.g. :class:`modeconn.attacks.PGD`), on its adversarial examples.
+    """SGD with momentum and weight decay over ``module``'s trainable parameters, its learning
+    rate scheduled per epoch, as :class:`~modeconn.training.settings.Settings` say (the paper's
+    recipe by default); with ``adversary`` (e.g. :class:`modeconn.attacks.PGD`), on its
+    adversarial examples. ``epochs`` is the length of the run the schedule spans.
 
     Subclasses change what a step does (:meth:`loss`, :meth:`training_step`), which parameters
     train (:meth:`parameters`), which torch optimizer is used (:meth:`configure_optimizer`),
-    and what happens between epochs (:meth:`on_epoch_start`). Extra state a subclass must keep
-    across an interruption goes into :meth:`state_dict`/:meth:`load_state_dict`.
+    how many epochs the schedule spans (:meth:`schedule_epochs`), and what happens between
+    epochs (:meth:`on_epoch_start`). Extra state a subclass must keep across an interruption
+    goes into :meth:`state_dict`/:meth:`load_state_dict`.
+
+    ``module`` is the module itself; ``wrapped`` is what the loss calls — the module, or its
+    DistributedDataParallel wrapper under ``torchrun`` (set by the training loop) — and
+    ``strategy`` the :mod:`modeconn.distributed` strategy of the run.
     """
 
     plugin: Any = None  # the PluginEntry of an optimizer plugin: its own methods' errors name it
+    broadcast_buffers = True  # DDP: rank 0's buffers (BatchNorm statistics) at every forward
 
     def call_hook(self, name: str, *args: Any) -> Any:
         """Call method ``name``; if an optimizer plugin defines it, an error names the plugin."""
@@ -66,39 +75,62 @@ class Trainer:
     def __init__(
         self,
         module: nn.Module,
+        settings: Settings | None = None,
         *,
-        lr: float,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        lr_step: int = 20,
-        lr_gamma: float = 0.5,
+        epochs: int,
         aux_weight: float = AUX_WEIGHT,
         adversary: Any = None,
     ):
-        if lr <= 0:
-            raise InvalidArgumentError(f"lr must be positive, got {lr}")
         if adversary is not None and not callable(adversary):
             raise InvalidArgumentError(
                 f"adversary must be callable as adversary(model, x, y), e.g. modeconn.attacks.PGD(); got {adversary!r}"
             )
-        self.module = module
+        self.settings = Settings() if settings is None else settings
+        self.module = self.wrapped = module
+        self.strategy = distributed.current()
+        self.epochs = epochs
         self.aux_weight = aux_weight
         self.adversary = adversary
         params = list(self.parameters())
         if not params:
             raise InvalidArgumentError(f"{type(module).__name__} has no trainable parameters")
-        self.optimizer = self.configure_optimizer(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=lr_step, gamma=lr_gamma)
+        self.optimizer = self.configure_optimizer(params)
+        schedule, horizon = self.settings.lr_schedule, self.schedule_epochs(epochs)
+        # a closure, not the schedule object: LambdaLR would pickle an object's fields into checkpoints
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda epoch: float(schedule(epoch, horizon))
+        )
+
+    def apply_settings(self) -> None:
+        """Make the optimizer follow ``self.settings`` from the current epoch on (a resumed run
+        given other settings than its checkpoint's)."""
+        s = self.settings
+        schedule = getattr(self.scheduler, "schedule", self.scheduler)  # a plugin may wrap the LambdaLR
+        schedule.base_lrs = [s.lr] * len(self.optimizer.param_groups)
+        factor = float(schedule.lr_lambdas[0](schedule.last_epoch))
+        for group in self.optimizer.param_groups:
+            group.update(
+                lr=s.lr * factor,
+                initial_lr=s.lr,
+                momentum=s.momentum,
+                nesterov=s.nesterov,
+                weight_decay=s.weight_decay,
+            )
+
+    def schedule_epochs(self, epochs: int) -> int:
+        """How many epochs the learning-rate schedule spans: all of them by default."""
+        return epochs
 
     def parameters(self) -> list[nn.Parameter]:
         """The parameters to train: every parameter that requires a gradient."""
         return [p for p in self.module.parameters() if p.requires_grad]
 
-    def configure_optimizer(
-        self, params: list[nn.Parameter], *, lr: float, momentum: float, weight_decay: float
-    ) -> torch.optim.Optimizer:
-        """The torch optimizer over ``params``: SGD with momentum and weight decay."""
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The torch optimizer over ``params``: SGD as ``self.settings`` say."""
+        s = self.settings
+        return torch.optim.SGD(
+            params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        )
 
     def on_fit_start(self, data: Any, epochs: int) -> None:
         """Called once before the first epoch to run (after a resume has restored
@@ -125,7 +157,7 @@ class Trainer:
         (adversarial training, Madry et al. 2018)."""
         if self.adversary is not None:
             x = self.adversary(self.module, x, y)
-        return classification_loss(call_model(self.module, x), y, self.aux_weight)
+        return classification_loss(call_model(self.wrapped, x), y, self.aux_weight)
 
     def training_step(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimization step on a batch; returns the (detached) loss and logits."""
@@ -150,7 +182,7 @@ class CurveOptimizer(Trainer):
     ``r(t)`` on the batch (paper Algorithm 2; Garipov et al. 2018). This is the ``"sgd"`` plugin.
 
     Plugins subclass it and register the class; ``fit_curve`` calls it as
-    ``cls(curve, lr=..., momentum=..., weight_decay=..., lr_step=..., lr_gamma=..., **options)``.
+    ``cls(curve, settings=settings, epochs=epochs, **options)``.
     The extension points: :meth:`on_fit_start`, :meth:`on_epoch_start` and :meth:`on_epoch_end`
     (PAM switches between learning the permutation of end point B and the bends there),
     :meth:`training_step` and :meth:`loss`, :meth:`perturb` (PGD replaces each batch's inputs
@@ -158,11 +190,15 @@ class CurveOptimizer(Trainer):
     returns besides the curve).
     """
 
-    def __init__(self, curve: nn.Module, **settings: Any):
-        super().__init__(curve, **settings)
-        # t has its own generator, seeded from torch's global one: seeded runs repeat, and the
-        # sequence of t survives a resume
-        self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+    # the curve's end points are buffers that never change: DDP need not send them every step
+    broadcast_buffers = False
+
+    def __init__(self, curve: nn.Module, settings: Settings | None = None, **kwargs: Any):
+        super().__init__(curve, settings, **kwargs)
+        # t has its own generator, seeded from rank 0's global one: seeded runs repeat, the
+        # sequence of t survives a resume, and under torchrun every rank trains at the same t
+        # (DDP averages the gradients of one t, not an estimator over several)
+        self.generator = torch.Generator().manual_seed(self.strategy.shared_seed())
 
     @property
     def curve(self) -> nn.Module:
@@ -179,7 +215,7 @@ class CurveOptimizer(Trainer):
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.call_hook("sample_t")
         x = self.call_hook("perturb", x, y, t)
-        return classification_loss(self.curve(x, t), y, self.aux_weight)
+        return classification_loss(self.wrapped(x, t), y, self.aux_weight)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "t_generator": self.generator.get_state()}

@@ -41,7 +41,7 @@ def trained(digits):
 
 
 def _set_up(curve, data, epochs, **options) -> PAM:
-    pam = PAM(curve, lr=0.1, **options)
+    pam = PAM(curve, modeconn.Settings(lr=0.1), epochs=epochs, **options)
     pam.on_fit_start(as_loader(data, 64), epochs)
     return pam
 
@@ -244,9 +244,9 @@ def test_epochs_that_do_not_match_the_phases_are_refused(trained, digits):
 def test_bad_options_are_refused_with_the_choices():
     a, b = _mlp(0), _mlp(1)
     with pytest.raises(modeconn.InvalidArgumentError, match="identity, alignment"):
-        PAM(Curve(a, b), lr=0.1, init="aligned")
+        PAM(Curve(a, b), modeconn.Settings(lr=0.1), epochs=21, init="aligned")
     with pytest.raises(modeconn.InvalidArgumentError, match="alternating, exact, sinkhorn"):
-        PAM(Curve(a, b), lr=0.1, projection="dykstra")
+        PAM(Curve(a, b), modeconn.Settings(lr=0.1), epochs=21, projection="dykstra")
 
 
 def test_init_alignment_starts_from_the_alignment(trained, digits):

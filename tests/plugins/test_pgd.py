@@ -18,7 +18,7 @@ def _mlp(seed):
 
 def test_the_attack_runs_at_the_same_t_as_the_loss():
     curve = modeconn.Curve(_mlp(0), _mlp(1)).train()
-    trainer = PGDCurve(curve, lr=0.01, attack=PGD(eps=0.1, alpha=0.05, steps=3))
+    trainer = PGDCurve(curve, modeconn.Settings(lr=0.01), epochs=1, attack=PGD(eps=0.1, alpha=0.05, steps=3))
     seen = []  # the first layer's weight in every forward pass, as the network received it
     curve.base[0].register_forward_pre_hook(lambda module, args: seen.append(module.weight.detach().clone()))
     drawn = []

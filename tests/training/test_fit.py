@@ -127,8 +127,8 @@ def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plu
     calls = {"epochs": [], "ts": []}
 
     class Probe(CurveOptimizer):
-        def __init__(self, curve, *, shift, **settings):
-            super().__init__(curve, **settings)
+        def __init__(self, curve, *, shift, **kwargs):
+            super().__init__(curve, **kwargs)
             self.shift = shift
 
         def on_epoch_start(self, epoch):

@@ -1,0 +1,183 @@
+"""Where the work runs: one process, or every rank of a ``torchrun`` job.
+
+:func:`current` chooses the strategy once per process. Under ``torchrun`` (its ``RANK``,
+``WORLD_SIZE`` and ``MASTER_ADDR`` variables present, world size above one) or inside a
+process group the user initialized, it is :class:`Distributed`: PyTorch's own process group
+(gloo on CPU, NCCL on CUDA), ``cuda:LOCAL_RANK`` per rank, DistributedDataParallel for training,
+and collectives for what must agree across ranks. Otherwise it is :class:`Local`, which does
+nothing. Every rank must make the same calls of modeconn in the same order (a collective
+waits for all of them); :func:`local` runs a block as one process on one rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Strategy", "Local", "Distributed", "current", "local", "under_torchrun"]
+
+
+class Strategy:
+    """What the training, alignment and evaluation loops ask of the place they run in."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this rank writes files and draws progress (rank 0)."""
+        return self.rank == 0
+
+    def device(self, requested: str | torch.device | None) -> torch.device:
+        """The device to run on: ``requested``, or CUDA when available, else the CPU."""
+        if requested is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(requested)
+
+    def wrap(self, module: nn.Module, *, broadcast_buffers: bool = True) -> nn.Module:
+        """``module`` as the training forward calls it (gradients averaged across ranks)."""
+        return module
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over ranks, in place; returns it."""
+        return tensor
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (picklable), on every rank."""
+        return obj
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        return [obj]
+
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+
+    def where(self) -> str:
+        """`` on rank r of N`` under torchrun, else empty: for messages."""
+        return f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+
+    def shared_seed(self) -> int:
+        """A seed drawn from rank 0's global torch generator, the same on every rank."""
+        return self.broadcast(int(torch.randint(0, 2**62, ())))
+
+
+class Local(Strategy):
+    """One process: every method is the identity."""
+
+    def __repr__(self) -> str:
+        return "Local()"
+
+
+class Distributed(Strategy):
+    """The ranks of an initialized ``torch.distributed`` process group."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank % max(torch.cuda.device_count(), 1)))
+        self.backend = dist.get_backend()
+        # NCCL communicates CUDA tensors only; gloo communicates CPU ones
+        self.comm_device = (
+            torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        )
+
+    def __repr__(self) -> str:
+        return f"Distributed(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
+
+    def device(self, requested: str | torch.device | None) -> torch.device:
+        device = super().device(requested)
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def wrap(self, module: nn.Module, *, broadcast_buffers: bool = True) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        # torch >= 2.14 names the per-forward buffer sync forward_sync_buffers
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_arguments() else "broadcast_buffers"
+        return DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, **{sync: broadcast_buffers}
+        )
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.to(self.comm_device)
+        self.dist.all_reduce(moved)
+        if moved is not tensor:
+            tensor.copy_(moved)
+        return tensor
+
+    def broadcast(self, obj: Any) -> Any:
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0, device=self.comm_device)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world_size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+
+def _ddp_arguments() -> set[str]:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    return set(inspect.signature(DistributedDataParallel.__init__).parameters)
+
+
+_LOCAL = Local()
+_chosen: Strategy | None = None
+_forced: list[Strategy] = []
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several that ``torchrun`` started."""
+    env = os.environ
+    return all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")) and int(env["WORLD_SIZE"]) > 1
+
+
+def current() -> Strategy:
+    """The strategy of this process: :class:`Distributed` under ``torchrun`` or in an
+    initialized process group (initializing it on first use: NCCL when CUDA is present, else
+    gloo), :class:`Local` otherwise or inside :func:`local`."""
+    global _chosen
+    if _forced:
+        return _forced[-1]
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return _LOCAL
+    if dist.is_initialized():
+        if not isinstance(_chosen, Distributed):
+            _chosen = Distributed()
+        return _chosen
+    if under_torchrun():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        _chosen = Distributed()
+        return _chosen
+    return _LOCAL
+
+
+@contextlib.contextmanager
+def local() -> Iterator[None]:
+    """Run the block as one process, without collectives (e.g. an evaluation on rank 0 only)."""
+    _forced.append(_LOCAL)
+    try:
+        yield
+    finally:
+        _forced.pop()
