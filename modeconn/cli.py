@@ -1,10 +1,15 @@
-"""The ``modeconn`` command line: ``demo``, ``models``, ``plugins``, ``discover``."""
+"""The ``modeconn`` command line: the workflow (``train``, ``align``, ``fit``, ``evaluate``,
+``plot``; see :mod:`modeconn.workflow`), and ``demo``, ``models``, ``plugins``, ``discover``.
+
+Imports of torch and the rest happen inside the commands, so that ``--help`` stays fast."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -53,18 +58,45 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_shape(model, text: str | None, name: str) -> tuple[int, ...]:
+    """``--input-shape`` (C,H,W), else the model's default config (timm's ``input_size``; 3×224×224
+    for torchvision's classifiers)."""
+    from modeconn.errors import InvalidArgumentError
+
+    if text:
+        try:
+            return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+        except ValueError:
+            raise InvalidArgumentError(f"--input-shape takes C,H,W (e.g. 3,224,224), got {text!r}") from None
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    if name.startswith("torchvision/"):
+        return (3, 224, 224)
+    raise InvalidArgumentError(f"cannot tell {name!r}'s input size: pass --input-shape C,H,W")
+
+
 def _cmd_discover(args: argparse.Namespace) -> int:
     import torch
 
     from modeconn.data import DATASETS, digits
-    from modeconn.registry import create_model
+    from modeconn.registry import create_model, is_model
+    from modeconn.resolve import build_model, model_spec
     from modeconn.symmetry import discover, permute
 
     torch.manual_seed(args.seed)
-    info = DATASETS["digits"]
-    model = create_model(args.model, num_classes=info.num_classes, in_chans=info.in_chans).eval()
-    test = digits(train=False)
-    x = torch.stack([test[i][0] for i in range(args.batch)])
+    own = is_model(args.model) and "/" not in args.model  # the paper's architectures, for 32×32 inputs
+    if own and not args.input_shape:
+        info = DATASETS["digits"]
+        model = create_model(args.model, num_classes=info.num_classes, in_chans=info.in_chans).eval()
+        test = digits(train=False)
+        x = torch.stack([test[i][0] for i in range(args.batch)])
+        source = f"{args.batch} embedded digits"
+    else:
+        model = build_model(model_spec(args.model)).eval()
+        shape = _input_shape(model, args.input_shape, args.model)
+        x = torch.randn(args.batch, *shape)
+        source = f"{args.batch} random inputs of shape {tuple(shape)}"
     spec = discover(model, x, strict=args.strict)
     print(spec)
     if args.json:
@@ -79,7 +111,7 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     )
     diff = float((y - y_perm).abs().max() / y.abs().max())
     print(
-        f"random permutation (seed {args.seed}) on {args.batch} embedded digits: {moved} tensors moved, "
+        f"random permutation (seed {args.seed}) on {source}: {moved} tensors moved, "
         f"max |logit difference| / max |logit| = {diff:.2e}"
     )
     return 0 if diff < 1e-4 else 1
@@ -100,8 +132,152 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_TYPES = {"data_root": str, "device": str, "test_samples": int}
+_HELP = {
+    "data": "a built-in dataset (digits, cifar10, cifar100, tinyimagenet) or an ImageFolder path",
+    "data_root": "the folder that holds a built-in dataset's files",
+    "schedule": "step, cosine, garipov or constant",
+    "num_samples": "training samples to align on",
+    "bn_samples": "training samples BatchNorm statistics are recomputed on at each t",
+    "test_samples": "evaluate on this many test samples (default: all)",
+    "robust": "also PGD accuracy (PGD.preset('eval'); inputs must be in [0, 1])",
+    "optimizer": "a curve optimizer plugin: sgd, pam, pgd, ...",
+    "cost": "an alignment cost plugin: correlation, l2_preact, weight_matching, ...",
+}
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``key=value``, the value read as a TOML scalar (number, true/false, string)."""
+    from modeconn.errors import InvalidArgumentError
+    from modeconn.runs import tomllib
+
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise InvalidArgumentError(f"--option takes key=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.replace("-", "_"), parsed
+
+
+def _add_step_options(p: argparse.ArgumentParser, step: str) -> None:
+    from modeconn.workflow import DEFAULTS
+
+    for key, default in DEFAULTS[step].items():
+        flag = "--" + key.replace("_", "-")
+        help_text = _HELP.get(key, "") + (f" (default: {default})" if default not in (None, {}) else "")
+        if key == "options":
+            p.add_argument(
+                "--option", dest="options", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                help="an option of the optimizer plugin, e.g. --option perm_epochs=2 (repeatable)",
+            )  # fmt: skip
+        elif isinstance(default, bool):
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            kind = _TYPES.get(key, type(default) if default is not None else str)
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+    p.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="a config.toml (or run folder) to rerun; flags override it",
+    )
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars; print the summary line only")
+    p.add_argument(
+        "--json", dest="json_out", action="store_true", help="print the results as JSON, nothing else"
+    )
+
+
+def _step_config(step: str, args: argparse.Namespace, positional: dict) -> dict:
+    from modeconn.runs import read_config
+
+    config: dict = {}
+    if hasattr(args, "config"):
+        saved = read_config(args.config)
+        config = dict(saved.get(step, {}))
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("config", "out", "quiet", "json_out", "func", "command")
+    }
+    if "options" in given:
+        given["options"] = {**config.get("options", {}), **dict(_option(o) for o in given["options"])}
+    config.update({k: v for k, v in given.items() if k not in positional})
+    config.update({k: v for k, v in positional.items() if v is not None})
+    return config
+
+
+def _run_step(step: str, args: argparse.Namespace, positional: dict) -> int:
+    import json
+
+    from modeconn import workflow
+    from modeconn.errors import InvalidArgumentError
+
+    if not getattr(args, "out", None):
+        raise InvalidArgumentError(f"{step} needs --out FOLDER: the run folder it writes")
+    config = _step_config(step, args, positional)
+    quiet = args.quiet or args.json_out
+    results = getattr(workflow, step)(config, args.out, quiet=quiet)
+    if args.json_out:
+        print(json.dumps(results))
+    elif args.quiet:
+        print((Path(args.out) / "log.txt").read_text().splitlines()[-1])
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return _run_step("train", args, {})
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    return _run_step("align", args, {"a": args.a, "b": args.b})
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    return _run_step("fit", args, {"a": args.a, "b": args.b})
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    return _run_step("evaluate", args, {"run": args.run, "line": getattr(args, "line", None)})
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import json
+
+    from modeconn import workflow
+
+    results = workflow.plot(args.runs, args.out, quiet=args.quiet or args.json_out, title=args.title)
+    if args.json_out:
+        print(json.dumps(results))
+    return 0
+
+
+def _step_parser(
+    sub: Any, step: str, help_text: str, *positionals: tuple[str, str]
+) -> argparse.ArgumentParser:
+    """The parser of a workflow step: its positionals, ``--out``, its settings, the output modes."""
+    p = sub.add_parser(step, help=help_text)
+    for name, text in positionals:
+        p.add_argument(name, nargs="?", help=text)
+    p.add_argument("--out", help="the run folder")
+    _add_step_options(p, step)
+    _output_options(p)
+    p.set_defaults(func=globals()[f"_cmd_{step}"])
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modeconn", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="modeconn",
+        description="Mode connectivity between neural networks, up to their permutation symmetry. The "
+        "workflow: train two end points, align B to A, fit a curve, evaluate it, plot it; each step "
+        "writes a run folder that the next one reads.",
+    )
     parser.add_argument("--version", action="version", version=f"modeconn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list registered models (fnmatch PATTERN, e.g. 'res*' or 'timm/vit_*')")
@@ -114,15 +290,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plugins)
     p = sub.add_parser(
         "discover",
-        help="find a model's permutation groups and check that a random permutation keeps its "
-        "function, on the embedded digits",
+        help="find a model's permutation groups and check that a random permutation keeps its function",
     )
-    p.add_argument("model", help="a registered model name, e.g. resnet32 or timm/resnet18")
-    p.add_argument("--batch", type=int, default=64, help="how many embedded digits to compare on")
+    p.add_argument(
+        "model",
+        help="a registered model (resnet32, timm/resnet18, torchvision/resnet18), package.module:callable, or a run folder",
+    )
+    p.add_argument(
+        "--input-shape",
+        help="C,H,W of random inputs (default: the model's config; the paper's models: embedded digits)",
+    )
+    p.add_argument("--batch", type=int, default=64, help="how many inputs to compare on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="fail on ops without a permutation rule")
     p.add_argument("--json", help="also write the spec as JSON to this file")
     p.set_defaults(func=_cmd_discover)
+    model_a = "model A: a run folder, a checkpoint in one, or a registry name"
+    train = _step_parser(sub, "train", "train an end point into a run folder (resumes when interrupted)")
+    train.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="a registry name (modeconn models) or package.module:callable",
+    )
+    _step_parser(
+        sub, "align", "permute B's units to match A's; writes the aligned B and the permutation",
+        ("a", model_a), ("b", "model B, likewise"),
+    )  # fmt: skip
+    _step_parser(
+        sub, "fit", "fit a curve between A and B with an optimizer plugin (resumes when interrupted)",
+        ("a", model_a), ("b", "model B (e.g. the run folder of `modeconn align`)"),
+    )  # fmt: skip
+    evaluate = _step_parser(
+        sub, "evaluate", "loss and accuracy along a fitted curve or a straight line, BatchNorm recomputed",
+        ("run", "the run folder of `modeconn fit`"),
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--line", nargs=2, metavar=("A", "B"), default=argparse.SUPPRESS,
+        help="evaluate the straight line from A to B instead",
+    )  # fmt: skip
+    p = sub.add_parser("plot", help="accuracy and loss along t for saved evaluations (no recomputing)")
+    p.add_argument("runs", nargs="+", help="run folders of `modeconn evaluate`")
+    p.add_argument("--out", required=True, help="the figure: a .png or .pdf file, or a name for both")
+    p.add_argument("--title", help="the figure's title (default: the model and dataset the runs name)")
+    _output_options(p)
+    p.set_defaults(func=_cmd_plot)
     p = sub.add_parser(
         "demo",
         help="offline, on the embedded digits: train two models, align them, fit unaligned and aligned "
@@ -138,12 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"modeconn: warning: {message}", file=sys.stderr)  # one line, not the source location
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
     from modeconn.errors import ModeconnError
 
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except ModeconnError as e:  # what the user passed: one line, no traceback
         print(f"modeconn: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

@@ -98,10 +98,12 @@ def run_demo(
         fit_curve(curve, train, epochs=s.curve_epochs, lr=s.curve_lr, batch_size=64, progress=progress)
         save_checkpoint(curve, out / f"curve_{name}.safetensors")
         reports[f"{name} curve"] = evaluate_curve(
-            curve, test, bn_data=bn, num_points=s.num_points, label=f"{name} curve"
+            curve, test, bn_data=bn, num_points=s.num_points, label=f"{name} curve", progress=progress
         )
     for name, end_b in (("unaligned", b), ("aligned", result.model)):
-        reports[f"{name} line"] = interpolate(a, end_b, s.num_points, test, bn, label=f"{name} line")
+        reports[f"{name} line"] = interpolate(
+            a, end_b, s.num_points, test, bn, label=f"{name} line", progress=progress
+        )
     PathReport.plot(list(reports.values()), out / "curves.png")
 
     demo = DemoResult(

@@ -98,12 +98,15 @@ class PathReport:
             raise InvalidArgumentError(f"save to a .csv or .json file, not {path!r}")
 
     @staticmethod
-    def plot(reports: Sequence[PathReport], path: str | os.PathLike | None = None):
+    def plot(
+        reports: Sequence[PathReport], path: str | os.PathLike | None = None, *, title: str | None = None
+    ):
         """Accuracy and loss against t for several paths on one figure (the paper's Fig. 3,
-        right); saved to ``path`` when given. Returns the matplotlib figure."""
+        right; see :func:`modeconn.plotting.plot_paths`); saved to ``path`` when given.
+        Returns the matplotlib figure."""
         from modeconn.plotting import plot_paths
 
-        return plot_paths(reports, path)
+        return plot_paths(reports, path, title=title)
 
 
 def barrier(t: Sequence[float], loss: Sequence[float]) -> float:
@@ -128,6 +131,7 @@ def interpolate(
     label: str = "",
     metrics: Sequence[Metric] = (Classification(),),
     bn_adversary: Any = None,
+    progress: bool = False,
 ) -> PathReport:
     """Loss and accuracy of ``(1 - t) θ_A + t θ_B`` at each ``t`` (or at ``ts`` evenly spaced points
     in [0, 1]), and any other ``metrics``, with BatchNorm statistics recomputed on ``bn_data``
@@ -141,7 +145,15 @@ def interpolate(
     check_same_architecture(sa, sb)
     states = ((float(t), lerp_state(sa, sb, float(t))) for t in ts)
     return evaluate_path(
-        model_a, states, data, bn_data, label=label, metrics=metrics, bn_adversary=bn_adversary
+        model_a,
+        states,
+        data,
+        bn_data,
+        label=label,
+        metrics=metrics,
+        bn_adversary=bn_adversary,
+        progress=progress,
+        total=len(ts),
     )
 
 
@@ -155,12 +167,15 @@ def evaluate_path(
     meta: dict | None = None,
     metrics: Sequence[Metric] = (Classification(),),
     bn_adversary: Any = None,
+    progress: bool = False,
+    total: int | None = None,
 ) -> PathReport:
     """The metrics of a copy of ``template`` loaded with each ``(t, state_dict)`` in turn,
     BatchNorm statistics recomputed on ``bn_data`` (attacked by ``bn_adversary`` when given)
     first when given; ``meta["bn_data"]`` records which (``"none"``, ``"clean"`` or
     ``"adversarial (<attack>)"``). ``metrics`` must include ``loss`` and ``accuracy``
-    (:class:`~modeconn.metrics.Classification`). ``template`` is unchanged."""
+    (:class:`~modeconn.metrics.Classification`). ``progress`` shows a bar over the points
+    (``total`` of them, when known). ``template`` is unchanged."""
     if not any({"loss", "accuracy"} <= set(m.keys) for m in metrics):
         raise InvalidArgumentError(
             "path metrics must include loss and accuracy: put modeconn.metrics.Classification() among them"
@@ -169,7 +184,10 @@ def evaluate_path(
     probe = copy.deepcopy(template)
     ts: list[float] = []
     values: dict[str, list[float]] = {}
-    for t, state in states:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(states, total=total, desc=label or "path", unit="point", leave=False, disable=not progress)
+    for t, state in bar:
         probe.load_state_dict(state)
         if bn_data is not None:
             update_bn(probe, bn_data, adversary=bn_adversary)

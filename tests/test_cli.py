@@ -55,10 +55,19 @@ def test_discover_checks_a_random_permutation_on_digits(capsys, tmp_path):
 def test_errors_are_reported_without_traceback(capsys):
     assert main(["discover", "resnet33"]) == 2
     assert "Did you mean: resnet32" in capsys.readouterr().err
-    assert main(["discover", "torchvision/resnet18"]) == 2
+    assert main(["discover", "torchvision/resnet18", "--input-shape", "3,a,b"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("modeconn: error: torchvision model 'resnet18' has no in_chans argument")
+    assert err.startswith("modeconn: error: --input-shape takes C,H,W (e.g. 3,224,224), got '3,a,b'")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_discover_takes_any_model_at_its_own_input_size(capsys):
+    # torchvision's classifiers default to 3×224×224; --input-shape sets any other
+    assert main(["discover", "torchvision/resnet18", "--batch", "2", "--input-shape", "3,64,64"]) == 0
+    out = capsys.readouterr().out
+    assert "PermutationSpec(ResNet)" in out and "on 2 random inputs of shape (3, 64, 64)" in out
+    assert main(["discover", "timm/resnet10t", "--batch", "2"]) == 0  # its default config: 3×176×176
+    assert "random inputs of shape (3, 176, 176)" in capsys.readouterr().out
 
 
 def test_version_and_a_closed_pipe():
@@ -73,3 +82,17 @@ def test_version_and_a_closed_pipe():
         text=True,
     )
     assert piped.stdout.strip() == "timm/aimv2_1b_patch14_224" and "BrokenPipeError" not in piped.stderr
+
+
+def test_help_imports_no_torch():
+    """`modeconn --help` answers at once: the package imports its parts on first use."""
+    code = (
+        "import sys; from modeconn.cli import build_parser; build_parser().format_help(); "
+        "import modeconn; modeconn.ResumeWarning; print(sorted(m for m in ('torch', 'numpy', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    helped = subprocess.run(
+        [sys.executable, "-m", "modeconn.cli", "fit", "--help"], capture_output=True, text=True
+    )
+    assert "--option KEY=VALUE" in helped.stdout and "--schedule" in helped.stdout

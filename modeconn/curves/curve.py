@@ -170,8 +170,15 @@ class Curve(nn.Module):
     def state_at(self, t: float) -> dict[str, torch.Tensor]:
         """The base model's full state dict at ``t`` (detached): ``r(t)``'s parameters and the
         end points' buffers interpolated linearly, every name of a tied tensor included."""
-        state = {k: v.detach().clone() for k, v in self.weights(t).items()}
-        state.update(self.buffers_at(t))
+        return self.state_of(torch.cat([w.reshape(-1) for w in self.weights(t).values()]), t)
+
+    @torch.no_grad()
+    def state_of(self, row: torch.Tensor, buffers_t: float = 0.0) -> dict[str, torch.Tensor]:
+        """The base model's full state dict for any flat parameter ``row`` (a point of weight
+        space in this curve's coordinates, e.g. on the plane through its control points), with
+        the end points' buffers interpolated at ``buffers_t``."""
+        state = {k: v.detach().clone() for k, v in self._unflatten(row).items()}
+        state.update(self.buffers_at(buffers_t))
         return {name: state[canonical] for name, canonical in self._aliases.items()}
 
     def forward(self, x: Any, t: float | torch.Tensor) -> Any:

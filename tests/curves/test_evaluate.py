@@ -97,3 +97,14 @@ def test_adversarial_bn_data_is_recorded_in_the_report(digits_pair):
     y = torch.randint(0, 10, (32,))
     report = evaluate_curve(Curve(a, b), [(x, y)], bn_data=[(x, y)], num_points=2, bn_adversary=attack)
     assert report.meta["bn_data"] == "adversarial (PGD-1 linf eps=0.05 alpha=0.02)"
+
+
+def test_bn_data_is_needed_only_with_batchnorm(digits_pair):
+    a, b, test, _ = digits_pair
+    with pytest.raises(modeconn.InvalidArgumentError, match="the model has BatchNorm: pass bn_data="):
+        evaluate_curve(Curve(a, b), test, num_points=2)
+    torch.manual_seed(0)
+    mlp_a, mlp_b = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)) for _ in range(2))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    report = evaluate_curve(Curve(mlp_a, mlp_b), [(x, y)], num_points=2)
+    assert report.meta["bn_data"] == "none" and len(report.accuracy) == 2
