@@ -140,7 +140,8 @@ _HELP = {
     "num_samples": "training samples to align on",
     "bn_samples": "training samples BatchNorm statistics are recomputed on at each t",
     "test_samples": "evaluate on this many test samples (default: all)",
-    "robust": "also PGD accuracy (PGD.preset('eval'); inputs must be in [0, 1])",
+    "plane": "also loss and accuracy on an N x N grid of the plane through the curve's control points",
+    "label": "the path's name in figures",
     "optimizer": "a curve optimizer plugin: sgd, pam, pgd, ...",
     "cost": "an alignment cost plugin: correlation, l2_preact, weight_matching, ...",
 }
@@ -223,6 +224,10 @@ def _run_step(step: str, args: argparse.Namespace, positional: dict) -> int:
     config = _step_config(step, args, positional)
     quiet = args.quiet or args.json_out
     results = getattr(workflow, step)(config, args.out, quiet=quiet)
+    from modeconn import distributed
+
+    if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
+        return 0
     if args.json_out:
         print(json.dumps(results))
     elif args.quiet:

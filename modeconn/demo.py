@@ -104,7 +104,7 @@ def run_demo(
         reports[f"{name} line"] = interpolate(
             a, end_b, s.num_points, test, bn, label=f"{name} line", progress=progress
         )
-    PathReport.plot(list(reports.values()), out / "curves.png")
+    PathReport.plot(list(reports.values()), out / "curves.png", title=f"{s.model} on the embedded digits")
 
     demo = DemoResult(
         evaluate(a, test)[1], evaluate(b, test)[1], result, reports, time.perf_counter() - began

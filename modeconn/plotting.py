@@ -42,16 +42,18 @@ def _colour_key(label: str) -> str:
 
 
 def _zoom_band(reports, key: str) -> tuple[float, float] | None:
-    """The band around the best path (the one with the highest minimum) where paths near it
-    differ, when other paths dip far below it; ``None`` when one scale shows them all."""
+    """The band of the paths near the best one (the highest minimum): those whose minimum is
+    within 5 points, or three times the best path's own range, of the best minimum — when other
+    paths dip below it; ``None`` when one scale shows them all well."""
     values = [r.values(key) for r in reports]
     lows, top = [min(v) for v in values], max(max(v) for v in values)
     best = max(lows)
-    band = max(top - best, 0.5)
-    lower = best - 2 * band
-    if min(lows) >= lower or len(reports) < 2:
+    near = [low for low in lows if best - low <= max(5.0, 3 * (top - best))]
+    if len(near) == len(lows):
         return None
-    return lower, top + 0.3 * band
+    lower = min(near)
+    margin = 0.15 * max(top - lower, 0.5)
+    return lower - margin, top + margin
 
 
 def plot_paths(reports, path: str | os.PathLike | None = None, *, title: str | None = None) -> Any:

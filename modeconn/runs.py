@@ -73,10 +73,14 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 class RunFolder:
-    """One run's folder: created on demand; :meth:`log` appends to ``log.txt``."""
+    """One run's folder: created on demand; :meth:`log` appends to ``log.txt``. Under
+    ``torchrun`` only rank 0 writes (``main``); the other ranks' writes do nothing."""
 
     def __init__(self, path: str | os.PathLike):
+        from modeconn import distributed  # here, not at import: the CLI's --help imports no torch
+
         self.path = Path(path)
+        self.main = distributed.current().is_main
         if self.path.exists() and not self.path.is_dir():
             raise InvalidArgumentError(f"--out {os.fspath(self.path)!r} is a file; name a folder")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -88,16 +92,23 @@ class RunFolder:
         from modeconn.training.checkpoint import atomic_write
 
         text = to_toml(config)
+        if not self.main:
+            return self / CONFIG
         return atomic_write(self / CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def write_json(self, name: str, data: Any) -> Path:
         from modeconn.training.checkpoint import atomic_write
 
         text = json.dumps(data, indent=1)
+        if not self.main:
+            return self / name
         return atomic_write(self / name, lambda tmp: Path(tmp).write_text(text + "\n"))
 
     def write_csv(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
         from modeconn.training.checkpoint import atomic_write
+
+        if not self.main:
+            return self / name
 
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="") as f:
@@ -116,5 +127,7 @@ class RunFolder:
         return json.loads(path.read_text())
 
     def log(self, line: str) -> None:
+        if not self.main:
+            return
         with open(self / "log.txt", "a") as f:
             f.write(line.rstrip("\n") + "\n")

@@ -66,7 +66,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "bn_samples": 2048,
         "test_samples": None,
         "batch_size": 256,
-        "robust": False,
         "plane": 0,
         "label": "",
     },
@@ -106,7 +105,7 @@ def _seed(cfg: Mapping[str, Any]) -> None:
 
 def _say(run: RunFolder, quiet: bool, line: str) -> None:
     run.log(line)
-    if not quiet:
+    if not quiet and run.main:
         from tqdm.auto import tqdm
 
         tqdm.write(line)
@@ -147,7 +146,8 @@ def train(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
         checkpoint=run / "checkpoint.pt",
         progress=not quiet,
     )
-    save_checkpoint(model, run / "model.safetensors")
+    if run.main:
+        save_checkpoint(model, run / "model.safetensors")
     loss, accuracy = measure_model(model, data.test)
     results = {"test_loss": loss, "test_accuracy": accuracy, "history": _history_rows(history)}
     run.write_json("results.json", results)
@@ -185,7 +185,8 @@ def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
     run.write_config(
         {"command": "align", "align": cfg, "model": {**spec_b.to_config(), "weights": "aligned.safetensors"}}
     )
-    save_checkpoint(result.model, run / "aligned.safetensors")
+    if run.main:
+        save_checkpoint(result.model, run / "aligned.safetensors")
     run.write_json("perms.json", {g: p.tolist() for g, p in result.perms.items()})
     results: dict[str, Any] = {"groups": len(result.perms), "notes": result.notes}
     if result.signature is not None:
@@ -193,7 +194,8 @@ def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
         results.update(
             correlation_before=before, correlation_after=after, signature=result.signature.to_dict()
         )
-        result.signature.plot(run / "correlation_signature.png")
+        if run.main:
+            result.signature.plot(run / "correlation_signature.png")
     run.write_json("results.json", results)
     line = f"aligned {cfg['b']} to {cfg['a']} by {cfg['cost']} on {n} samples: {len(result.perms)} groups"
     if result.signature is not None:
@@ -252,7 +254,7 @@ def fit(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fals
 def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
     """Evaluate the curve of a ``fit`` run folder (``run``), or the straight line between the
     models ``a`` and ``b`` (``line``), with BatchNorm recomputed at each t: ``evaluation.json``
-    and ``.csv`` and ``path.png``; ``robust`` adds PGD accuracy (inputs must be in [0, 1])."""
+    and ``.csv`` and ``path.png``; with ``plane`` (a grid size), ``plane.json`` and ``plane.png``."""
     import torch
 
     from modeconn.batchnorm import has_batchnorm
@@ -291,10 +293,6 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
     loader = torch.utils.data.DataLoader(test, batch_size=cfg["batch_size"])
     bn_loader = torch.utils.data.DataLoader(bn, batch_size=cfg["batch_size"])
     metrics: list[Any] = [Classification()]
-    if cfg["robust"]:
-        from modeconn.attacks import PGD, RobustClassification
-
-        metrics.append(RobustClassification(PGD.preset("eval"), seed=0))
     if cfg.get("run"):
         from modeconn.curves import evaluate_curve
 
@@ -317,8 +315,9 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
 
             grid = plane(curve, loader, bn_data, grid=int(cfg["plane"]), label=label, progress=not quiet)
             grid.meta.update(data=data.name, model=model_spec(fit_cfg["a"], data).arch)
-            grid.save(run / "plane.json")
-            plot_planes([grid], run / "plane.png", title=f"{grid.meta['model']} on {data.name}")
+            if run.main:
+                grid.save(run / "plane.json")
+                plot_planes([grid], run / "plane.png", title=f"{grid.meta['model']} on {data.name}")
     else:
         a, b = build_model(model_spec(fit_cfg["a"], data)), build_model(model_spec(fit_cfg["b"], data))
         if cfg["plane"]:
@@ -338,9 +337,10 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
     arch = model_spec(fit_cfg["a"], data).arch
     report.meta.update(data=data.name, model=arch, a=fit_cfg["a"], b=fit_cfg["b"])
     run.write_config({"command": "evaluate", "evaluate": cfg})
-    report.save(run / "evaluation.json")
-    report.save(run / "evaluation.csv")
-    PathReport.plot([report], run / "path.png")
+    if run.main:
+        report.save(run / "evaluation.json")
+        report.save(run / "evaluation.csv")
+        PathReport.plot([report], run / "path.png")
     results = report.to_dict()
     _say(
         run,

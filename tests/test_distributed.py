@@ -189,3 +189,29 @@ def test_the_global_batch_must_split_evenly_between_ranks(monkeypatch):
     x, y = torch.randn(8, 2), torch.zeros(8, dtype=torch.long)
     with pytest.raises(modeconn.DataError, match="divisible by the 2 ranks"):
         modeconn.data.batches.batches((x, y), batch_size=5, shuffle=True, shard=True)
+
+
+def test_the_command_line_runs_under_torchrun(tmp_path):
+    """`torchrun -m modeconn.cli train ...`: every rank trains, rank 0 alone writes and speaks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    command += [
+        "modeconn.cli",
+        "train",
+        "--model",
+        "mlp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--out",
+        "run",
+        "--quiet",
+    ]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlp on digits: test accuracy"), done.stdout
+    assert len((tmp_path / "run" / "log.txt").read_text().splitlines()) == 1
+    model = modeconn.create_model("mlp", num_classes=10, in_chans=1)
+    modeconn.load_checkpoint(model, tmp_path / "run" / "model.safetensors")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from modeconn import errors as modeconn_errors
 from modeconn.cli import main
 from modeconn.runs import read_config
 
@@ -146,3 +147,60 @@ def test_the_console_script_reports_a_user_error_in_one_line(runs):
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "modeconn: error: no such file or folder: 'nowhere.safetensors'"
     ]
+
+
+def test_an_imagefolder_dataset_and_a_plugin_option(runs, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            (tmp_path / "images" / split / label).mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "images" / split / label / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train",
+        "--model",
+        "mlp",
+        "--data",
+        "images",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        "img",
+    ]
+    assert main([*args, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["history"]) == 1
+    model = read_config(tmp_path / "img")["model"]
+    assert (model["arch"], model["num_classes"], model["in_chans"]) == ("mlp", 2, 3)
+
+    monkeypatch.chdir(runs)
+    options = ["--option", "perm_epochs=1", "--option", "candidates=2", "--option", "score_batches=1"]
+    assert (
+        main(["fit", "a", "ab", "--optimizer", "pam", *options, "--epochs", "2", "--out", "pam", "--quiet"])
+        == 0
+    )
+    assert read_config(runs / "pam")["fit"]["options"] == {
+        "perm_epochs": 1,
+        "candidates": 2,
+        "score_batches": 1,
+    }
+    assert set(json.loads((runs / "pam" / "results.json").read_text())["perms"]) == {
+        "net.1",
+        "net.3",
+        "net.5",
+    }
+
+
+def test_a_model_by_callable():
+    from modeconn.resolve import build_model, model_spec
+
+    model = build_model(model_spec("torchvision.models:resnet18"))
+    assert type(model).__name__ == "ResNet" and not model.training
+    with pytest.raises(modeconn_errors.InvalidArgumentError, match="cannot import 'nosuch.module:fn'"):
+        build_model(model_spec("nosuch.module:fn"))
