@@ -68,6 +68,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "plane": 0,
         "label": "",
+        "device": None,
     },
 }
 """Every step's settings and their defaults (``a``, ``b``, ``model`` and ``run`` have none)."""
@@ -163,8 +164,7 @@ def train(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
 def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
     """Align B to A: ``out/aligned.safetensors`` (a model later steps can name by this folder),
     ``out/perms.json`` and the correlation signature."""
-    import torch
-
+    from modeconn import distributed
     from modeconn.alignment import align as align_models
     from modeconn.data import alignment_subset
     from modeconn.resolve import build_model, model_spec, open_data
@@ -178,7 +178,7 @@ def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
     _seed(cfg)
     n = min(int(cfg["num_samples"]), len(data.train))
     subset = alignment_subset(data.train, num_samples=n, seed=int(cfg["seed"]))
-    device = cfg["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.current().device(cfg["device"])  # CUDA when present; this rank's GPU
     result = align_models(
         a.to(device), b.to(device), subset, cost=cfg["cost"], batch_size=cfg["batch_size"], labels=True
     )
@@ -257,6 +257,7 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
     and ``.csv`` and ``path.png``; with ``plane`` (a grid size), ``plane.json`` and ``plane.png``."""
     import torch
 
+    from modeconn import distributed
     from modeconn.batchnorm import has_batchnorm
     from modeconn.data import alignment_subset
     from modeconn.metrics import Classification
@@ -284,6 +285,7 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
     else:
         raise InvalidArgumentError("evaluate needs a fit run folder (RUN) or --line A B")
     data = open_data(fit_cfg["data"], fit_cfg["data_root"])
+    device = distributed.current().device(cfg["device"])
     run = RunFolder(out)
     torch.manual_seed(0)
     bn = alignment_subset(data.train, num_samples=min(int(cfg["bn_samples"]), len(data.train)), seed=0)
@@ -298,6 +300,7 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
 
         curve = _curve(fit_cfg, data)
         load_checkpoint(curve, Path(cfg["run"]) / "curve.pt")
+        curve.to(device)
         label = cfg["label"] or f"{fit_cfg['family']} curve ({fit_cfg['optimizer']})"
         bn_data = bn_loader if has_batchnorm(curve.base) else None
         report = evaluate_curve(
@@ -319,7 +322,7 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
                 grid.save(run / "plane.json")
                 plot_planes([grid], run / "plane.png", title=f"{grid.meta['model']} on {data.name}")
     else:
-        a, b = build_model(model_spec(fit_cfg["a"], data)), build_model(model_spec(fit_cfg["b"], data))
+        a, b = (build_model(model_spec(fit_cfg[k], data)).to(device) for k in ("a", "b"))
         if cfg["plane"]:
             raise InvalidArgumentError(
                 "--plane needs a curve (a `modeconn fit` run folder): a line spans no plane"
