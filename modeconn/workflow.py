@@ -180,7 +180,13 @@ def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
     subset = alignment_subset(data.train, num_samples=n, seed=int(cfg["seed"]))
     device = distributed.current().device(cfg["device"])  # CUDA when present; this rank's GPU
     result = align_models(
-        a.to(device), b.to(device), subset, cost=cfg["cost"], batch_size=cfg["batch_size"], labels=True
+        a.to(device),
+        b.to(device),
+        subset,
+        cost=cfg["cost"],
+        batch_size=cfg["batch_size"],
+        labels=True,
+        progress=not quiet,
     )
     run.write_config(
         {"command": "align", "align": cfg, "model": {**spec_b.to_config(), "weights": "aligned.safetensors"}}

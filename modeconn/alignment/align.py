@@ -101,6 +101,7 @@ def align(
     labels: bool = True,
     adversary: Any = None,
     adversarial: str = "own",
+    progress: bool = False,
 ) -> AlignResult:
     """Permute model B's units to match model A's (neuron alignment).
 
@@ -121,7 +122,7 @@ def align(
     Robust models: with ``adversary`` (a :class:`modeconn.attacks.PGD`) the statistics are taken
     on adversarial examples of each labelled batch, each model's own (``adversarial="own"``, the
     paper's code) or those against model A for both (``"shared"``); see
-    :func:`collect_statistics`.
+    :func:`collect_statistics`. ``progress`` shows a bar over the statistics pass.
     """
     if adversarial not in ADVERSARIAL:
         raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
@@ -166,7 +167,9 @@ def align(
         notes: list[str] = []
         stats: dict[str, list[PairStats]] = {}
         if isinstance(cost_obj, ActivationCost):
-            stats = _collect(a, b, observed, cost_obj.site_kind, stream, first, adversary, adversarial)
+            stats = _collect(
+                a, b, observed, cost_obj.site_kind, stream, first, adversary, adversarial, progress
+            )
             matrices = cost_matrices(cost, stats)
             perms = solve_groups(spec, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b)
             silent = [g for g in observed if has_constant_units(stats[g.name])]
@@ -186,7 +189,7 @@ def align(
             found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
             if first is not None and observed:
-                stats = _collect(a, b, observed, "post", stream, first, adversary, adversarial)
+                stats = _collect(a, b, observed, "post", stream, first, adversary, adversarial, progress)
         # solved on every rank from the same all-reduced statistics; rank 0's answer is the one
         perms = distributed.current().broadcast(perms)
         spec.check(perms)

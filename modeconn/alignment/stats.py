@@ -189,9 +189,11 @@ def _collect(
     first: Batch,
     adversary: Any = None,
     adversarial: str = "own",
+    progress: bool = False,
 ) -> dict[str, list[PairStats]]:
     """One eval forward pass of each model per batch; statistics for every site of every group
-    (on adversarial examples when ``adversary`` is given: see :func:`collect_statistics`)."""
+    (on adversarial examples when ``adversary`` is given: see :func:`collect_statistics`);
+    ``progress`` shows a bar over the batches."""
     device, dtype = device_of(model_a), float_dtype_of(model_a)
     plan = {g.name: choose_sites(g, kind) for g in groups}
     names = sorted({s.node for sites in plan.values() for s in sites})
@@ -202,7 +204,10 @@ def _collect(
     acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
     everyone = [a for g in groups for a in acc[g.name]]
     with torch.no_grad():
-        for step, batch in enumerate(data):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(data, desc="align: statistics", unit="batch", leave=False, disable=not progress)
+        for step, batch in enumerate(bar):
             batch = batch.to(device, dtype)
             inputs = model_inputs(model_a, batch.inputs)
             per_model = [inputs.values, inputs.values]
