@@ -250,7 +250,7 @@ def fit(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fals
     _say(
         run,
         quiet,
-        f"fitted a {cfg['family']} curve ({cfg['optimizer']}, {cfg['epochs']} epochs)"
+        f"fitted a {cfg['family']} curve ({cfg['optimizer']}, {cfg['epochs']} epoch{'s' * (cfg['epochs'] != 1)})"
         + (f": training loss {last.loss:.4f}, accuracy {last.accuracy:.2f}%" if last else "")
         + f" -> {run.path}",
     )
