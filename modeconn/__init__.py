@@ -6,11 +6,11 @@ everything else may change.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from modeconn import errors
 from modeconn.errors import *  # noqa: F403  (the whole hierarchy, listed in errors.__all__)
+from modeconn.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from modeconn import attacks, distributed
@@ -107,18 +107,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'modeconn' has no attribute {name!r}")
-    module = importlib.import_module(home)
-    value = module if home == f"modeconn.{name}" else getattr(module, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _HOMES)
 
 
 __version__ = "0.2.0"

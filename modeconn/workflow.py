@@ -11,30 +11,25 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from modeconn.errors import InvalidArgumentError
 from modeconn.runs import RunFolder, read_config
+from modeconn.training.settings import CURVES, END_POINTS, Settings  # light: no torch
 
 __all__ = ["DEFAULTS", "train", "align", "fit", "evaluate", "plot"]
 
-_FIT_SETTINGS = {
-    "momentum": 0.9,
-    "nesterov": False,
-    "weight_decay": 5e-4,
-    "schedule": "step",
-    "lr_step": 20,
-    "lr_gamma": 0.5,
-    "batch_size": 128,
-}
+# the training settings and their defaults are Settings' own (lr: each step's default)
+_FIT_SETTINGS = {k: v for k, v in asdict(END_POINTS).items() if k != "lr"}
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "data": "digits",
         "data_root": None,
         "epochs": 10,
-        "lr": 0.1,
+        "lr": END_POINTS.lr,
         **_FIT_SETTINGS,
         "seed": 0,
         "device": None,
@@ -55,7 +50,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "family": "bezier",
         "num_bends": 1,
         "epochs": 5,
-        "lr": 0.01,
+        "lr": CURVES.lr,
         **_FIT_SETTINGS,
         "seed": 0,
         "device": None,
@@ -92,9 +87,7 @@ def resolved(step: str, given: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _settings(cfg: Mapping[str, Any]) -> Any:
-    from modeconn.training import Settings
-
+def _settings(cfg: Mapping[str, Any]) -> Settings:
     return Settings(lr=cfg["lr"], **{k: cfg[k] for k in _FIT_SETTINGS})
 
 

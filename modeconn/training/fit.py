@@ -13,21 +13,15 @@ from modeconn import distributed
 from modeconn.errors import InvalidArgumentError
 from modeconn.plugin_manager import direct_entry, get_plugin
 from modeconn.training.loop import Callback, History, as_loader, run_epochs
-from modeconn.training.settings import SETTING_NAMES, Settings
+from modeconn.training.settings import CURVES, END_POINTS, SETTING_NAMES, Settings
 from modeconn.training.trainer import CurveOptimizer, Trainer
 
-__all__ = ["train_model", "fit_curve", "END_POINTS", "CURVES"]
+__all__ = ["train_model", "fit_curve"]
 
 
 _FLAT_DOC = """The flat keyword arguments ``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
     ``schedule``, ``batch_size``, ``lr_step`` and ``lr_gamma`` override ``settings`` field by
     field (see :class:`~modeconn.training.settings.Settings`)."""
-
-END_POINTS = Settings()
-"""The paper's recipe for end points: lr 0.1, momentum 0.9, weight decay 5e-4, halved every 20 epochs."""
-
-CURVES = Settings(lr=1e-2)
-"""The default for curves: as :data:`END_POINTS`, at lr 0.01."""
 
 
 def train_model(
@@ -99,7 +93,8 @@ def fit_curve(
 ) -> History:
     """Fit the bends of ``curve`` (a :class:`~modeconn.Curve`) in place: each batch trains at a
     fresh ``t ~ U[0, 1]`` (paper Algorithm 2; Garipov et al. 2018); the end points stay fixed.
-    ``settings`` default to :data:`CURVES` (lr 0.01, else the paper's recipe).
+    ``settings`` default to :data:`~modeconn.training.settings.CURVES` (lr 0.01, else the
+    paper's recipe).
 
     ``optimizer`` names an optimizer plugin — ``"sgd"``; ``"pam"``, which learns a permutation
     of end point B together with the bends (paper eq. 5; see :class:`modeconn.plugins.pam.PAM`

@@ -22,7 +22,7 @@ from modeconn.modules import float_dtype_of
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.trainer import Trainer
 
-__all__ = ["EpochRecord", "History", "TrainState", "Callback", "run_epochs", "as_loader", "resolve_device"]
+__all__ = ["EpochRecord", "History", "TrainState", "Callback", "run_epochs", "as_loader"]
 
 
 @dataclass
@@ -78,11 +78,6 @@ class Callback:
 class _FunctionCallback(Callback):
     def __init__(self, fn: Callable[[TrainState], Any]):
         self.on_epoch_end = fn  # type: ignore[method-assign]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or CUDA when available (this rank's GPU under torchrun), else the CPU."""
-    return distributed.current().device(device)
 
 
 def as_loader(data: Any, batch_size: int = 128) -> Batches:

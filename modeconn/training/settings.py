@@ -17,7 +17,18 @@ from typing import Any
 
 from modeconn.errors import InvalidArgumentError
 
-__all__ = ["Settings", "SETTING_NAMES", "Schedule", "Step", "Cosine", "Garipov", "Constant", "SCHEDULES"]
+__all__ = [
+    "Settings",
+    "SETTING_NAMES",
+    "END_POINTS",
+    "CURVES",
+    "Schedule",
+    "Step",
+    "Cosine",
+    "Garipov",
+    "Constant",
+    "SCHEDULES",
+]
 
 Schedule = Callable[[int, int], float]
 
@@ -166,3 +177,11 @@ class Settings:
             )
         given = {k: v for k, v in flat.items() if v is not None}
         return base.replace(**given) if given else base
+
+
+END_POINTS = Settings()
+"""The paper's recipe for end points (``train_model``'s default): lr 0.1, momentum 0.9, weight
+decay 5e-4, halved every 20 epochs, batches of 128."""
+
+CURVES = Settings(lr=1e-2)
+"""``fit_curve``'s default: :data:`END_POINTS` at lr 0.01."""
