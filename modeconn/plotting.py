@@ -22,9 +22,17 @@ def pyplot() -> Any:
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 
 
-def finish(fig: Any, path: str | os.PathLike | None) -> Any:
-    """Lay ``fig`` out, save it to ``path`` when given (PNG, PDF, SVG: by the suffix), and return it."""
-    fig.tight_layout()
+def finish(
+    fig: Any,
+    path: str | os.PathLike | None,
+    *,
+    layout: tuple[float, float, float, float] | None = (0, 0, 1, 1),
+) -> Any:
+    """Lay ``fig`` out within ``layout`` (a rectangle of the figure; ``None`` keeps the layout,
+    e.g. for a colour bar shared by several panels), save it to ``path`` when given (PNG, PDF,
+    SVG: by the suffix), and return it."""
+    if layout is not None:
+        fig.tight_layout(rect=layout)
     if path is not None:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     return fig
@@ -101,12 +109,8 @@ def plot_paths(reports, path: str | os.PathLike | None = None, *, title: str | N
             frameon=False,
             bbox_to_anchor=(0.5, -0.02),
         )
-        fig.subplots_adjust(bottom=0.22)
     fig.suptitle(title if title is not None else _title(reports))
-    fig.tight_layout(rect=(0, 0.08 if any(r.label for r in reports) else 0, 1, 1))
-    if path is not None:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    return fig
+    return finish(fig, path, layout=(0, 0.08 if any(r.label for r in reports) else 0, 1, 1))
 
 
 def _title(reports) -> str:
@@ -181,6 +185,4 @@ def plot_planes(
     bar.set_label("test error (%)" if value == "error" else "loss")
     if title:
         fig.suptitle(title)
-    if path is not None:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    return fig
+    return finish(fig, path, layout=None)
