@@ -6,6 +6,7 @@ which other methods (PAM's ``init="alignment"``) reuse on their own."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from modeconn import distributed
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost
 from modeconn.alignment.result import AlignResult, CorrelationSignature
-from modeconn.alignment.stats import ADVERSARIAL, PairStats, _collect
+from modeconn.alignment.stats import ADVERSARIAL, PairStats, _collect, check_site_options, paired_sites
 from modeconn.alignment.ties import break_ties, has_constant_units
 from modeconn.alignment.weight_matching import match_weights, signature_matching
 from modeconn.data.batches import batches
@@ -102,6 +103,8 @@ def align(
     adversary: Any = None,
     adversarial: str = "own",
     progress: bool = False,
+    sites: str | int = "all",
+    spatial_stride: int = 1,
 ) -> AlignResult:
     """Permute model B's units to match model A's (neuron alignment).
 
@@ -123,9 +126,16 @@ def align(
     on adversarial examples of each labelled batch, each model's own (``adversarial="own"``, the
     paper's code) or those against model A for both (``"shared"``); see
     :func:`collect_statistics`. ``progress`` shows a bar over the statistics pass.
+
+    Cost: a group's units are often observable at several sites (a layer's output, its norm's,
+    its activation's, every block of a residual stream). ``sites`` says which are observed:
+    ``"all"`` of the cost's kind, ``"last"`` (one per group), or at most k of them;
+    ``spatial_stride=s`` observes every s-th row and column of feature maps. Both keep exact
+    recovery of a permuted copy; docs/align.md measures what they save and what they cost.
     """
     if adversarial not in ADVERSARIAL:
         raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
+    check_site_options(sites, spatial_stride)
     entry = get_plugin("cost", cost)
     cost_obj = entry.obj
     model_a, model_b = unwrap(model_a), unwrap(model_b)
@@ -161,15 +171,20 @@ def align(
                 example_inputs if example_inputs is not None else (first.head(2).inputs if first else None)
             )
             spec = discover(a, probe)  # shapes only
-        observed = [g for g in spec.permutable if g.sites]
+        paired = paired_sites(spec)
+        observed = [dataclasses.replace(g, sites=paired[g.name]) for g in spec.permutable if paired[g.name]]
         state_a = {k: v.detach() for k, v in a.state_dict().items()}
         state_b = {k: v.detach() for k, v in b.state_dict().items()}
         notes: list[str] = []
         stats: dict[str, list[PairStats]] = {}
-        if isinstance(cost_obj, ActivationCost):
-            stats = _collect(
-                a, b, observed, cost_obj.site_kind, stream, first, adversary, adversarial, progress
+
+        def observe(kind: str) -> dict[str, list[PairStats]]:
+            return _collect(
+                a, b, observed, kind, stream, first, adversary, adversarial, progress, sites, spatial_stride
             )
+
+        if isinstance(cost_obj, ActivationCost):
+            stats = observe(cost_obj.site_kind)
             matrices = cost_matrices(cost, stats)
             perms = solve_groups(spec, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b)
             silent = [g for g in observed if has_constant_units(stats[g.name])]
@@ -177,6 +192,12 @@ def align(
                 notes.append(
                     f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
                     f"weight similarity decided their ties: {_names(silent)}"
+                )
+            unpaired = [g for g in spec.permutable if g.sites and not paired[g.name]]
+            if unpaired:
+                notes.append(
+                    f"{len(unpaired)} group(s) observed only where another permuted axis runs along the "
+                    f"samples (a layer mixing tokens) were aligned by weight matching: {_names(unpaired)}"
                 )
             hidden = [g for g in spec.permutable if not g.sites]
             if hidden:  # e.g. head dims inside nn.MultiheadAttention: no activation to observe
@@ -189,7 +210,7 @@ def align(
             found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
             if first is not None and observed:
-                stats = _collect(a, b, observed, "post", stream, first, adversary, adversarial, progress)
+                stats = observe("post")
         # solved on every rank from the same all-reduced statistics; rank 0's answer is the one
         perms = distributed.current().broadcast(perms)
         spec.check(perms)

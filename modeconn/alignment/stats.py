@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -25,7 +25,16 @@ from modeconn.symmetry.discovery import model_inputs, trace_model
 from modeconn.symmetry.sites import extract_outputs
 from modeconn.symmetry.spec import Group, PermutationSpec, Site, unit_view
 
-__all__ = ["PairStats", "site_view", "site_matrix", "collect_statistics", "choose_sites"]
+__all__ = [
+    "PairStats",
+    "SITES",
+    "site_view",
+    "site_matrix",
+    "collect_statistics",
+    "choose_sites",
+    "paired_sites",
+    "spatial_subsample",
+]
 
 ADVERSARIAL = ("own", "shared")
 """Whose adversarial examples robust alignment observes: each model's own, or model A's for both."""
@@ -91,21 +100,41 @@ class Accumulator:
             self._start_empty(
                 xa.mean((0, 2)).detach()[None, :, None], xb.mean((0, 2)).detach()[None, :, None]
             )
-        if inplace:
-            xa, xb = xa.sub_(self.shift_a), xb.sub_(self.shift_b)
-        else:
-            xa, xb = xa - self.shift_a, xb - self.shift_b
         self.n += xa.shape[0] * xa.shape[2]
-        # reductions over the contiguous sample axis first (~30% faster than over (0, 2) at once);
-        # squares through vector_norm read the batch once instead of writing it back
-        self.sa += xa.sum(2).sum(0).double()
-        self.sb += xb.sum(2).sum(0).double()
-        self.saa += torch.linalg.vector_norm(xa, dim=2).square_().sum(0).double()
-        self.sbb += torch.linalg.vector_norm(xb, dim=2).square_().sum(0).double()
-        if xa.shape[2] == 1:  # no spatial samples: one GEMM over the batch
-            self.sab += (xa[:, :, 0].T @ xb[:, :, 0]).double()
-        else:
+        outer, units, samples = xa.shape
+        if samples > 1 and units <= samples:
+            # many positions per unit (early feature maps): one small product per outer index
+            if inplace:
+                xa, xb = xa.sub_(self.shift_a), xb.sub_(self.shift_b)
+            else:
+                xa, xb = xa - self.shift_a, xb - self.shift_b
             self.sab += torch.bmm(xa, xb.transpose(1, 2)).sum(0).double()
+            # reductions over the contiguous sample axis first (~30% faster than over (0, 2) at once)
+            self._add_moments(
+                xa.sum(2).sum(0), xb.sum(2).sum(0), _squares(xa, 2).sum(0), _squares(xb, 2).sum(0)
+            )
+            return
+        if samples > 1:
+            # more units than positions (wide late layers): a batched product would write an
+            # (outer, units, units) tensor far larger than the data, so the units go first, as
+            # (units, samples) — one pass shifts and copies — and the products are one GEMM
+            xa, xb = _units_first(xa, self.shift_a), _units_first(xb, self.shift_b)
+            self.sab += (xa @ xb.T).double()
+            self._add_moments(xa.sum(1), xb.sum(1), _squares(xa, 1), _squares(xb, 1))
+            return
+        xa, xb = xa[:, :, 0], xb[:, :, 0]  # (samples, units) already
+        if inplace:
+            xa, xb = xa.sub_(self.shift_a[0, :, 0]), xb.sub_(self.shift_b[0, :, 0])
+        else:
+            xa, xb = xa - self.shift_a[0, :, 0], xb - self.shift_b[0, :, 0]
+        self.sab += (xa.T @ xb).double()
+        self._add_moments(xa.sum(0), xb.sum(0), _squares(xa, 0), _squares(xb, 0))
+
+    def _add_moments(self, sa, sb, saa, sbb) -> None:
+        self.sa += sa.double()
+        self.sb += sb.double()
+        self.saa += saa.double()
+        self.sbb += sbb.double()
 
     def _start_empty(self, shift_a: torch.Tensor, shift_b: torch.Tensor) -> None:
         self.shift_a, self.shift_b = shift_a, shift_b
@@ -127,10 +156,71 @@ class Accumulator:
         )
 
 
-def choose_sites(group: Group, kind: str) -> list[Site]:
-    """The sites of ``group`` of ``kind`` ("pre" or "post"), or all its sites when it has none of that kind."""
-    preferred = [s for s in group.sites if s.kind == kind]
-    return preferred or list(group.sites)
+def paired_sites(spec: PermutationSpec) -> dict[str, tuple[Site, ...]]:
+    """Each permutable group's sites at which models A and B see the same samples: those where
+    no other axis of the output carries a permutable group. (After a Linear that mixes tokens,
+    ``flatten(2)`` then ``Linear(H·W, k)``, the samples of the token units run over channels,
+    which B has in another order: such a site cannot tell the units apart.)"""
+    carried: dict[str, set[int]] = {}
+    for g in spec.permutable:
+        for s in g.sites:
+            carried.setdefault(s.node, set()).add(s.axis)
+    return {g.name: tuple(s for s in g.sites if carried[s.node] == {s.axis}) for g in spec.permutable}
+
+
+def _squares(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sums of squares along ``dim``. Along a contiguous axis vector_norm reads ``x`` once
+    instead of writing its square back; across rows it is ~2x slower than the square and sum."""
+    if x.stride(dim) == 1:
+        return torch.linalg.vector_norm(x, dim=dim).square_()
+    return (x * x).sum(dim)
+
+
+def _units_first(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x - shift`` for an (outer, units, samples) view, written as a contiguous (units,
+    outer · samples) matrix."""
+    out = torch.empty((x.shape[1], x.shape[0], x.shape[2]), dtype=x.dtype, device=x.device)
+    torch.sub(x.transpose(0, 1), shift.transpose(0, 1), out=out)
+    return out.view(x.shape[1], -1)
+
+
+SITES = ("all", "last")
+"""Which of a group's sites of the cost's kind alignment observes: every one, or the last in
+graph order (one activation per group, as the paper matches one per layer); or an int k, at
+most k of them, spread evenly from the first to the last."""
+
+
+def choose_sites(group: Group, kind: str, sites: str | int = "all") -> list[Site]:
+    """The sites of ``group`` of ``kind`` ("pre" or "post"), or all its sites when it has none
+    of that kind, narrowed by ``sites`` (see :data:`SITES`)."""
+    chosen = [s for s in group.sites if s.kind == kind] or list(group.sites)
+    if sites == "all" or not chosen:
+        return chosen
+    n = len(chosen)
+    k = 1 if sites == "last" else min(sites, n)
+    if k == 1:
+        return chosen[-1:]
+    return [chosen[i] for i in sorted({round(j * (n - 1) / (k - 1)) for j in range(k)})]
+
+
+def check_site_options(sites: Any, spatial_stride: Any) -> None:
+    """Raise :class:`AlignmentError` unless ``sites`` and ``spatial_stride`` are valid."""
+    if not (sites in SITES or (isinstance(sites, int) and not isinstance(sites, bool) and sites >= 1)):
+        raise AlignmentError(f"sites must be one of {', '.join(SITES)} or a number >= 1, got {sites!r}")
+    if not (isinstance(spatial_stride, int) and not isinstance(spatial_stride, bool) and spatial_stride >= 1):
+        raise AlignmentError(f"spatial_stride must be an integer >= 1, got {spatial_stride!r}")
+
+
+def spatial_subsample(value: torch.Tensor, axis: int, stride: int) -> torch.Tensor:
+    """Every ``stride``-th position along the spatial axes of a site output: every axis but the
+    batch (0) and the unit axis, when the output has at least 4 (a feature map); token and
+    feature outputs are left whole. A view."""
+    if stride == 1 or value.ndim < 4:
+        return value
+    axis %= value.ndim
+    return value[
+        tuple(slice(None) if i in (0, axis) else slice(None, None, stride) for i in range(value.ndim))
+    ]
 
 
 # errors of a model that does not take the data; others (out of memory, interrupts) pass as they are
@@ -154,11 +244,16 @@ def collect_statistics(
     labels: bool = True,
     adversary: Any = None,
     adversarial: str = "own",
+    sites: str | int = "all",
+    spatial_stride: int = 1,
 ) -> dict[str, list[PairStats]]:
-    """:class:`PairStats` of both models' units at every site of every group (default: the
-    permutable groups that have sites), one eval forward pass of each model per batch. ``data``
-    is any form :func:`modeconn.data.batches` reads; ``kind`` picks the sites to observe. The
-    models are left unchanged.
+    """:class:`PairStats` of both models' units at the sites of every group (default: the
+    permutable groups that have sites where both models see the same samples,
+    :func:`paired_sites`), one eval forward pass of each model per batch. ``data``
+    is any form :func:`modeconn.data.batches` reads; ``kind`` picks the sites to observe and
+    ``sites`` how many of them (:data:`SITES`); ``spatial_stride`` > 1 keeps every
+    ``spatial_stride``-th row and column of feature maps (the paper's code takes every second
+    above 32x32). The models are left unchanged.
 
     With ``adversary`` (a :class:`modeconn.attacks.PGD`; models in eval mode) the statistics
     are taken on adversarial examples of each labelled batch: each model's own
@@ -166,17 +261,29 @@ def collect_statistics(
     to both (``"shared"``: both models see the same inputs, as in clean alignment)."""
     if adversarial not in ADVERSARIAL:
         raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
+    check_site_options(sites, spatial_stride)
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples, shard=True))
     first = next(stream, None)
     if first is None:
         raise AlignmentError(f"no data{distributed.current().where()}: the data iterable yielded no batch")
-    groups = [g for g in spec.permutable if g.sites] if groups is None else list(groups)
+    paired = paired_sites(spec)
+    groups = [g for g in spec.permutable if paired[g.name]] if groups is None else list(groups)
+    groups = [replace(g, sites=paired.get(g.name, g.sites)) for g in groups]
     with modes_restored(model_a, model_b):
         model_a.eval()
         model_b.eval()
         return _collect(
-            model_a, model_b, groups, kind, itertools.chain([first], stream), first, adversary, adversarial
+            model_a,
+            model_b,
+            groups,
+            kind,
+            itertools.chain([first], stream),
+            first,
+            adversary,
+            adversarial,
+            sites=sites,
+            spatial_stride=spatial_stride,
         )
 
 
@@ -190,12 +297,14 @@ def _collect(
     adversary: Any = None,
     adversarial: str = "own",
     progress: bool = False,
+    sites: str | int = "all",
+    spatial_stride: int = 1,
 ) -> dict[str, list[PairStats]]:
     """One eval forward pass of each model per batch; statistics for every site of every group
     (on adversarial examples when ``adversary`` is given: see :func:`collect_statistics`);
     ``progress`` shows a bar over the batches."""
     device, dtype = device_of(model_a), float_dtype_of(model_a)
-    plan = {g.name: choose_sites(g, kind) for g in groups}
+    plan = {g.name: choose_sites(g, kind, sites) for g in groups}
     names = sorted({s.node for sites in plan.values() for s in sites})
     index = {n: i for i, n in enumerate(names)}
     probe = model_inputs(model_a, first.inputs)
@@ -230,7 +339,10 @@ def _collect(
             if step == 0:
                 _check_activations(va, vb, names)
             views = [
-                (site_view(va[index[site.node]], site, g.size), site_view(vb[index[site.node]], site, g.size))
+                tuple(
+                    site_view(spatial_subsample(v[index[site.node]], site.axis, spatial_stride), site, g.size)
+                    for v in (va, vb)
+                )
                 for g in groups
                 for site in plan[g.name]
             ]
