@@ -1,137 +1,260 @@
-"""align() vs one eval forward pass of both models, and align's peak memory, for ResNet32.
+"""align() against one eval forward pass of both models, per model and per cost; align's peak
+memory; and one generated net with many slices.
 
-For each size (2,000 and 10,000 CIFAR-sized inputs) a fresh subprocess loads the same data
-(the CIFAR-10 training set from ../shared/data when present, else the same amount of synthetic
-uint8 images), builds two ResNet32s, and alternates, 5 times each:
-  - forward: one eval forward pass of model A and of model B over the inputs;
-  - align:   modeconn.align(A, B, inputs) (tracing, discovery, statistics, assignment, permute).
-It prints medians, their ratio (target <= 1.3), the median of the ratios of each back-to-back
-pair, and the subprocess's peak RSS (target: the peak at 10,000 within 10% of the peak at 2,000).
+Each model runs in a fresh subprocess (2 threads). Two random-init copies (seeds 0 and 1) get
+BatchNorm statistics of the data, as trained models have, and the spec is discovered once
+outside the timings (``align(..., spec=spec)``). Then, ``REPEATS`` times, in one interleaved
+loop: a forward pass of both models over the inputs, then ``align`` with each cost
+(correlation, l2_preact, weight_matching). Medians and their ratios are printed, with a CUDA
+column when CUDA is present.
 
-    python benchmarks/align_speed.py
+Models and sizes (the table of issue 17): the registry's resnet32 on 2,048 32x32 inputs; timm
+resnet18, vit_tiny_patch16_224 (img_size=64), mobilenetv3_large_100, convnext_atto and
+efficientnet_b0 on 512 64x64 inputs, batch 128. Inputs are CIFAR-10 training images from
+../shared/data (upsampled to 64x64) when present, else synthetic images of the same shape.
+
+Targets: correlation and l2_preact <= 1.5 x the forward; weight matching <= 1.0 x.
+
+The many-slice case: eight concatenated 2-channel branches feeding a Linear over a
+channels-last flatten of a 16x16 map (41k parameters, ~2,066 slices); ``align`` with each cost,
+target < 2 s.
+
+    python benchmarks/align_speed.py            # every model (about 10 minutes on 2 cores)
+    python benchmarks/align_speed.py resnet18   # some of them
+    python benchmarks/align_speed.py --sites last --spatial-stride 2   # other site options
+    python benchmarks/align_speed.py --memory   # peak RSS of align at 2,000 vs 10,000 inputs
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-batches-py"
-SIZES = (2000, 10000)
-REPEATS = 5
-BATCH = 256
+REPEATS = 3
+COSTS = ("correlation", "l2_preact", "weight_matching")
+MODELS = {  # name: (builder, number of inputs, side, batch)
+    "resnet32": ("registry:resnet32", 2048, 32, 256),
+    "resnet18": ("timm:resnet18", 512, 64, 128),
+    "vit_tiny_patch16_224": ("timm:vit_tiny_patch16_224", 512, 64, 128),
+    "mobilenetv3_large_100": ("timm:mobilenetv3_large_100", 512, 64, 128),
+    "convnext_atto": ("timm:convnext_atto", 512, 64, 128),
+    "efficientnet_b0": ("timm:efficientnet_b0", 512, 64, 128),
+}
 
 
-def load_images() -> tuple[np.ndarray, str]:
+def load_images(n: int) -> tuple[np.ndarray, str]:
     if (CIFAR / "data_batch_1").is_file():
-        arrays = []
-        for i in range(1, 6):
-            with open(CIFAR / f"data_batch_{i}", "rb") as f:
-                arrays.append(pickle.load(f, encoding="latin1")["data"])
-        return np.concatenate(arrays).reshape(-1, 3, 32, 32), "CIFAR-10 train (../shared/data)"
+        with open(CIFAR / "data_batch_1", "rb") as f:
+            data = pickle.load(f, encoding="latin1")["data"]
+        return data[:n].reshape(-1, 3, 32, 32), "CIFAR-10 train (../shared/data)"
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, size=(50000, 3, 32, 32), dtype=np.uint8), "synthetic uint8 images"
+    return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8), "synthetic uint8 images"
 
 
-def child(n: int) -> None:
+def build(spec: str, side: int):
+    import timm
+
+    import modeconn
+
+    kind, name = spec.split(":")
+    if kind == "registry":
+        return modeconn.create_model(name)
+    extra = {"img_size": side} if name.startswith("vit") else {}
+    return timm.create_model(name, num_classes=10, **extra)
+
+
+def timed(fn) -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def align_options() -> dict:
+    """``align``'s site options, from ``--sites`` and ``--spatial-stride`` (default: align's own)."""
+    options = json.loads(os.environ.get("ALIGN_SPEED_OPTIONS", "{}"))
+    return {k: int(v) if str(v).isdigit() else v for k, v in options.items()}
+
+
+def child(name: str, device: str) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    import modeconn
+
+    torch.set_num_threads(2)
+    builder, n, side, batch = MODELS[name]
+    images, source = load_images(n)
+    x = torch.from_numpy(images).float() / 255
+    x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
+    if side != 32:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    x = x.to(device)
+    chunks = list(x.split(batch))
+    torch.manual_seed(0)
+    a = build(builder, side).to(device).eval()
+    torch.manual_seed(1)
+    b = build(builder, side).to(device).eval()
+    modeconn.update_bn(a, chunks[:4])
+    modeconn.update_bn(b, chunks[:4])
+    a.eval(), b.eval()
+    spec = modeconn.discover(a, x[:2])
+    options = align_options()
+
+    def forward() -> None:
+        with torch.no_grad():
+            for c in chunks:
+                a(c)
+                b(c)
+
+    forward()  # warm-up
+    for cost in COSTS:
+        modeconn.align(a, b, chunks[:1], cost=cost, spec=spec, batch_size=batch)
+    times: dict[str, list[float]] = {"forward": [], **{c: [] for c in COSTS}}
+    for _ in range(REPEATS):
+        times["forward"].append(timed(forward))
+        for cost in COSTS:
+            data = None if cost == "weight_matching" else chunks
+            run = partial(modeconn.align, a, b, data, cost=cost, spec=spec, batch_size=batch, **options)
+            times[cost].append(timed(run))
+    print(
+        json.dumps({"name": name, "device": device, "n": n, "side": side, "source": source, "times": times})
+    )
+
+
+def many_slices_child() -> None:
+    import torch
+    import torch.nn as nn
+
+    import modeconn
+
+    torch.set_num_threads(2)
+
+    class ManySlices(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.branches = nn.ModuleList(nn.Conv2d(3, 2, 3, padding=1) for _ in range(8))
+            self.fc = nn.Linear(16 * 16 * 16, 10)
+
+        def forward(self, x):
+            h = torch.cat([torch.relu(br(x)) for br in self.branches], 1)
+            return self.fc(h.permute(0, 2, 3, 1).flatten(1))  # channels-last flatten
+
+    torch.manual_seed(0)
+    a = ManySlices().eval()
+    x = torch.randn(256, 3, 16, 16)
+    spec = modeconn.discover(a, x[:2])
+    b = modeconn.permute(a, spec, spec.random_permutation(3))
+    slices = sum(len(g.slices) for g in spec.permutable)
+    params = sum(p.numel() for p in a.parameters())
+    out = {"params": params, "slices": slices, "times": {}, "recovered": {}}
+    for cost in COSTS:
+        t0 = time.perf_counter()
+        r = modeconn.align(a, b, None if cost == "weight_matching" else x, cost=cost, spec=spec)
+        out["times"][cost] = time.perf_counter() - t0
+        out["recovered"][cost] = all(
+            torch.equal(v, r.model.state_dict()[k]) for k, v in a.state_dict().items()
+        )
+    print(json.dumps(out))
+
+
+def memory_child(n: int) -> None:
     import torch
 
     import modeconn
 
     torch.set_num_threads(2)
-    images, source = load_images()
-    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-    std = torch.tensor([0.247, 0.243, 0.261]).view(1, 3, 1, 1)
+    images, _ = load_images(50000)
+    mean, std = images.mean((0, 2, 3), keepdims=True), images.std((0, 2, 3), keepdims=True)
 
-    def batches():  # normalized float batches, made on the fly: the inputs never sit in memory at once
-        for i in range(0, n, BATCH):
-            yield (torch.from_numpy(images[i : min(i + BATCH, n)]).float() / 255 - mean) / std
+    def batches():  # made on the fly: the inputs never sit in memory at once
+        for i in range(0, n, 256):
+            yield torch.from_numpy((images[i : min(i + 256, n)] - mean) / std).float()
 
     torch.manual_seed(0)
     a = modeconn.create_model("resnet32").eval()
     torch.manual_seed(1)
     b = modeconn.create_model("resnet32").eval()
-    # BatchNorm statistics of the data, as trained models would have
-    modeconn.update_bn(a, batches(), num_samples=1024)
-    modeconn.update_bn(b, batches(), num_samples=1024)
-    a.eval(), b.eval()
-
-    def forward() -> None:
-        with torch.no_grad():
-            for x in batches():
-                a(x)
-                b(x)
-
-    forward()  # warm-up
-    t_fwd, t_align = [], []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        forward()
-        t_fwd.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        result = modeconn.align(a, b, batches(), batch_size=BATCH)
-        t_align.append(time.perf_counter() - t0)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    mb, ma = result.signature.mean()
-    print(
-        json.dumps(
-            {
-                "n": n,
-                "source": source,
-                "forward": statistics.median(t_fwd),
-                "align": statistics.median(t_align),
-                "forward_all": t_fwd,
-                "align_all": t_align,
-                "peak_mb": peak_mb,
-                "corr_before": mb,
-                "corr_after": ma,
-            }
-        )
-    )
+    modeconn.align(a, b, batches(), batch_size=256)
+    print(json.dumps({"n": n, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def main() -> None:
-    rows = []
-    for n in SIZES:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True
-        )
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"ResNet32, batch {BATCH}, inputs: {rows[0]['source']}; medians of {REPEATS} runs")
-    print(
-        f"{'inputs':>7} | {'2x eval forward (s)':>19} | {'align (s)':>9} | {'ratio':>5} | {'peak RSS (MB)':>13} | corr before -> after"
-    )
-    for r in rows:
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"child {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str]) -> None:
+    options = {}
+    for flag, key in (("--sites", "sites"), ("--spatial-stride", "spatial_stride")):
+        if flag in argv:
+            i = argv.index(flag)
+            options[key] = argv[i + 1]
+            del argv[i : i + 2]
+    os.environ["ALIGN_SPEED_OPTIONS"] = json.dumps(options)
+    if argv == ["--memory"]:
+        small, large = run_child("memory", "2000"), run_child("memory", "10000")
         print(
-            f"{r['n']:>7} | {r['forward']:>19.2f} | {r['align']:>9.2f} | {r['align'] / r['forward']:>5.2f} | "
-            f"{r['peak_mb']:>13.0f} | {r['corr_before']:.3f} -> {r['corr_after']:.3f}"
+            f"peak RSS of align, ResNet32: {small['peak_mb']:.0f} MB at 2,000 inputs, {large['peak_mb']:.0f} MB at 10,000"
         )
-    small, large = rows[0], rows[-1]
+        print(f"ratio {large['peak_mb'] / small['peak_mb']:.3f} (target <= 1.10)")
+        return
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    names = [a for a in argv if a in MODELS] or list(MODELS)
+    shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "align's defaults"
     print(
-        f"peak memory at {large['n']} / at {small['n']}: {large['peak_mb'] / small['peak_mb']:.3f} (target <= 1.10)"
+        f"align / (eval forward of both models), medians of {REPEATS} interleaved runs, spec given, 2 threads, {shown}"
     )
-    ratios = ", ".join(f"{r['align'] / r['forward']:.2f}" for r in rows)
-    print(f"time ratio align / forward: {ratios} (target <= 1.3)")
-    # each align runs right after its forward pass: the ratio within a pair is less exposed to
-    # load that drifts over minutes on a shared machine than the ratio of the two medians
-    for r in rows:
-        paired = sorted(al / fw for fw, al in zip(r["forward_all"], r["align_all"]))
+    head = f"{'model':<22} {'device':>6} {'inputs':>10} {'forward (s)':>11}"
+    head += "".join(f" | {c:>15} (x)" for c in COSTS)
+    print(head)
+    for name in names:
+        for device in devices:
+            r = run_child(name, device)
+            fwd = statistics.median(r["times"]["forward"])
+            row = f"{name:<22} {device:>6} {r['n']:>5}x{r['side']:<4} {fwd:>11.2f}"
+            for c in COSTS:
+                t = statistics.median(r["times"][c])
+                row += f" | {t:>8.2f} s {t / fwd:>5.2f}x"
+            print(row, flush=True)
+    print(f"inputs: {r['source']}; targets: correlation, l2_preact <= 1.5x; weight_matching <= 1.0x")
+    if not [a for a in argv if a in MODELS] or "many_slices" in argv:
+        m = run_child("many_slices")
+        times = ", ".join(f"{c} {t:.2f} s" for c, t in m["times"].items())
+        ok = all(m["recovered"].values())
         print(
-            f"paired ratios at {r['n']}: median {statistics.median(paired):.2f} "
-            f"(all: {', '.join(f'{x:.2f}' for x in paired)})"
+            f"many-slice net ({m['params']:,} parameters, {m['slices']:,} slices): {times} (target < 2 s); "
+            f"planted permutation recovered by every cost: {ok}"
         )
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        child(int(sys.argv[2]))
+    if len(sys.argv) >= 3 and sys.argv[1] == "--child":
+        if sys.argv[2] == "many_slices":
+            many_slices_child()
+        elif sys.argv[2] == "memory":
+            memory_child(int(sys.argv[3]))
+        else:
+            child(sys.argv[2], sys.argv[3])
     else:
-        main()
+        main(sys.argv[1:])
