@@ -180,7 +180,7 @@ def memory_child(n: int) -> None:
     import modeconn
 
     torch.set_num_threads(2)
-    images, _ = load_images(50000)
+    images, _ = load_images(10000)
     mean, std = images.mean((0, 2, 3), keepdims=True), images.std((0, 2, 3), keepdims=True)
 
     def batches():  # made on the fly: the inputs never sit in memory at once
