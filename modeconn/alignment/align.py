@@ -20,7 +20,7 @@ from modeconn.alignment.costs import ActivationCost
 from modeconn.alignment.result import AlignResult, CorrelationSignature
 from modeconn.alignment.stats import ADVERSARIAL, PairStats, _collect, check_site_options, paired_sites
 from modeconn.alignment.ties import break_ties, has_constant_units
-from modeconn.alignment.weight_matching import match_weights, signature_matching
+from modeconn.alignment.weight_matching import match_weights
 from modeconn.data.batches import batches
 from modeconn.errors import AlignmentError
 from modeconn.modules import device_of, modes_restored, unwrap
@@ -68,8 +68,8 @@ def solve_groups(
         return perms
     perms = break_ties(spec, groups, matrices, maximize, state_a, state_b, perms)
     hidden = [g for g in spec.permutable if g.name not in matrices]
-    if hidden:
-        init = {**perms, **signature_matching(spec, state_a, state_b, hidden)}
+    if hidden:  # they start from their signatures, the others stay where the data put them
+        init = {name: p for name, p in perms.items() if name in matrices}
         perms = match_weights(spec, state_a, state_b, groups=hidden, init=init)
     return perms
 

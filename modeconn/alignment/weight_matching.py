@@ -38,15 +38,15 @@ def match_weights(
     ``max_iter`` sweeps.
 
     ``groups`` restricts which groups are updated (default: all permutable groups); ``init``
-    gives starting permutations (default: :func:`signature_matching`, which is exact when B is
-    a permutation of A). Returns permutations for every permutable group, ``perms[g][i]`` =
+    gives starting permutations, and the updated groups it leaves out start from
+    :func:`signature_matching` (exact when B is a permutation of A). Returns permutations for every permutable group, ``perms[g][i]`` =
     the unit of B moved to position ``i``.
     """
     todo = list(groups) if groups is not None else spec.permutable
     layout = _Layout(spec, state_a, state_b)
     perms = {g.name: torch.arange(g.size) for g in spec.permutable}
-    if init is None:
-        init = _signature_matching(layout, todo)
+    init = dict(init or {})
+    perms.update(_signature_matching(layout, [g for g in todo if g.name not in init]))
     perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in init.items() if k in perms})
     # A group's matrix depends only on its neighbours' permutations (and on its own when it
     # permutes a tensor on two axes): a group none of them has moved since it was last solved
