@@ -13,7 +13,12 @@ from modeconn.alignment.doubly_stochastic import (
 )
 from modeconn.alignment.result import AlignResult, CorrelationSignature
 from modeconn.alignment.stats import PairStats, collect_statistics
-from modeconn.alignment.weight_matching import match_weights, signature_matching
+from modeconn.alignment.weight_matching import (
+    WeightSimilarity,
+    match_weights,
+    signature_matching,
+    weight_similarity,
+)
 
 __all__ = [
     "align",
@@ -25,6 +30,8 @@ __all__ = [
     "solve_assignment",
     "match_weights",
     "signature_matching",
+    "weight_similarity",
+    "WeightSimilarity",
     "ActivationCost",
     "WeightCost",
     "PairStats",

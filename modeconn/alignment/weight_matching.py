@@ -13,7 +13,7 @@ import torch
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.symmetry.spec import Group, PermutationSpec
 
-__all__ = ["TOL", "match_weights", "weight_similarity", "signature_matching"]
+__all__ = ["TOL", "WeightSimilarity", "match_weights", "weight_similarity", "signature_matching"]
 
 TOL = 1e-4
 """Weight matching stops when a sweep raises Σ ⟨θ_A, Pθ_B⟩ by less than this fraction of its
