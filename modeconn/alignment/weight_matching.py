@@ -39,8 +39,8 @@ def match_weights(
 
     ``groups`` restricts which groups are updated (default: all permutable groups); ``init``
     gives starting permutations, and the updated groups it leaves out start from
-    :func:`signature_matching` (exact when B is a permutation of A). Returns permutations for every permutable group, ``perms[g][i]`` =
-    the unit of B moved to position ``i``.
+    :func:`signature_matching` (exact when B is a permutation of A). Returns permutations for
+    every permutable group, ``perms[g][i]`` = the unit of B moved to position ``i``.
     """
     todo = list(groups) if groups is not None else spec.permutable
     layout = _Layout(spec, state_a, state_b)
@@ -293,5 +293,6 @@ class _Layout:
 
 
 def _gemm_dtype(t: torch.Tensor) -> torch.Tensor:
-    """float32 products (float64 models stay float64); sums across blocks are float64."""
+    """float32 products (float64 models stay float64); a group's matrix is summed over its
+    blocks in that precision and returned in float64."""
     return t if t.dtype == torch.float64 else t.float()
