@@ -11,6 +11,7 @@ waits for all of them); :func:`local` runs a block as one process on one rank.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator
@@ -168,9 +169,23 @@ def current() -> Strategy:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # A group left to interpreter teardown can abort the process: gloo's worker threads
+        # still hold tensors whose release needs the GIL ("terminate called without an active
+        # exception", SIGABRT). atexit runs while the interpreter is whole.
+        atexit.register(_close_group)
         _chosen = Distributed()
         return _chosen
     return _LOCAL
+
+
+def _close_group() -> None:
+    """Destroy the process group :func:`current` initialized, if it is still there."""
+    global _chosen
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _chosen = None
 
 
 @contextlib.contextmanager

@@ -182,13 +182,15 @@ def test_torchrun_detection_needs_its_variables(monkeypatch):
 
 
 def test_the_global_batch_must_split_evenly_between_ranks(monkeypatch):
+    from modeconn.data.batches import batches
+
     class Two(distributed.Local):
         world_size = 2
 
     monkeypatch.setattr(distributed, "current", lambda: Two())
     x, y = torch.randn(8, 2), torch.zeros(8, dtype=torch.long)
     with pytest.raises(modeconn.DataError, match="divisible by the 2 ranks"):
-        modeconn.data.batches.batches((x, y), batch_size=5, shuffle=True, shard=True)
+        batches((x, y), batch_size=5, shuffle=True, shard=True)
 
 
 def test_the_command_line_runs_under_torchrun(tmp_path):
@@ -215,3 +217,23 @@ def test_the_command_line_runs_under_torchrun(tmp_path):
     assert len((tmp_path / "run" / "log.txt").read_text().splitlines()) == 1
     model = modeconn.create_model("mlp", num_classes=10, in_chans=1)
     modeconn.load_checkpoint(model, tmp_path / "run" / "model.safetensors")
+
+
+def test_the_process_group_modeconn_opened_is_closed_before_teardown(tmp_path):
+    """A gloo group left to interpreter teardown can abort a rank (SIGABRT, "terminate called
+    without an active exception"): the group :func:`distributed.current` opened is destroyed at
+    exit, while the interpreter is whole. A handler registered first runs last and sees it gone."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import atexit, torch.distributed as dist\n"
+        "atexit.register(lambda: print('closed' if not dist.is_initialized() else 'open', flush=True))\n"
+        "from modeconn import distributed\n"
+        "distributed.current().barrier()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("closed") == 2 and "open" not in done.stdout, done.stdout  # ranks interleave
