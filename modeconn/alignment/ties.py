@@ -11,7 +11,7 @@ from modeconn.alignment.stats import PairStats
 from modeconn.alignment.weight_matching import WeightSimilarity
 from modeconn.symmetry.spec import Group, PermutationSpec
 
-__all__ = ["TIE_SCALE", "break_ties", "has_constant_units"]
+__all__ = ["TIE_SCALE", "break_ties", "has_constant_units", "has_tied_units"]
 
 TIE_SCALE = 1e-4
 """Weight of the tie-breaking term, relative to the largest entry of the cost matrix: above the
@@ -31,15 +31,15 @@ def break_ties(
 ) -> dict[str, torch.Tensor]:
     """Each group's assignment of ``matrices`` with a weight-similarity term added, normalized
     to [-1, 1] and scaled by :data:`TIE_SCALE` times the matrix's largest entry, so that units
-    with (nearly) equal activation costs are told apart by their weights. A group whose
-    assignment wins every row and column of its matrix by more than twice that keeps it (the
-    term cannot change it); the others are solved again, and once more where a neighbour's
-    assignment changed, since a group's weights are compared through its neighbours'
-    permutations."""
+    with (nearly) equal activation costs are told apart by their weights. Only groups with tied
+    units are solved again: two rows, or two columns, of the matrix within twice that term of
+    each other in every entry (the term could swap them); the others keep their assignment.
+    A group solved again is solved once more where a neighbour's assignment changed, since a
+    group's weights are compared through its neighbours' permutations."""
     sign = 1.0 if maximize else -1.0
     similarity = WeightSimilarity(spec, state_a, state_b)
     scale = {g.name: TIE_SCALE * float(matrices[g.name].abs().max().clamp_min(1e-300)) for g in groups}
-    todo = [g for g in groups if not _dominant(sign * matrices[g.name], perms[g.name], 2 * scale[g.name])]
+    todo = [g for g in groups if has_tied_units(matrices[g.name], 2 * scale[g.name])]
     for _ in range(2):
         moved: set[str] = set()
         for g in todo:
@@ -53,16 +53,46 @@ def break_ties(
     return perms
 
 
-def _dominant(m: torch.Tensor, perm: torch.Tensor, margin: float) -> bool:
-    """Whether assignment ``perm`` (row i to column perm[i]) beats every other entry of its row
-    and of its column of similarity ``m`` by more than ``margin``: then it is the only optimum
-    of ``m`` plus any term bounded by ``margin / 2`` per entry."""
-    rows = torch.arange(m.shape[0])
-    chosen = m[rows, perm]
-    rest = m.clone()
-    rest[rows, perm] = -torch.inf
-    # column perm[i] is matched by row i
-    return bool((chosen > rest.amax(1) + margin).all() and (chosen > rest.amax(0)[perm] + margin).all())
+def has_tied_units(m: torch.Tensor, margin: float) -> bool:
+    """Whether two rows, or two columns, of ``m`` differ by at most ``margin`` in every entry:
+    units of A (rows) or of B (columns) that the matrix cannot tell apart, whose assignment a
+    term bounded by ``margin / 2`` per entry may swap."""
+    return _tied_rows(m, margin) or _tied_rows(m.T, margin)
+
+
+def _tied_rows(m: torch.Tensor, margin: float) -> bool:
+    m = m.double()
+    n, k = m.shape
+    if n < 2:
+        return False
+    # Rows within `margin` everywhere stay within it along any direction g with |g|_1 = 1:
+    # a few random directions find the candidates in O(n·k), which are then checked entry by
+    # entry (the n x n x k comparison of every pair would cost as much as the assignment).
+    g = torch.randn(k, _DIRECTIONS, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g /= g.abs().sum(0)
+    projected = m @ g
+    window = margin + 1e-12 * float(m.abs().max())  # and the rounding of the products
+    # Pairs within the window along the first direction: neighbours in sorted order.
+    first, order = projected[:, 0].sort()
+    ends = torch.searchsorted(first, first + window, right=True)
+    counts = ends - torch.arange(1, n + 1)
+    starts = torch.nonzero(counts > 0).flatten()
+    if not len(starts):
+        return False
+    spans = counts[starts]
+    i = starts.repeat_interleave(spans)
+    j = i + 1 + torch.arange(int(spans.sum())) - (spans.cumsum(0) - spans).repeat_interleave(spans)
+    i, j = order[i], order[j]
+    keep = ((projected[i] - projected[j]).abs() <= window).all(1)
+    i, j = i[keep], j[keep]
+    for start in range(0, len(i), 1024):
+        a, b = i[start : start + 1024], j[start : start + 1024]
+        if bool(((m[a] - m[b]).abs().amax(1) <= margin).any()):
+            return True
+    return False
+
+
+_DIRECTIONS = 16
 
 
 def has_constant_units(site_stats: Sequence[PairStats]) -> bool:
