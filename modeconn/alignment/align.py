@@ -180,7 +180,18 @@ def align(
 
         def observe(kind: str) -> dict[str, list[PairStats]]:
             return _collect(
-                a, b, observed, kind, stream, first, adversary, adversarial, progress, sites, spatial_stride
+                a,
+                b,
+                observed,
+                kind,
+                stream,
+                first,
+                adversary,
+                adversarial,
+                progress,
+                sites,
+                spatial_stride,
+                capture=spec.capture,
             )
 
         if isinstance(cost_obj, ActivationCost):

@@ -284,6 +284,7 @@ def collect_statistics(
             adversarial,
             sites=sites,
             spatial_stride=spatial_stride,
+            capture=spec.capture,
         )
 
 
@@ -299,8 +300,10 @@ def _collect(
     progress: bool = False,
     sites: str | int = "all",
     spatial_stride: int = 1,
+    capture: str = "fx",
 ) -> dict[str, list[PairStats]]:
-    """One eval forward pass of each model per batch; statistics for every site of every group
+    """One eval forward pass of each model per batch, through the graph ``capture`` gives (the
+    spec's); statistics for every site of every group
     (on adversarial examples when ``adversary`` is given: see :func:`collect_statistics`);
     ``progress`` shows a bar over the batches."""
     device, dtype = device_of(model_a), float_dtype_of(model_a)
@@ -308,8 +311,8 @@ def _collect(
     names = sorted({s.node for sites in plan.values() for s in sites})
     index = {n: i for i, n in enumerate(names)}
     probe = model_inputs(model_a, first.inputs)
-    extract_a = extract_outputs(trace_model(model_a, probe), names)
-    extract_b = extract_outputs(trace_model(model_b, probe), names)
+    extract_a = extract_outputs(trace_model(model_a, probe, capture=capture), names)
+    extract_b = extract_outputs(trace_model(model_b, probe, capture=capture), names)
     acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
     everyone = [a for g in groups for a in acc[g.name]]
     with torch.no_grad():

@@ -296,7 +296,12 @@ def target_name(node: fx.Node) -> str:
 
 
 def op_name(t: Any) -> str:
-    """A readable, importable-looking name for a function or class (``torch.nn.functional.relu``)."""
+    """A readable, importable-looking name for a function or class (``torch.nn.functional.relu``;
+    ``aten.linear`` for torch.export's ATen ops, every overload)."""
+    if isinstance(t, torch._ops.OpOverload):
+        t = t.overloadpacket
+    if isinstance(t, torch._ops.OpOverloadPacket):
+        return t._qualified_op_name.replace("::", ".")
     module = getattr(t, "__module__", None) or ""
     name = getattr(t, "__qualname__", None) or getattr(t, "__name__", repr(t))
     if "<locals>" in name or name.startswith("_"):  # boolean_dispatch wrappers, torch._VariableFunctionsClass

@@ -13,6 +13,7 @@ from modeconn.errors import SymmetryError, TraceError, UnsupportedOpError
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
 from modeconn.symmetry.arguments import ArgumentsNotUnderstood
 from modeconn.symmetry.context import RuleContext, Unsupported, target_name, tensor_layouts
+from modeconn.symmetry.export import CAPTURES, export_graph
 from modeconn.symmetry.parametrizations import derived_tensors, unknown_hooks
 from modeconn.symmetry.spaces import Layout, SpaceGraph, TensorLayout
 from modeconn.symmetry.spec import Fix, Group, PermutationSpec, Site, TensorSlice
@@ -84,9 +85,12 @@ class _Discovery:
             return _namedtuple  # building a (named) tuple of outputs is structure, not computation
         if node.op == "call_function":
             try:
-                return self.rules.get(node.target)
+                rule = self.rules.get(node.target)
             except TypeError:  # unhashable target
                 return None
+            if rule is None and isinstance(node.target, torch._ops.OpOverload):
+                rule = self.rules.get(node.target.overloadpacket)  # torch.export's ATen ops
+            return rule
         if node.op == "call_method":
             return self.rules.get(f"method:{node.target}")
         return None
@@ -299,7 +303,7 @@ def _holds_tensor(value: Any) -> bool:
 # -- spec construction --------------------------------------------------------------------------
 
 
-def _build_spec(d: _Discovery, model: nn.Module) -> PermutationSpec:
+def _build_spec(d: _Discovery, model: nn.Module, capture: str) -> PermutationSpec:
     sp = d.spaces
     aliases: dict[str, list[str]] = {}
     for name, canonical in d.canonical.items():
@@ -370,7 +374,7 @@ def _build_spec(d: _Discovery, model: nn.Module) -> PermutationSpec:
         for name, canonical in d.canonical.items()
         if canonical not in d.reached
     }
-    return PermutationSpec(groups=groups, unreached=unreached, model=type(model).__name__)
+    return PermutationSpec(groups=groups, unreached=unreached, model=type(model).__name__, capture=capture)
 
 
 # -- public entry point -------------------------------------------------------------------------
@@ -412,13 +416,43 @@ def _rules() -> dict[Hashable, Rule]:
     return {e.key: e.obj for e in get_registry("rule")}
 
 
-def trace_model(model: nn.Module, inputs: ModelInputs, *, training: bool = False) -> fx.GraphModule:
-    """The fx graph discovery uses, traced in eval mode (or train mode) for ``inputs``; its node
-    names are the ones a spec's sites refer to. The model's own mode is left as it was."""
-    state = _Discovery(model, _rules(), strict=False)
+def trace_model(
+    model: nn.Module, inputs: ModelInputs, *, training: bool = False, capture: str = "fx"
+) -> fx.GraphModule:
+    """The graph discovery uses, captured in eval mode (or train mode) for ``inputs`` by fx
+    symbolic tracing or ``torch.export`` (``capture``); its node names are the ones a spec's
+    sites refer to. The model's own mode is left as it was."""
     with modes_restored(model):
         model.train(training)
-        return trace(model, lambda m: state.module_rule(m) is not None, inputs)
+        if capture == "export":
+            return export_graph(model, inputs)
+        state = _Discovery(model, _rules(), strict=False)
+        gm = trace(model, lambda m: state.module_rule(m) is not None, inputs)
+        gm.meta["capture"] = "fx"
+        return gm
+
+
+def _eval_graph(model: nn.Module, inputs: ModelInputs, capture: str) -> fx.GraphModule:
+    """The eval-mode graph by ``capture``; for ``"auto"`` fx's, unless fx fails or keeps some
+    module whole (its code is not traceable) and torch.export captures the model."""
+    if capture not in CAPTURES:
+        raise SymmetryError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    if capture != "auto":
+        return trace_model(model, inputs, capture=capture)
+    try:
+        gm = trace_model(model, inputs)
+    except TraceError as e:
+        gm, fx_failure = None, str(e)
+    else:
+        if not gm.meta["opaque"]:
+            return gm
+        fx_failure = "; ".join(f"{name!r}: {why}" for name, why in gm.meta["opaque"].items())
+    try:
+        return trace_model(model, inputs, capture="export")
+    except TraceError as e:
+        if gm is not None:
+            return gm  # fx's graph, whose untraceable modules discovery fixes with the reason
+        raise TraceError(f"neither capture path works.\nfx: {fx_failure}\nexport: {e}") from e
 
 
 def _doubled(inputs: ModelInputs) -> ModelInputs | None:
@@ -435,6 +469,7 @@ def discover(
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
     *,
     strict: bool = False,
+    capture: str = "auto",
 ) -> PermutationSpec:
     """Find the permutation groups of ``model``.
 
@@ -443,9 +478,12 @@ def discover(
     models take them); a batch of one is enough. It may be omitted for timm models, whose
     ``default_cfg`` says their input size. Floating inputs are cast to the model's dtype.
     ``DataParallel``, ``DistributedDataParallel`` and ``torch.compile`` wrappers are looked
-    through. The model is traced with torch.fx in eval mode and in train mode (so that
-    training-only branches such as auxiliary heads are covered); it is left unchanged. Ops
-    without a permutation rule fix the groups they touch, with the reason, or raise
+    through. The model's graph is captured in eval mode and in train mode (so that
+    training-only branches such as auxiliary heads are covered) by ``capture``: ``"fx"``
+    (symbolic tracing), ``"export"`` (``torch.export``, which runs the model: Hugging Face
+    transformers) or ``"auto"`` (fx, and export where fx fails or must keep modules whole);
+    ``spec.capture`` says which. The model is left unchanged. Ops without a permutation rule
+    fix the groups they touch, with the reason, or raise
     :class:`~modeconn.UnsupportedOpError` when ``strict=True``.
     """
     model = unwrap(model)
@@ -453,9 +491,14 @@ def discover(
     dtype = float_dtype_of(model)
     state = _Discovery(model, _rules(), strict)
     with modes_restored(model):
+        model.eval()
+        gm = _eval_graph(model, inputs, capture)
+        capture = gm.meta["capture"]
         for training in (False, True):  # eval first: group names and sites come from the eval graph
-            gm = trace_model(model, inputs, training=training)
-            gm.train(training)  # its submodules are the model's own
+            if training:
+                gm = trace_model(model, inputs, training=True, capture=capture)
+            if capture == "fx":
+                gm.train(training)  # its submodules are the model's own (export's bake the mode in)
             state.record_sites = not training
             # train-mode BatchNorm refuses a batch of one; shapes are all discovery needs
             doubled = _doubled(inputs) if training else None
@@ -465,4 +508,4 @@ def discover(
                 if doubled is None:
                     raise
                 state.run(gm, inputs, dtype)  # a model that only takes the batch it was given
-    return _build_spec(state, model)
+    return _build_spec(state, model, capture)

@@ -127,12 +127,15 @@ class PermutationSpec:
     """The permutation groups of one architecture.
 
     ``groups`` maps stable names to :class:`Group`; ``unreached`` lists state-dict entries the
-    traces never touched (they are never permuted), with the reason.
+    traces never touched (they are never permuted), with the reason; ``capture`` says how the
+    graph was captured (``"fx"`` or ``"export"``): sites name nodes of that graph, and
+    alignment captures the models the same way.
     """
 
     groups: dict[str, Group]
     unreached: dict[str, str] = field(default_factory=dict)
     model: str = ""
+    capture: str = "fx"
 
     # -- queries --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Group]:
@@ -208,6 +211,7 @@ class PermutationSpec:
             "model": self.model,
             "groups": [asdict(g) for g in self.groups.values()],
             "unreached": dict(self.unreached),
+            "capture": self.capture,
         }
 
     @classmethod
@@ -226,7 +230,12 @@ class PermutationSpec:
                 sites=tuple(Site(**s) for s in g.get("sites", ())),
                 hidden=g.get("hidden", True),
             )
-        return cls(groups=groups, unreached=dict(d.get("unreached", {})), model=d.get("model", ""))
+        return cls(
+            groups=groups,
+            unreached=dict(d.get("unreached", {})),
+            model=d.get("model", ""),
+            capture=d.get("capture", "fx"),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -243,6 +252,8 @@ class PermutationSpec:
             f"PermutationSpec({self.model}): {len(self.permutable)} permutable / {len(self.groups)} groups, "
             f"{perm_units}/{all_units} hidden units permutable ({share:.1f}%)"
         )
+        if self.capture != "fx":
+            head += f", captured with torch.{self.capture}"
         width = max([len(g.name) for g in self.groups.values()] + [5])
         rows = [head, f"  {'group':<{width}}  {'size':>6}  {'tensors':>7}  {'sites':>5}  status"]
         for g in self.groups.values():

@@ -303,8 +303,10 @@ def record_values(gm: fx.GraphModule, inputs: ModelInputs, float_dtype: torch.dt
         return f"given: {inputs.describe()}{dtype}"
 
     recorder = _Recorder(gm, describe)
-    # only a train-mode run changes buffers (BatchNorm statistics); eval needs no snapshot
-    with _preserved_state(gm) if gm.training else torch.no_grad():
+    # only a train-mode run changes buffers (BatchNorm statistics); eval needs no snapshot. An
+    # exported graph's mode is the one it was captured in, whatever its `training` flag says.
+    changes = gm.training or gm.meta.get("capture") == "export"
+    with _preserved_state(gm) if changes else torch.no_grad():
         recorder.run(*inputs.values)
     return recorder.shapes
 

@@ -16,11 +16,34 @@ def _build(case, cases):
     return cases.Micro(case).double()
 
 
-def test_every_rule_has_a_case(rule_cases):
-    """A rule added without a case fails here."""
-    covered = {k for c in rule_cases.CASES for k in c.keys}
-    missing = [k for k in get_registry("rule").names() if k not in {_name(c) for c in covered}]
+def test_every_rule_has_a_case(rule_cases, exported_calls):
+    """A rule added without a case fails here. The ATen ops of torch.export graphs are covered
+    by the cases that call them once exported."""
+    covered = {_name(k) for c in rule_cases.CASES for k in c.keys} | {_name(k) for k in exported_calls}
+    missing = [k for k in get_registry("rule").names() if k not in covered]
     assert not missing, f"rules without a case in tests/symmetry/rule_cases.py: {missing}"
+
+
+@pytest.fixture(scope="module")
+def exported_calls(rule_cases) -> set:
+    """The ATen ops (overload packets) the cases call once captured with torch.export."""
+    from modeconn.symmetry.discovery import model_inputs, trace_model
+
+    called = set()
+    for case in rule_cases.CASES:
+        if case.requires == "cuda" and not torch.cuda.is_available():
+            continue
+        model = _build(case, rule_cases).eval()
+        gm = trace_model(model, model_inputs(model, _input(case, rule_cases)), capture="export")
+        called |= {
+            n.target.overloadpacket for n in gm.graph.nodes if isinstance(n.target, torch._ops.OpOverload)
+        }
+    return called
+
+
+def _input(case, cases) -> torch.Tensor:
+    x = cases.example_input(case)
+    return x.double() if x.is_floating_point() else x
 
 
 def _name(key) -> str:
@@ -59,3 +82,16 @@ def test_rule_case(rule_case, rule_cases, check):
         assert any(g.permutable for g in p1), f"p1 should stay permutable: {[g.reason for g in p1]}"
     elif case.expect == "fixed":
         assert p1 and all(not g.permutable and g.fixes for g in p1), "p1 should be fixed, with a reason"
+
+
+def test_rule_case_exported(rule_case, rule_cases, check):
+    """The case captured with torch.export instead of fx, so through the ATen rules: random
+    permutations of whatever they leave permutable keep the function, in eval and train mode."""
+    case = rule_case
+    if case.requires == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = check.randomize(_build(case, rule_cases)).eval()
+    x = _input(case, rule_cases)
+    spec = discover(model, x, capture="export")
+    assert spec.capture == "export"
+    check.assert_equivalent(model, x, seeds=(0, 1), spec=spec, require_permutable=False)

@@ -4,7 +4,8 @@ Keys are ``nn.Module`` classes (``call_module`` nodes, most derived class first)
 (``call_function`` nodes) and ``"method:<name>"`` strings (``call_method`` nodes). The rules
 themselves live by op family: :mod:`.layers`, :mod:`.functional`, :mod:`.recurrent`,
 :mod:`.attention`, :mod:`.shapes`, :mod:`.indexing`, :mod:`.reductions`, :mod:`.pooling`,
-:mod:`.constants`, :mod:`.library`, on the helpers of :mod:`.common`. An op with no entry here
+:mod:`.constants`, :mod:`.library`, on the helpers of :mod:`.common`; :mod:`.aten` maps the
+ATen ops of ``torch.export`` graphs (keyed by overload packet) onto them. An op with no entry here
 fixes every group it touches.
 """
 
@@ -19,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modeconn.symmetry.rules import (
+    aten,
     attention,
     common,
     constants,
@@ -215,7 +217,7 @@ def _library_table() -> Iterator[tuple[Callable, tuple[Hashable, ...]]]:
 def builtin_rules() -> dict[Hashable, Callable]:
     """Every built-in key and its rule (a key torch exposes under two names appears once)."""
     out: dict[Hashable, Callable] = {}
-    for rule, keys in (*TABLE, *_library_table()):
+    for rule, keys in (*TABLE, *_library_table(), *aten.aten_table()):
         for key in keys:
             out.setdefault(key, rule)
     return out

@@ -57,6 +57,7 @@ def broadcast(
 
 
 _SUMS = (operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__", "__iadd__")
+_SUMS += (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)  # torch.export's
 
 
 def elementwise(ctx: RuleContext) -> TensorLayout | None:

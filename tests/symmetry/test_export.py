@@ -1,0 +1,199 @@
+"""The second capture path (torch.export): what it lets be permuted keeps the function, alignment
+recovers a planted permutation through it, and Hugging Face transformers — which torch.fx cannot
+trace — are captured by it with their ordinary inputs."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import modeconn
+from modeconn import align, discover, permute
+from modeconn.symmetry.spec import PermutationSpec
+
+COSTS = ("correlation", "l2_preact", "weight_matching")
+
+
+def _recovered(a: nn.Module, aligned: nn.Module) -> list[str]:
+    got = aligned.state_dict()
+    return [k for k, v in a.state_dict().items() if not torch.equal(v, got[k])]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_exported_generated_nets_keep_their_function(data, generated, check):
+    plan = data.draw(generated.plans(), label="plan")
+    model = check.randomize(generated.build(plan)).eval()
+    x = generated.inputs()
+    spec = discover(model, x, capture="export")
+    assert spec.capture == "export"
+    check.assert_equivalent(model, x, seeds=(0, 1), spec=spec, require_permutable=False)
+
+
+@pytest.mark.parametrize("net", ["residual", "concat", "depthwise_se", "attention", "sliced"])
+def test_exported_fixture_nets_match_fx_and_are_recovered(net, nets, check):
+    """On these nets export finds the groups and sites fx finds (named after their tensors, not
+    their modules); a planted permutation comes back by every cost."""
+    ctor, shape = nets.NETS[net]
+    torch.manual_seed(0)
+    x = torch.randn(64, *shape)
+    a = modeconn.update_bn(check.randomize(ctor()), [x]).eval()
+    spec = discover(a, x[:2], capture="export")
+    by_fx = discover(a, x[:2], capture="fx")
+    assert spec.units() == by_fx.units()
+    assert _group_shapes(spec) == _group_shapes(by_fx)
+    check.assert_equivalent(a, x[:4], spec=spec)
+    b = permute(a, spec, spec.random_permutation(11))
+    for cost in COSTS:
+        assert not _recovered(a, align(a, b, x, cost=cost, spec=spec).model), cost
+
+
+def _group_shapes(spec: PermutationSpec) -> list:
+    """Each permutable group's size and how many sites of each kind observe it."""
+    return sorted((g.size, sorted(Counter(s.kind for s in g.sites).items())) for g in spec.permutable)
+
+
+def test_auto_capture_falls_back_to_export_where_fx_keeps_modules_whole():
+    class Gate(nn.Module):  # fx cannot trace a branch on a size it only knows as a proxy
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(x) if int(x.shape[-1]) % 2 == 0 and bool(x.shape[0] > 0) else x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.gate, self.out = nn.Linear(4, 6), Gate(), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.gate(torch.relu(self.inp(x)))))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(3, 4)
+    fx_spec = discover(model, x, capture="fx")
+    assert "torch.fx cannot trace" in " ".join(g.reason for g in fx_spec.fixed)
+    spec = discover(model, x)
+    assert spec.capture == "export" and "captured with torch.export" in str(spec)
+    assert spec.units() == (12, 12) and fx_spec.units()[0] < 12
+
+
+def test_a_model_neither_path_captures_gets_one_error_naming_both():
+    class ValueBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)  # depends on the data
+
+    with pytest.raises(modeconn.TraceError, match=r"(?s)neither capture path works.*fx: .*export: "):
+        discover(ValueBranch(), torch.randn(2, 4))
+    with pytest.raises(modeconn.SymmetryError, match="capture must be one of auto, fx, export"):
+        discover(ValueBranch(), torch.randn(2, 4), capture="dynamo")
+
+
+def test_the_capture_is_kept_with_the_spec(nets):
+    ctor, shape = nets.NETS["residual"]
+    spec = discover(ctor().eval(), torch.randn(2, *shape), capture="export")
+    again = PermutationSpec.from_json(spec.to_json())
+    assert again.capture == "export" and again.units() == spec.units()
+    assert PermutationSpec.from_dict({"groups": []}).capture == "fx"  # specs written before
+
+
+# -- Hugging Face transformers, at tiny size and random init ----------------------------------
+
+
+def _families() -> dict:
+    T = pytest.importorskip("transformers")
+    small = dict(vocab_size=100, max_position_embeddings=64)
+    decoder = dict(small, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    decoder.update(num_key_value_heads=2, bos_token_id=0, eos_token_id=0)  # grouped-query attention
+    text = {"input_ids": torch.randint(0, 100, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    bert = T.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **small
+    )
+    return {
+        "bert": (lambda: T.BertForSequenceClassification(bert), text),
+        "distilbert": (
+            lambda: T.DistilBertForSequenceClassification(
+                T.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **small)
+            ),
+            text,
+        ),
+        "gpt2": (
+            lambda: T.GPT2LMHeadModel(
+                T.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
+            ),
+            text,
+        ),
+        "llama": (lambda: T.LlamaForCausalLM(T.LlamaConfig(**decoder)), text),
+        "qwen2": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**decoder)), text),
+        "vit": (
+            lambda: T.ViTForImageClassification(
+                T.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+            ),
+            {"pixel_values": torch.randn(2, 3, 16, 16)},
+        ),
+    }  # fmt: skip
+
+
+FAMILIES = ("bert", "distilbert", "gpt2", "llama", "qwen2", "vit")
+
+
+def _build(family: str, seed: int = 0) -> tuple[nn.Module, dict]:
+    build, inputs = _families()[family]
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # configs' notes on token ids of a tiny vocabulary
+        return build().eval(), inputs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hugging_face_models_are_captured_by_export_and_keep_their_function(family):
+    model, inputs = _build(family)
+    spec = discover(model, inputs)
+    assert spec.capture == "export"
+    permutable, hidden = spec.units()
+    assert permutable > 0.8 * hidden, str(spec)
+    with torch.no_grad():
+        y = model(**inputs).logits
+        for seed in (0, 1, 2):
+            permuted = permute(model, spec, spec.random_permutation(seed))
+            moved = any(not torch.equal(v, model.state_dict()[k]) for k, v in permuted.state_dict().items())
+            assert moved
+            torch.testing.assert_close(permuted(**inputs).logits, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_rotary_embeddings_fix_the_query_and_key_dimensions_only(family):
+    """Rotary embeddings rotate pairs of q/k dims by position: those dims are fixed (the tables
+    of cos and sin are not permuted with them); values, outputs and the MLP stay free."""
+    model, inputs = _build(family)
+    spec = discover(model, inputs)
+    fixed = [g for g in spec.fixed if g.hidden]
+    assert fixed and all(".q_proj." in g.name or ".k_proj." in g.name for g in fixed), str(spec)
+    assert all("aten.mul" in g.reason for g in fixed)
+    free = {g.name for g in spec.permutable}
+    assert any("v_proj" in n for n in free) and any("gate_proj" in n or "up_proj" in n for n in free), free
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("cost", COSTS)
+def test_align_recovers_a_planted_permutation_of_a_hugging_face_model(family, cost):
+    a, _ = _build(family)
+    torch.manual_seed(1)
+    data = [
+        {"input_ids": torch.randint(0, 100, (32, 8)), "attention_mask": torch.ones(32, 8, dtype=torch.long)}
+    ]
+    spec = discover(a, {k: v[:2] for k, v in data[0].items()})
+    b = permute(a, spec, spec.random_permutation(5))
+    result = align(a, b, None if cost == "weight_matching" else data, cost=cost, spec=spec)
+    assert not _recovered(a, result.model)
