@@ -19,6 +19,7 @@ from modeconn import distributed
 from modeconn.data.batches import batches, call_model
 from modeconn.errors import DataError
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
+from modeconn.predictions import logits_of, predictions, predicts_next_token
 
 __all__ = ["Metric", "Classification", "measure", "evaluate"]
 
@@ -44,10 +45,14 @@ class Classification(Metric):
 
     def batch(self, model: nn.Module, x: Any, y: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
-            logits = call_model(model, x)
+            logits, target = predictions(
+                logits_of(call_model(model, x)), y, next_token=predicts_next_token(model)
+            )
+        # per sample of the batch: a model scored per token gets its mean over the batch's tokens
+        n = len(y)
         return {
-            "loss": float(F.cross_entropy(logits, y, reduction="sum")),
-            "accuracy": 100.0 * float((logits.argmax(1) == y).sum()),
+            "loss": float(F.cross_entropy(logits, target)) * n,
+            "accuracy": 100.0 * float((logits.argmax(1) == target).double().mean()) * n,
         }
 
 

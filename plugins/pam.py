@@ -262,7 +262,9 @@ class PAM(CurveOptimizer):
         total = torch.zeros(2, dtype=torch.float64)
         try:
             for (x, y), t in zip(self._score, ts):
-                total[0] += float(classification_loss(curve(x, t), y, self.aux_weight)[0])
+                total[0] += float(
+                    classification_loss(curve(x, t), y, self.aux_weight, next_token=self.next_token)[0]
+                )
                 total[1] += 1
         finally:
             curve.set_parametrization(saved)

@@ -19,6 +19,7 @@ from modeconn import distributed
 from modeconn.data.batches import Batches, batches
 from modeconn.errors import DataError, InvalidArgumentError, ResumeWarning, TrainingError
 from modeconn.modules import float_dtype_of
+from modeconn.predictions import predictions
 from modeconn.training.checkpoint import load_checkpoint, save_checkpoint
 from modeconn.training.trainer import Trainer
 
@@ -215,7 +216,8 @@ def run_epochs(
                     )
                 n = len(batch)
                 loss_sum += loss_value * n
-                correct += int((logits.argmax(1) == y).sum())
+                scored, target = predictions(logits, y, next_token=trainer.next_token)
+                correct += float((scored.argmax(1) == target).double().mean()) * n
                 seen += n
                 state.batch, state.loss = state.batch + 1, loss_value
                 bar.set_postfix(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from modeconn import distributed
 from modeconn.data.batches import call_model
 from modeconn.errors import DataError, InvalidArgumentError
+from modeconn.predictions import logits_of, predictions, predicts_next_token
 from modeconn.training.settings import Settings
 
 __all__ = ["Trainer", "CurveOptimizer", "classification_loss", "AUX_WEIGHT"]
@@ -25,24 +26,24 @@ AUX_WEIGHT = 0.3
 
 
 def classification_loss(
-    output: Any, y: torch.Tensor, aux_weight: float = AUX_WEIGHT
+    output: Any, y: torch.Tensor, aux_weight: float = AUX_WEIGHT, *, next_token: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of ``output`` against ``y``, and the main logits.
 
-    Models with auxiliary heads (GoogLeNet in train mode returns ``(logits, aux2, aux1)``) add
-    ``aux_weight`` times each auxiliary head's cross-entropy (Szegedy et al. 2015 use 0.3).
+    ``output`` is logits, a tuple of heads or a Hugging Face ``ModelOutput`` (its ``logits``);
+    token-level logits are scored per token, predicting the next one when ``next_token`` (a
+    causal language model; see :mod:`modeconn.predictions`). Models with auxiliary heads
+    (GoogLeNet in train mode returns ``(logits, aux2, aux1)``) add ``aux_weight`` times each
+    auxiliary head's cross-entropy (Szegedy et al. 2015 use 0.3).
     """
-    if isinstance(output, torch.Tensor):
-        return F.cross_entropy(output, y), output
-    if isinstance(output, (tuple, list)) and output and all(isinstance(o, torch.Tensor) for o in output):
-        logits, *aux = output
-        loss = F.cross_entropy(logits, y)
-        for head in aux:
-            loss = loss + aux_weight * F.cross_entropy(head, y)
-        return loss, logits
-    raise DataError(
-        f"the model returned {type(output).__name__}; expected logits or a tuple of logits (main head first)"
-    )
+    logits = logits_of(output)
+    loss = F.cross_entropy(*predictions(logits, y, next_token=next_token))
+    if isinstance(output, (tuple, list)):
+        if not all(isinstance(o, torch.Tensor) for o in output):
+            raise DataError(f"the model returned a {type(output).__name__} that holds more than logits")
+        for head in output[1:]:
+            loss = loss + aux_weight * F.cross_entropy(*predictions(head, y, next_token=next_token))
+    return loss, logits
 
 
 class Trainer:
@@ -91,6 +92,7 @@ class Trainer:
         self.epochs = epochs
         self.aux_weight = aux_weight
         self.adversary = adversary
+        self.next_token = predicts_next_token(module)  # a causal LM's output at t predicts t + 1
         params = list(self.parameters())
         if not params:
             raise InvalidArgumentError(f"{type(module).__name__} has no trainable parameters")
@@ -157,7 +159,9 @@ class Trainer:
         (adversarial training, Madry et al. 2018)."""
         if self.adversary is not None:
             x = self.adversary(self.module, x, y)
-        return classification_loss(call_model(self.wrapped, x), y, self.aux_weight)
+        return classification_loss(
+            call_model(self.wrapped, x), y, self.aux_weight, next_token=self.next_token
+        )
 
     def training_step(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimization step on a batch; returns the (detached) loss and logits."""
@@ -215,7 +219,7 @@ class CurveOptimizer(Trainer):
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.call_hook("sample_t")
         x = self.call_hook("perturb", x, y, t)
-        return classification_loss(self.wrapped(x, t), y, self.aux_weight)
+        return classification_loss(self.wrapped(x, t), y, self.aux_weight, next_token=self.next_token)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "t_generator": self.generator.get_state()}

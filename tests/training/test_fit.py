@@ -24,8 +24,9 @@ def test_classification_loss_adds_auxiliary_heads():
     torch.testing.assert_close(loss, expected)
     assert logits is main
     assert classification_loss(main, y)[0] == F.cross_entropy(main, y)
-    with pytest.raises(TypeError, match="expected logits"):
-        classification_loss({"logits": main}, y)
+    assert classification_loss({"logits": main}, y)[0] == F.cross_entropy(main, y)  # a ModelOutput's
+    with pytest.raises(TypeError, match="expected logits"):  # DataError is a TypeError
+        classification_loss({"hidden_states": main}, y)
 
 
 def test_train_model_learns_and_records_epochs(digits_pair):
