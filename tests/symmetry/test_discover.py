@@ -198,10 +198,12 @@ def test_custom_rule_through_plugin_hook(fresh_plugins):
 
     net = nn.Sequential(nn.Conv2d(3, 6, 1), Shift(6), nn.ReLU(), nn.Conv2d(6, 2, 1))
     x = torch.randn(2, 3, 4, 4)
-    before = discover(net, x)  # without a rule fx cannot trace Shift: it is kept whole and fixes its input
+    before = discover(
+        net, x, capture="fx"
+    )  # without a rule fx cannot trace Shift: kept whole, it fixes its input
     assert not before["0"].permutable and "torch.fx cannot trace its code" in before["0"].reason
     modeconn.register_plugin(Rules(), name="shift_rules")
-    spec = discover(net, x)
+    spec = discover(net, x, capture="fx")
     assert spec["0"].permutable and "1.offset" in spec["0"].tensors
     with torch.no_grad():
         assert torch.allclose(net(x), permute(net, spec, spec.random_permutation(3))(x), atol=1e-6)
