@@ -224,7 +224,7 @@ def spatial_subsample(value: torch.Tensor, axis: int, stride: int) -> torch.Tens
 
 
 # errors of a model that does not take the data; others (out of memory, interrupts) pass as they are
-_REJECTIONS = (RuntimeError, TypeError, ValueError, IndexError, KeyError)
+_REJECTIONS = (RuntimeError, TypeError, ValueError, IndexError, KeyError, AssertionError)
 
 
 def _rejected(e: Exception) -> bool:
@@ -335,8 +335,16 @@ def _collect(
                 except Exception as e:
                     if not _rejected(e):
                         raise
+                    hint = ""
+                    if capture == "export" and "Guard failed" in str(e):
+                        hint = (
+                            f" (the graph torch.export captured on the first batch, "
+                            f"{probe.describe()}, takes other batch sizes only: give every batch "
+                            f"the same shapes otherwise, e.g. pad sequences to one length)"
+                        )
                     raise AlignmentError(
-                        f"{label} rejected the data (a batch of {inputs.describe()}): {type(e).__name__}: {e}"
+                        f"{label} rejected the data (a batch of {inputs.describe()}): "
+                        f"{type(e).__name__}: {e}{hint}"
                     ) from e
             va, vb = values
             if step == 0:

@@ -197,3 +197,13 @@ def test_align_recovers_a_planted_permutation_of_a_hugging_face_model(family, co
     b = permute(a, spec, spec.random_permutation(5))
     result = align(a, b, None if cost == "weight_matching" else data, cost=cost, spec=spec)
     assert not _recovered(a, result.model)
+
+
+def test_align_refuses_a_sequence_length_the_exported_graph_was_not_captured_for():
+    a, _ = _build("bert")
+    b, _ = _build("bert", seed=1)
+    data = [{"input_ids": torch.randint(0, 100, (8, 8))}, {"input_ids": torch.randint(0, 100, (8, 12))}]
+    with pytest.raises(
+        modeconn.AlignmentError, match=r"\(8, 12\).*captured on the first batch.*pad sequences"
+    ):
+        align(a, b, data)
