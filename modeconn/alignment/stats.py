@@ -339,8 +339,8 @@ def _collect(
                     if capture == "export" and "Guard failed" in str(e):
                         hint = (
                             f" (the graph torch.export captured on the first batch, "
-                            f"{probe.describe()}, takes other batch sizes only: give every batch "
-                            f"the same shapes otherwise, e.g. pad sequences to one length)"
+                            f"{probe.describe()}, takes other batch sizes and sequence lengths "
+                            f"only: give every batch the same shapes otherwise)"
                         )
                     raise AlignmentError(
                         f"{label} rejected the data (a batch of {inputs.describe()}): "

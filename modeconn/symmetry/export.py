@@ -6,8 +6,9 @@ proxies iterated, slicing by traced sizes).
 unlifted graph (:meth:`torch.export.ExportedProgram.module`) reads the model's own parameters
 and buffers as attributes under their state-dict names, so discovery binds them exactly as on
 an fx graph, and ``permute`` and ``align`` act on the user's model. The graph is specialized
-to the mode it was captured in and to the example inputs' shapes, except the batch size, which
-is declared dynamic when the inputs allow it (alignment feeds batches of other sizes).
+to the mode it was captured in and to the example inputs' shapes, except the batch size and the
+length of integer inputs (token ids), which are declared dynamic when the inputs allow it
+(alignment feeds batches of other sizes).
 """
 
 from __future__ import annotations
@@ -58,12 +59,18 @@ def _export(model: nn.Module, inputs: ModelInputs, *, dynamic: bool) -> Any:
     shapes = None
     tensors = [v for v in inputs.values if isinstance(v, torch.Tensor)]
     if dynamic and tensors and all(t.ndim > 0 and t.shape[0] == tensors[0].shape[0] for t in tensors):
-        # by forward parameter name; Dim.AUTO lets export keep the size static where the code needs
-        shapes = {
-            n: ({0: torch.export.Dim.AUTO} if isinstance(v, torch.Tensor) else None)
-            for n, v in zip(inputs.names, inputs.values)
-        }
+        # by forward parameter name; Dim.AUTO lets export keep a size static where the code
+        # needs it. Integer inputs (token ids, masks) may change length too: sequences of
+        # another length are common, images of another size are not what a spec is about.
+        shapes = {n: _dynamic_axes(v) for n, v in zip(inputs.names, inputs.values)}
     return torch.export.export(model, args, kwargs, dynamic_shapes=shapes, strict=False)
+
+
+def _dynamic_axes(value: Any) -> dict[int, Any] | None:
+    if not isinstance(value, torch.Tensor):
+        return None
+    axes = range(value.ndim) if not value.is_floating_point() else range(1)
+    return {axis: torch.export.Dim.AUTO for axis in axes}
 
 
 @contextlib.contextmanager

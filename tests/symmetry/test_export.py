@@ -199,11 +199,21 @@ def test_align_recovers_a_planted_permutation_of_a_hugging_face_model(family, co
     assert not _recovered(a, result.model)
 
 
-def test_align_refuses_a_sequence_length_the_exported_graph_was_not_captured_for():
+def test_align_takes_batches_of_other_sequence_lengths_through_the_exported_graph():
+    """Token inputs are captured with their length dynamic, as data loaders pad per batch."""
     a, _ = _build("bert")
-    b, _ = _build("bert", seed=1)
-    data = [{"input_ids": torch.randint(0, 100, (8, 8))}, {"input_ids": torch.randint(0, 100, (8, 12))}]
-    with pytest.raises(
-        modeconn.AlignmentError, match=r"\(8, 12\).*captured on the first batch.*pad sequences"
-    ):
-        align(a, b, data)
+    spec = discover(a, {"input_ids": torch.randint(0, 100, (2, 8))})
+    b = permute(a, spec, spec.random_permutation(2))
+    torch.manual_seed(3)
+    data = [{"input_ids": torch.randint(0, 100, (16, n))} for n in (8, 12, 5)]
+    assert not _recovered(a, align(a, b, data, spec=spec).model)
+
+
+def test_align_names_the_shapes_an_exported_graph_refuses(nets):
+    """Images keep the size they were captured at: another size is refused, with the remedy."""
+    ctor, shape = nets.NETS["residual"]
+    a, b = ctor().eval(), ctor().eval()
+    spec = discover(a, torch.randn(2, *shape), capture="export")
+    smaller = torch.randn(4, shape[0], shape[1] - 2, shape[2] - 2)
+    with pytest.raises(modeconn.AlignmentError, match=r"captured on the first batch.*the same shapes"):
+        align(a, b, [torch.randn(4, *shape), smaller], spec=spec)
