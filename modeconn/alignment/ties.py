@@ -61,7 +61,7 @@ def has_tied_units(m: torch.Tensor, margin: float) -> bool:
 
 
 def _tied_rows(m: torch.Tensor, margin: float) -> bool:
-    m = m.double()
+    m = m.detach().double().cpu()  # where the assignment is solved too (the statistics may be on CUDA)
     n, k = m.shape
     if n < 2:
         return False
