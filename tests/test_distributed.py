@@ -140,6 +140,17 @@ def test_a_killed_two_rank_run_resumes_from_its_checkpoint(runs, tmp_path):
         torch.testing.assert_close(resumed["bends"], uninterrupted["bends"], rtol=0, atol=1e-6)
 
 
+def _torchrun_script(script: Path) -> subprocess.CompletedProcess:
+    """``script`` run on 2 ranks by torchrun in its folder; it must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=script.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
 def test_the_scaling_tutorial_prints_the_same_under_torchrun(tmp_path):
     """docs/scaling.md says its script runs unchanged under torchrun: run it there."""
     import re
@@ -148,12 +159,7 @@ def test_the_scaling_tutorial_prints_the_same_under_torchrun(tmp_path):
     code, expected = re.findall(r"```(?:python|output)\n(.*?)```", page, flags=re.S)[:2]
     script = tmp_path / "train_pair.py"
     script.write_text(code)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = _torchrun_script(script)
     want = expected.replace("Local()", "Distributed(rank=0, world_size=2, backend='gloo')")
     assert done.stdout.strip().splitlines() == want.strip().splitlines()
 
@@ -230,10 +236,5 @@ def test_the_process_group_modeconn_opened_is_closed_before_teardown(tmp_path):
         "from modeconn import distributed\n"
         "distributed.current().barrier()\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = _torchrun_script(script)
     assert done.stdout.count("closed") == 2 and "open" not in done.stdout, done.stdout  # ranks interleave
