@@ -10,6 +10,7 @@ flattened to one prediction per token; a causal language model's token t predict
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,9 +69,13 @@ def predicts_next_token(model: nn.Module) -> bool:
         model = model.base
     if not type(model).__module__.startswith("transformers."):
         return False
+    return type(model).__name__ in _causal_lm_classes()
+
+
+@functools.cache
+def _causal_lm_classes() -> frozenset[str]:
+    """The class names of transformers' causal language models (read once: the metric asks per batch)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    names = {
-        n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ([v] if isinstance(v, str) else v)
-    }
-    return type(model).__name__ in names
+    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    return frozenset(n for v in names for n in ([v] if isinstance(v, str) else v))
