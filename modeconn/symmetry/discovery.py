@@ -491,7 +491,6 @@ def discover(
     dtype = float_dtype_of(model)
     state = _Discovery(model, _rules(), strict)
     with modes_restored(model):
-        model.eval()
         gm = _eval_graph(model, inputs, capture)
         capture = gm.meta["capture"]
         for training in (False, True):  # eval first: group names and sites come from the eval graph
