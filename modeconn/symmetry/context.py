@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.fx.node import map_aggregate
 
 from modeconn.symmetry.arguments import Arguments, ArgumentsNotUnderstood, normalize, python_type
-from modeconn.symmetry.spaces import Layout, TensorLayout, layout_size
+from modeconn.symmetry.spaces import Fold, Layout, TensorLayout, layout_size
 from modeconn.symmetry.spec import Fix
 
 if TYPE_CHECKING:
@@ -79,6 +79,20 @@ class RuleContext:
             raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} is not a tensor")
         return a
 
+    def folded(self, name: str | int = "input") -> TensorLayout:
+        """:meth:`tensor` with per-head units kept apart: its ``fold`` (if any) says which axes
+        hold heads and their units. A rule reading this must keep each head's units to itself
+        and move heads only as a whole (see :mod:`modeconn.symmetry.spaces`)."""
+        raw = self._raw(name)
+        a = self._d.ann.get(raw.name) if isinstance(raw, fx.Node) else None
+        if not isinstance(a, TensorLayout):
+            raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} is not a tensor")
+        return a
+
+    def collapse(self, t: TensorLayout) -> TensorLayout:
+        """``t`` with every head's units merged into one layout of its head-dimension axis."""
+        return self._d.collapsed(t, self.where)
+
     def optional_tensor(self, name: str) -> TensorLayout | None:
         """The layout of argument ``name`` if it is a tensor (``None`` for ``None`` or a
         number); a parameter the signature lacks counts as absent."""
@@ -110,9 +124,10 @@ class RuleContext:
 
     def ann(self, raw: Any) -> Any:
         """The layout of a raw argument: a :class:`TensorLayout` for a tensor, ``None`` for
-        constants, tuples/lists of those for sequences."""
+        constants, tuples/lists of those for sequences. Per-head units are collapsed (one
+        permutation for every head); a rule that keeps heads apart reads :meth:`folded`."""
         if isinstance(raw, fx.Node):
-            return self._d.ann.get(raw.name)
+            return self._d.collapsed(self._d.ann.get(raw.name), self.where)
         if isinstance(raw, (list, tuple)):
             return type(raw)(self.ann(a) for a in raw)
         if isinstance(raw, dict):
@@ -127,9 +142,14 @@ class RuleContext:
             and self._d.name_of(raw.target) in self._d.canonical
         )
 
-    def inputs(self) -> list[TensorLayout]:
-        """The layouts of every tensor among the node's arguments, nested ones included."""
-        return list(tensor_layouts([self.ann(a) for a in (*self.node.args, *self.node.kwargs.values())]))
+    def inputs(self, folded: bool = False) -> list[TensorLayout]:
+        """The layouts of every tensor among the node's arguments, nested ones included (with
+        per-head units kept apart when ``folded``, see :meth:`folded`)."""
+        raw = [*self.node.args, *self.node.kwargs.values()]
+        if folded:
+            anns = map_aggregate(raw, lambda a: self._d.ann.get(a.name) if isinstance(a, fx.Node) else None)
+            return list(tensor_layouts(anns))
+        return list(tensor_layouts([self.ann(a) for a in raw]))
 
     @property
     def out_value(self) -> Any:
@@ -201,6 +221,7 @@ class RuleContext:
         """Split spaces so each offset falls between units; ``None`` stays ``None``."""
         if layout is None:
             return None
+        self._d.spaces.fences.append((layout, tuple(offsets)))
         res = self._d.spaces.split_at(layout, offsets)
         if res is None:
             self.fix(layout, "split inside a flattened unit")
@@ -230,6 +251,12 @@ class RuleContext:
             self._d.spaces.find(s).fixed for s, _ in self._d.spaces.resolve(layout)
         )
 
+    def is_heads(self, layout: Layout | None) -> bool:
+        """Whether ``layout`` is a heads axis: its spaces move whole heads."""
+        return layout is not None and all(
+            self._d.spaces.find(s).has_heads for s, _ in self._d.spaces.resolve(layout)
+        )
+
     def param(self, local: str) -> str:
         """The state-dict name of a parameter or buffer of this node's module."""
         return f"{self.module_name}.{local}" if self.module_name else local
@@ -255,11 +282,23 @@ class RuleContext:
             if lay is not None and self._d.record_sites:
                 self._d.sites.append((self.node.name, axis, lay, kind))
 
-    def out(self, layouts: Sequence[Layout | None], uniform: bool = False) -> TensorLayout:
-        """The output layout with the recorded output shape."""
+    def out(
+        self, layouts: Sequence[Layout | None], uniform: bool = False, fold: Fold | None = None
+    ) -> TensorLayout:
+        """The output layout with the recorded output shape (and per-head units ``fold``)."""
         if not isinstance(self.out_value, torch.Size):
             raise ArgumentsNotUnderstood(f"{self.where} does not return one tensor")
-        return TensorLayout(self.out_value, layouts, uniform=uniform)
+        return TensorLayout(self.out_value, layouts, uniform=uniform, fold=fold)
+
+    def new_heads(self, blocks: Sequence[Layout], label: str) -> Layout:
+        """The layout of a heads axis whose head ``h`` owns the units ``blocks[h]``."""
+        layout = ((self._d.spaces.new_heads(blocks, label), 1),)
+        self.touched.append(layout)
+        return layout
+
+    def heads(self, flat: Layout | None, n_heads: int) -> list[Layout] | None:
+        """``flat`` cut into ``n_heads`` equal layouts, or ``None`` when it cannot be."""
+        return None if flat is None else self._d.spaces.heads(flat, n_heads)
 
     def unsupported(self, why: str) -> Any:
         """Give up on this node: fix everything it touches (or raise in strict mode)."""

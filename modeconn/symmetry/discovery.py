@@ -14,6 +14,7 @@ from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
 from modeconn.symmetry.arguments import ArgumentsNotUnderstood
 from modeconn.symmetry.context import RuleContext, Unsupported, target_name, tensor_layouts
 from modeconn.symmetry.export import CAPTURES, export_graph
+from modeconn.symmetry.heads import head_groups
 from modeconn.symmetry.parametrizations import derived_tensors, unknown_hooks
 from modeconn.symmetry.spaces import Layout, SpaceGraph, TensorLayout
 from modeconn.symmetry.spec import Fix, Group, PermutationSpec, Site, TensorSlice
@@ -63,6 +64,7 @@ class _Discovery:
         self.values: dict[str, Any] = {}
         self.ann: dict[str, Any] = {}
         self.record_sites = True
+        self.seen: list[TensorLayout] = []  # every node's layouts: head groups are checked on them
         self._use: set[tuple[str, int]] = set()  # (tensor, axis) bound while visiting one node
         self.gm: fx.GraphModule | None = None
 
@@ -165,9 +167,17 @@ class _Discovery:
             self.spaces.fix(lay, fix)  # whatever a failed rule created or bound
         return _blank(self.values[node.name])
 
+    def collapsed(self, a: Any, where: str) -> Any:
+        """A node's layout as a rule that does not keep heads apart sees it (see
+        :meth:`SpaceGraph.collapse`)."""
+        if not isinstance(a, TensorLayout) or a.fold is None:
+            return a
+        fix = Fix("constraint", f"{where} uses every head's units alike, so heads share one permutation")
+        return self.spaces.collapse(a, fix)
+
     def ann_of(self, x: Any) -> Any:
         if isinstance(x, fx.Node):
-            return self.ann.get(x.name)
+            return self.collapsed(self.ann.get(x.name), target_name(x))
         if isinstance(x, (list, tuple)):
             return [self.ann_of(a) for a in x]
         if isinstance(x, dict):
@@ -181,6 +191,7 @@ class _Discovery:
         self.ann = {}
         for node in gm.graph.nodes:
             self.ann[node.name] = self.visit(gm, node)
+            self.seen.extend(tensor_layouts(self.ann[node.name]))
 
     def visit(self, gm: fx.GraphModule, node: fx.Node) -> Any:
         value = self.values[node.name]
@@ -308,6 +319,7 @@ def _build_spec(d: _Discovery, model: nn.Module, capture: str) -> PermutationSpe
     aliases: dict[str, list[str]] = {}
     for name, canonical in d.canonical.items():
         aliases.setdefault(canonical, []).append(name)
+    heads = {id(h.root): h for h in head_groups(sp, d.seen, d.bindings, d.state_shapes, d.sites, sp.fences)}
 
     # Classes in the order their first tensor binding appears; names from producer labels.
     classes: dict[int, dict] = {}
@@ -340,8 +352,19 @@ def _build_spec(d: _Discovery, model: nn.Module, capture: str) -> PermutationSpe
             pos += leaf.size * inner
 
     groups: dict[str, Group] = {}
+
+    def unique(name: str) -> str:
+        base, k = name, 2
+        while name in groups:
+            name, k = f"{base}#{k}", k + 1
+        return name
+
     for entry in classes.values():
         root = entry["root"]
+        if id(root) in heads:  # a tensor along a heads axis: it moves with the heads
+            heads[id(root)].slices += entry["slices"]
+            heads[id(root)].sites += entry["sites"]
+            continue
         producers = [leaf for leaf in entry["leaves"] if leaf.producer] or entry["leaves"]
         first = min(producers, key=lambda s: s.uid)
         # a piece of a split space is named by its unit range within the original space
@@ -350,9 +373,7 @@ def _build_spec(d: _Discovery, model: nn.Module, capture: str) -> PermutationSpe
             if first.split_from is None
             else f"{first.label}[{first.start}:{first.start + first.size}]"
         )
-        base, k = name, 2
-        while name in groups:
-            name, k = f"{base}#{k}", k + 1
+        name = unique(name)
         fixes = tuple(root.fixed)
         if not fixes and not root.has_producer:
             fixes = (
@@ -368,6 +389,23 @@ def _build_spec(d: _Discovery, model: nn.Module, capture: str) -> PermutationSpe
             slices=tuple(dict.fromkeys(entry["slices"])),
             sites=tuple(dict.fromkeys(entry["sites"])),
             hidden=root.has_producer and not any(f.kind == "output" for f in fixes),
+        )
+    for h in heads.values():
+        name = unique(h.label)
+        slices = [
+            TensorSlice(alias, sl.axis, sl.start, sl.inner)
+            for sl in h.slices
+            for alias in aliases.get(sl.tensor, [sl.tensor])
+        ]
+        groups[name] = Group(
+            name=name,
+            size=h.size,
+            permutable=not h.fixes,
+            fixes=tuple(h.fixes),
+            slices=tuple(dict.fromkeys(slices)),
+            sites=tuple(dict.fromkeys(h.sites)),
+            hidden=False,
+            kind="heads",
         )
     unreached = {
         name: "not used by the traced forward passes (eval and train mode); never permuted"

@@ -21,11 +21,14 @@ def axis_indices(
 ) -> dict[tuple[str, int], torch.Tensor]:
     """For every (tensor, axis) a permutation touches, the gather index along that axis.
 
-    Convention: ``perms[g][i]`` is the original unit that ends up at position ``i``.
+    Convention: ``perms[g][i]`` is the original unit that ends up at position ``i``. Head
+    groups move whole heads after the other groups have permuted the units inside them: head
+    ``i`` of the result is head ``perms[g][i]`` of the original, its units in the order its
+    own groups give them.
     """
     spec.check(perms)
     out: dict[tuple[str, int], torch.Tensor] = {}
-    for name, perm in perms.items():
+    for name, perm in _ordered(spec, perms):
         group = spec.groups[name]
         perm = torch.as_tensor(perm, dtype=torch.long).cpu()
         if not group.permutable or torch.equal(perm, torch.arange(group.size)):
@@ -36,8 +39,17 @@ def axis_indices(
             key = (sl.tensor, sl.axis)
             if key not in out:
                 out[key] = torch.arange(shapes[sl.tensor][sl.axis])
-            out[key][sl.start : sl.start + group.size * sl.inner] = unit_positions(perm, sl.start, sl.inner)
+            end = sl.start + group.size * sl.inner
+            if group.kind == "heads":  # composed with the permutations inside the heads
+                out[key][sl.start : end] = out[key][sl.start : end][unit_positions(perm, 0, sl.inner)]
+            else:
+                out[key][sl.start : end] = unit_positions(perm, sl.start, sl.inner)
     return out
+
+
+def _ordered(spec: PermutationSpec, items: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """Groups of units first, then head groups (which move blocks of the others' units)."""
+    return sorted(items.items(), key=lambda kv: spec.groups[kv[0]].kind == "heads")
 
 
 def permute_state_dict(
@@ -98,7 +110,7 @@ def soft_permute_state_dict(
     shared with ``state``; tensors the spec names but ``state`` lacks are skipped (pass the
     parameters alone to mix only them)."""
     new = dict(state)
-    for name, matrix in matrices.items():
+    for name, matrix in _ordered(spec, matrices):
         group = spec.groups[name]
         n = group.size
         if matrix.shape != (n, n):

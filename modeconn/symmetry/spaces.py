@@ -11,6 +11,12 @@ covers ``space.size * inner`` consecutive indices and unit ``c`` of the space ow
 axis). ``None`` marks an axis no permutation may touch (batch, spatial, model input).
 
 A :class:`TensorLayout` gives the layout of every axis of one tensor in the graph.
+
+Attention heads: reshaping an axis of ``H·d`` units into ``(H, d)`` gives each head its own
+units (a :class:`Fold`: the ``d`` axis follows a different layout for each index of the ``H``
+axis) and the ``H`` axis a *head space*, whose permutation moves whole heads. A rule that does
+not read folds sees the tensor *collapsed*: every head's units merged into one layout of the
+``d`` axis (one permutation shared by all heads), which is always sound.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 from modeconn.errors import SymmetryError
 from modeconn.symmetry.spec import Fix
 
-__all__ = ["Space", "SpaceGraph", "Segment", "Layout", "TensorLayout", "layout_size"]
+__all__ = ["Space", "SpaceGraph", "Segment", "Layout", "Fold", "TensorLayout", "layout_size"]
 
 MAX_REASONS = 4
 
@@ -37,7 +43,9 @@ class Space:
     members: list[Space] = field(default_factory=list)  # on roots: the leaves of the class
     fixed: list[Fix] = field(default_factory=list)  # on roots: why the class may not be permuted
     has_producer: bool = False  # on roots: some member holds a layer's output units
+    has_heads: bool = False  # on roots: some member is a head space
     split_from: Space | None = None  # the space this one is a piece of
+    blocks: list[tuple[Layout, ...]] = field(default_factory=list)  # head spaces: each head's units
     uid: int = 0
 
     def __repr__(self) -> str:
@@ -48,17 +56,41 @@ Segment = tuple[Space, int]
 Layout = tuple[Segment, ...]
 
 
+@dataclass(frozen=True)
+class Fold:
+    """Axis ``dims`` of a tensor holds each head's units, a different layout for each index
+    along axis ``heads``: index ``(h, d)`` is index ``h · size(dims) + d`` of ``flat``. With
+    an ``outer`` axis (a fused q/k/v projection cut into ``(3, H, d)``), index ``(o, h, d)``
+    is index ``(o · H + h) · size(dims) + d``."""
+
+    heads: int
+    dims: int
+    flat: Layout
+    outer: int | None = None
+
+    def moved(self, order: Sequence[int]) -> Fold:
+        """The fold after the axes are reordered (new axis ``i`` is old axis ``order[i]``)."""
+        order = list(order)
+        outer = None if self.outer is None else order.index(self.outer)
+        return Fold(order.index(self.heads), order.index(self.dims), self.flat, outer)
+
+
 class TensorLayout:
     """The shape of one tensor in the graph and the layout of each of its axes.
 
     ``uniform`` marks a tensor whose elements are all equal (``zeros_like``, ``new_zeros``):
-    no permutation changes it, so it couples nothing it meets.
+    no permutation changes it, so it couples nothing it meets. ``fold`` holds per-head units
+    (see the module docstring); the layout of its ``dims`` axis is then ``None``.
     """
 
-    __slots__ = ("shape", "layouts", "uniform")
+    __slots__ = ("shape", "layouts", "uniform", "fold")
 
     def __init__(
-        self, shape: Sequence[int], layouts: Sequence[Layout | None] | None = None, uniform: bool = False
+        self,
+        shape: Sequence[int],
+        layouts: Sequence[Layout | None] | None = None,
+        uniform: bool = False,
+        fold: Fold | None = None,
     ):
         self.shape = tuple(shape)
         layouts = tuple(layouts) if layouts is not None else (None,) * len(self.shape)
@@ -67,6 +99,7 @@ class TensorLayout:
         # size-1 axes carry no permutation (broadcast, keepdim reductions)
         self.layouts = tuple(None if n == 1 else lay for n, lay in zip(self.shape, layouts))
         self.uniform = uniform
+        self.fold = fold
 
     @property
     def ndim(self) -> int:
@@ -82,7 +115,10 @@ class TensorLayout:
 
     def __repr__(self) -> str:
         spaces = [None if lay is None else len(lay) for lay in self.layouts]
-        return f"TensorLayout({self.shape}, {spaces}{', uniform' if self.uniform else ''})"
+        extra = (", uniform" if self.uniform else "") + (
+            f", heads {self.fold.heads} x dims {self.fold.dims}" if self.fold else ""
+        )
+        return f"TensorLayout({self.shape}, {spaces}{extra})"
 
 
 def layout_size(layout: Layout) -> int:
@@ -94,6 +130,8 @@ class SpaceGraph:
 
     def __init__(self) -> None:
         self.spaces: list[Space] = []
+        self.fixed_layouts: list[Layout] = []  # every layout fixed: a head group checks them
+        self.fences: list[tuple[Layout, tuple[int, ...]]] = []  # (layout, offsets) rules split at
 
     def new(self, size: int, label: str, producer: bool, start: int = 0) -> Space:
         s = Space(size, label, producer, start, uid=len(self.spaces), has_producer=producer)
@@ -128,6 +166,7 @@ class SpaceGraph:
         ra.members += rb.members
         rb.members = []
         ra.has_producer = ra.has_producer or rb.has_producer
+        ra.has_heads = ra.has_heads or rb.has_heads
         for reason in rb.fixed:
             self._add_reason(ra, reason)
 
@@ -148,6 +187,7 @@ class SpaceGraph:
                 self.union(pieces[0], p)
             new_root = self.find(pieces[0])
             new_root.has_producer = root.has_producer
+            new_root.has_heads = root.has_heads
             for reason in root.fixed:
                 self._add_reason(new_root, reason)
 
@@ -178,8 +218,49 @@ class SpaceGraph:
 
     def fix(self, layout: Layout | None, reason: Fix) -> None:
         """Forbid permuting every space in ``layout``."""
+        if layout:
+            self.fixed_layouts.append(layout)
         for s, _ in self.resolve(layout or ()):
             self._add_reason(self.find(s), reason)
+
+    def heads(self, flat: Layout, n_heads: int) -> list[Layout] | None:
+        """``flat`` cut into ``n_heads`` equal layouts (spaces split at the head boundaries), or
+        ``None`` when a boundary cuts through a flattened unit."""
+        size = layout_size(flat) // n_heads
+        pieces = self.split_at(flat, range(size, layout_size(flat), size))
+        if pieces is None:
+            return None
+        out: list[list[Segment]] = [[] for _ in range(n_heads)]
+        pos = 0
+        for s, inner in pieces:
+            out[pos // size].append((s, inner))
+            pos += s.size * inner
+        return [tuple(h) for h in out]
+
+    def new_heads(self, blocks: Sequence[Layout], label: str) -> Space:
+        """A head space: unit ``h`` is the block of units ``blocks[h]``, moved as a whole."""
+        s = self.new(len(blocks), label, producer=False)
+        s.blocks.append(tuple(blocks))
+        s.has_heads = True
+        return s
+
+    def collapse(self, t: TensorLayout, reason: Fix) -> TensorLayout:
+        """``t`` with its fold (if any) collapsed: every head's units merged into one layout of
+        the ``dims`` axis."""
+        if t.fold is None:
+            return t
+        n = t.shape[t.fold.heads] * (t.shape[t.fold.outer] if t.fold.outer is not None else 1)
+        heads = self.heads(t.fold.flat, n)
+        if heads is None:
+            self.fix(t.fold.flat, reason.because("incompatible flattening"))
+            merged = None
+        else:
+            merged = heads[0]
+            for h in heads[1:]:
+                merged = self.merge(merged, h, reason)
+        layouts = list(t.layouts)
+        layouts[t.fold.dims] = merged
+        return TensorLayout(t.shape, layouts, t.uniform)
 
     def merge(self, a: Layout | None, b: Layout | None, reason: Fix) -> Layout | None:
         """Couple two layouts of one axis unit by unit; returns the merged (resolved) layout.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -101,7 +101,10 @@ class Group:
 
     ``fixes`` says why a group that is not ``permutable`` is fixed; ``hidden`` is true when
     the units are some layer's hidden units (not the model's outputs, not a token or kernel
-    axis) — the units :meth:`PermutationSpec.units` counts.
+    axis) — the units :meth:`PermutationSpec.units` counts. ``kind`` is ``"units"``, or
+    ``"heads"`` for attention heads: each unit is a whole head (a block of ``inner`` indices
+    in each slice, holding units of other groups), moved as a block after those groups'
+    permutations are applied within it.
     """
 
     name: str
@@ -111,6 +114,7 @@ class Group:
     slices: tuple[TensorSlice, ...] = ()
     sites: tuple[Site, ...] = ()
     hidden: bool = True
+    kind: str = "units"
 
     @property
     def reason(self) -> str | None:
@@ -155,6 +159,11 @@ class PermutationSpec:
     def fixed(self) -> list[Group]:
         return [g for g in self.groups.values() if not g.permutable]
 
+    @property
+    def heads(self) -> list[Group]:
+        """The groups of attention heads (``kind == "heads"``)."""
+        return [g for g in self.groups.values() if g.kind == "heads"]
+
     def units(self) -> tuple[int, int]:
         """(permutable units, hidden units): units counted once per group, over the groups of
         hidden units (outputs, token and kernel axes excluded)."""
@@ -177,6 +186,17 @@ class PermutationSpec:
                 for op in {f.op for f in g.fixes if f.kind == "unsupported" and f.op}:
                     counts[op] += g.size
         return dict(counts)
+
+    def fixing(self, names: Iterable[str], why: str) -> PermutationSpec:
+        """A copy with the groups ``names`` fixed for the reason ``why`` (to hold attention
+        heads in place, say: ``spec.fixing([h.name for h in spec.heads], "heads kept")``)."""
+        groups = dict(self.groups)
+        for name in names:
+            if name not in groups:
+                raise SymmetryError(f"no group named {name!r} in this spec; groups are listed by str(spec)")
+            g = groups[name]
+            groups[name] = replace(g, permutable=False, fixes=(*g.fixes, Fix("constraint", why)))
+        return replace(self, groups=groups)
 
     # -- permutations -----------------------------------------------------------------------
     def identity(self) -> Perms:
@@ -229,6 +249,7 @@ class PermutationSpec:
                 slices=tuple(TensorSlice(**s) for s in g.get("slices", ())),
                 sites=tuple(Site(**s) for s in g.get("sites", ())),
                 hidden=g.get("hidden", True),
+                kind=g.get("kind", "units"),
             )
         return cls(
             groups=groups,

@@ -135,6 +135,7 @@ def _families() -> dict:
             text,
         ),
         "llama": (lambda: T.LlamaForCausalLM(T.LlamaConfig(**decoder)), text),
+        "llama_mha": (lambda: T.LlamaForCausalLM(T.LlamaConfig(**dict(decoder, num_key_value_heads=4))), text),
         "qwen2": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**decoder)), text),
         "vit": (
             lambda: T.ViTForImageClassification(
@@ -185,7 +186,27 @@ def test_rotary_embeddings_fix_the_query_and_key_dimensions_only(family):
     assert any("v_proj" in n for n in free) and any("gate_proj" in n or "up_proj" in n for n in free), free
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "vit", "llama_mha"])
+def test_heads_of_hugging_face_models_move_as_blocks_each_with_its_own_dims(family):
+    model, inputs = _build(family)
+    spec = discover(model, inputs)
+    assert len(spec.heads) == 2 and all(h.permutable and h.size == 4 for h in spec.heads), str(spec)
+    # each head's q·k and v·o dims are groups of their own (8 per layer; the whole MLP and
+    # residual stream besides)
+    per_head = [g for g in spec.permutable if g.size == 8 and g.kind == "units"]
+    assert len(per_head) >= (8 if family == "llama_mha" else 16), str(spec)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_grouped_query_heads_stay_in_place_with_the_reason(family):
+    """Key/value heads shared by two query heads each: not yet permuted as blocks."""
+    model, inputs = _build(family)
+    spec = discover(model, inputs)
+    assert spec.heads and not any(h.permutable for h in spec.heads)
+    assert all("scaled_dot_product_attention" in h.reason for h in spec.heads), [h.reason for h in spec.heads]
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "llama_mha"])
 @pytest.mark.parametrize("cost", COSTS)
 def test_align_recovers_a_planted_permutation_of_a_hugging_face_model(family, cost):
     a, _ = _build(family)
@@ -194,9 +215,14 @@ def test_align_recovers_a_planted_permutation_of_a_hugging_face_model(family, co
         {"input_ids": torch.randint(0, 100, (32, 8)), "attention_mask": torch.ones(32, 8, dtype=torch.long)}
     ]
     spec = discover(a, {k: v[:2] for k, v in data[0].items()})
-    b = permute(a, spec, spec.random_permutation(5))
+    planted = spec.random_permutation(5)
+    b = permute(a, spec, planted)
     result = align(a, b, None if cost == "weight_matching" else data, cost=cost, spec=spec)
     assert not _recovered(a, result.model)
+    for h in spec.heads:  # the heads moved and came back
+        if h.permutable:
+            assert not torch.equal(planted[h.name], torch.arange(h.size))
+            assert torch.equal(result.perms[h.name], torch.argsort(planted[h.name]))
 
 
 def test_align_takes_batches_of_other_sequence_lengths_through_the_exported_graph():

@@ -11,7 +11,7 @@ import torch
 
 from modeconn.symmetry.context import RuleContext, Unsupported
 from modeconn.symmetry.rules.common import broadcast
-from modeconn.symmetry.spaces import Layout, TensorLayout
+from modeconn.symmetry.spaces import Fold, Layout, TensorLayout
 
 __all__ = ["multihead_attention", "sdpa", "matmul", "addmm"]
 
@@ -28,8 +28,15 @@ def multihead_attention(ctx: RuleContext) -> tuple:
     lin = ctx.merge_all([q[-1], k[-1], v[-1]], "attention projections share their input axis")
     ctx.bind_local("in_proj_weight", 1, lin)
     d = m.head_dim
-    qk = [seg for h in range(m.num_heads) for seg in ctx.new_units(d, f"{ctx.module_name}.qk{h}")]
-    vs = [seg for h in range(m.num_heads) for seg in ctx.new_units(d, f"{ctx.module_name}.v{h}")]
+    qk_heads = [ctx.new_units(d, f"{ctx.module_name}.qk{h}") for h in range(m.num_heads)]
+    v_heads = [ctx.new_units(d, f"{ctx.module_name}.v{h}") for h in range(m.num_heads)]
+    heads = ctx.merge(
+        ctx.new_heads(qk_heads, f"{ctx.module_name}:heads"),
+        ctx.new_heads(v_heads, f"{ctx.module_name}:heads"),
+        "a head's q·k and v·o units move together",
+    )
+    qk = [seg for h in qk_heads for seg in h]
+    vs = [seg for h in v_heads for seg in h]
     internal = tuple(qk + qk + vs)
     ctx.bind_local("in_proj_weight", 0, internal)
     ctx.bind_local("in_proj_bias", 0, internal)
@@ -60,6 +67,8 @@ def multihead_attention(ctx: RuleContext) -> tuple:
     # weights: (N, L, S), or (N, heads, L, S) with average_attn_weights=False; unbatched without N
     lw = [None] * len(weights)
     lw[-2], lw[-1] = q[tok], keys
+    if len(weights) == q.ndim + 1:  # per head (average_attn_weights=False)
+        lw[-3] = heads
     if batch is not None:
         lw[0] = lb
     return (result, TensorLayout(weights, lw))
@@ -68,16 +77,41 @@ def multihead_attention(ctx: RuleContext) -> tuple:
 def sdpa(ctx: RuleContext) -> TensorLayout:
     """scaled_dot_product_attention(q, k, v): q·kᵀ contracts the head dim of q and k (one
     permutation); keys and values share their token axis; the output's head dim is v's."""
-    q, k, v = ctx.tensor("query"), ctx.tensor("key"), ctx.tensor("value")
+    q, k, v = ctx.folded("query"), ctx.folded("key"), ctx.folded("value")
     mask = ctx.optional_tensor("attn_mask")
     if mask is not None or ctx.const("is_causal"):
         ctx.fix_all(mask, "attention mask")
         for t in (q, k, v):
             ctx.fix(t[-2], "attention masks tie tokens to positions")
-    ctx.merge(q[-1], k[-1], "q and k head dims")
+    last = q.ndim - 1
+    if any(_shares_kv_heads(ctx, q[a], k[a]) or q.shape[a] != k.shape[a] for a in range(q.ndim - 2)):
+        for t in (q, k, v):
+            for a in range(t.ndim - 2):
+                if ctx.is_heads(t[a]):
+                    ctx.fix(t[a], "grouped-query attention: key/value heads shared by several query heads")
+    if _units_last(q) and _units_last(k) and (q.fold.heads, q.shape) == (k.fold.heads, k.shape):
+        ctx.merge(q.fold.flat, k.fold.flat, "each head's q and k dims")
+    else:
+        q, k = ctx.collapse(q), ctx.collapse(k)
+        ctx.merge(q[-1], k[-1], "q and k head dims")
+    fold = Fold(v.fold.heads, last, v.fold.flat) if _units_last(v) else None
+    v = v if fold is not None else ctx.collapse(v)
     batch = [ctx.merge_all([q[a], k[a], v[a]], "attention batch axes") for a in range(q.ndim - 2)]
     ctx.merge(k[-2], v[-2], "keys and values are one sequence")
-    return ctx.out(batch + [q[-2], v[-1]])
+    return ctx.out(batch + [q[-2], v[-1]], fold=fold)
+
+
+def _shares_kv_heads(ctx: RuleContext, q: Layout | None, k: Layout | None) -> bool:
+    """Whether key heads repeated for several query heads meet the query heads (``repeat_kv``)."""
+    if not (ctx.is_heads(q) and ctx.is_heads(k)):
+        return False
+    return [i for _, i in ctx.resolve(q)] != [i for _, i in ctx.resolve(k)]
+
+
+def _units_last(t: TensorLayout) -> bool:
+    """Whether ``t`` holds per-head units on its last axis, its heads on a batch axis."""
+    f = t.fold
+    return f is not None and f.outer is None and f.dims == t.ndim - 1 and f.heads < t.ndim - 2
 
 
 def _product(ctx: RuleContext, a: TensorLayout, b: TensorLayout, na: str, nb: str) -> list[Layout | None]:
@@ -86,14 +120,7 @@ def _product(ctx: RuleContext, a: TensorLayout, b: TensorLayout, na: str, nb: st
     if a.ndim < 2 or b.ndim < 2:
         raise Unsupported("a matrix product with a vector")
     ctx.merge(a[-1], b[-2], "contracted axis of a matrix product")
-    out_shape = tuple(ctx.out_value)
-    nb_ = len(out_shape) - 2
-    batch = broadcast(
-        ctx,
-        [TensorLayout(a.shape[:-2], a.layouts[:-2]), TensorLayout(b.shape[:-2], b.layouts[:-2])],
-        out_shape[:nb_],
-        "matrix product batch axes",
-    )
+    batch = _batch(ctx, a, b, tuple(ctx.out_value))
     if ctx.is_state(ctx.args[nb]):
         ctx.mark_producer(b[-1])
     if ctx.is_state(ctx.args[na]):
@@ -102,10 +129,42 @@ def _product(ctx: RuleContext, a: TensorLayout, b: TensorLayout, na: str, nb: st
 
 
 def matmul(ctx: RuleContext) -> TensorLayout:
-    """matmul/bmm/``@`` of matrices (or batches of them)."""
+    """matmul/bmm/``@`` of matrices (or batches of them). Per-head units stay apart in
+    attention's two products: ``q @ kᵀ`` (each head's q and k dims contracted) and
+    ``weights @ v`` (the result keeps v's)."""
     other = "mat2" if ctx.has("mat2") else "other"
-    layouts = _product(ctx, ctx.tensor("input"), ctx.tensor(other), "input", other)
+    a, b = ctx.folded("input"), ctx.folded(other)
+    out_shape = tuple(ctx.out_value)
+    n = len(out_shape)
+    if a.ndim == b.ndim == n and (a.fold is not None or b.fold is not None):
+        fa, fb = a.fold, b.fold
+        if (
+            fa
+            and fb
+            and fa.outer is None
+            and fb.outer is None
+            and fa.dims == n - 1
+            and fb.dims == n - 2
+            and fa.heads == fb.heads < n - 2
+        ):
+            ctx.merge(fa.flat, fb.flat, "each head's q and k dims")
+            return ctx.out(_batch(ctx, a, b, out_shape) + [a[-2], b[-1]])
+        if fa is None and _units_last(b):
+            ctx.merge(a[-1], b[-2], "contracted axis of a matrix product")
+            fold = Fold(b.fold.heads, n - 1, b.fold.flat)
+            return ctx.out(_batch(ctx, a, b, out_shape) + [a[-2], None], fold=fold)
+    layouts = _product(ctx, ctx.collapse(a), ctx.collapse(b), "input", other)
     return ctx.out(layouts)
+
+
+def _batch(ctx: RuleContext, a: TensorLayout, b: TensorLayout, out_shape: tuple) -> list[Layout | None]:
+    nb = len(out_shape) - 2
+    return broadcast(
+        ctx,
+        [TensorLayout(a.shape[:-2], a.layouts[:-2]), TensorLayout(b.shape[:-2], b.layouts[:-2])],
+        out_shape[:nb],
+        "matrix product batch axes",
+    )
 
 
 def addmm(ctx: RuleContext) -> TensorLayout:

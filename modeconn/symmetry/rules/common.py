@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from modeconn.symmetry.context import RuleContext, flat_values
-from modeconn.symmetry.spaces import Layout, TensorLayout
+from modeconn.symmetry.spaces import Fold, Layout, TensorLayout
 
 __all__ = [
     "axis_index",
@@ -67,13 +67,39 @@ def elementwise(ctx: RuleContext) -> TensorLayout | None:
         if any(isinstance(ctx.value(a), torch.Size) for a in (*ctx.node.args, *ctx.node.kwargs.values())):
             return ctx.unsupported("an elementwise op with several outputs")
         return None  # arithmetic on Python numbers (shapes)
-    tensors = ctx.inputs()
+    tensors = ctx.inputs(folded=True)
+    fold = _common_fold(tensors, tuple(ctx.out_value))
+    if fold is None:
+        tensors = [ctx.collapse(t) for t in tensors]
+    else:
+        flat = ctx.merge_all([t.fold.flat for t in tensors if t.fold is not None], "heads' units")
+        fold = Fold(fold.heads, fold.dims, flat, fold.outer) if flat is not None else None
     out = ctx.out(
-        broadcast(ctx, tensors, ctx.out_value), uniform=bool(tensors) and all(t.uniform for t in tensors)
+        broadcast(ctx, tensors, ctx.out_value),
+        uniform=bool(tensors) and all(t.uniform for t in tensors),
+        fold=fold,
     )
     if ctx.node.target in _SUMS:
         ctx.site("pre", out)  # a residual sum: observable before the block's nonlinearity
     return out
+
+
+def _common_fold(tensors: Sequence[TensorLayout], out_shape: tuple) -> Fold | None:
+    """The fold an elementwise result keeps: every operand with per-head units has the output's
+    shape and the same heads and units axes, and no other operand varies along the units axis."""
+    folds = {t.fold for t in tensors if t.fold is not None and not t.uniform}
+    folded = [t for t in tensors if t.fold is not None and not t.uniform]
+    if not folded or any(t.shape != out_shape for t in folded):
+        return None
+    if len({(f.heads, f.dims, f.outer) for f in folds}) != 1:
+        return None
+    fold = folded[0].fold
+    for t in tensors:
+        if t.fold is None and not t.uniform:
+            j = t.ndim - len(out_shape) + fold.dims
+            if j >= 0 and t.shape[j] != 1:
+                return None
+    return fold
 
 
 def activation(ctx: RuleContext) -> TensorLayout:
@@ -85,10 +111,10 @@ def activation(ctx: RuleContext) -> TensorLayout:
 
 def passthrough(ctx: RuleContext) -> TensorLayout:
     """The output is the input, perhaps converted (identity, dropout, ``contiguous``, ``to``)."""
-    x = ctx.tensor("input")
+    x = ctx.folded("input")
     if tuple(ctx.out_value) != x.shape:
         return ctx.unsupported("a pass-through op changed the shape")
-    return ctx.out(x.layouts, uniform=x.uniform)
+    return ctx.out(x.layouts, uniform=x.uniform, fold=x.fold)
 
 
 def metadata(ctx: RuleContext) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from modeconn.symmetry.context import RuleContext
 from modeconn.symmetry.rules.common import axis_index
-from modeconn.symmetry.spaces import Layout, TensorLayout, layout_size
+from modeconn.symmetry.spaces import Fold, Layout, TensorLayout, layout_size
 
 __all__ = [
     "reshape",
@@ -33,17 +33,59 @@ __all__ = [
 
 def reshape(ctx: RuleContext) -> TensorLayout:
     """view/reshape/flatten/unflatten: match groups of input and output axes with equal
-    products; merged axes combine their layouts (channel-major), split axes give the layout to
-    the innermost sub-axis (all pieces share one permutation), anything else is fixed."""
-    x = ctx.tensor("input")
+    products; merged axes combine their layouts (channel-major), anything else is fixed. An
+    axis split in two (``(H·d)`` into ``(H, d)``: attention heads) gives each head its own units
+    and the outer axis a head space; split further, the innermost sub-axis takes the units and
+    all pieces share one permutation. Merging a heads axis with its units' axis undoes that."""
     if ctx.has("dtype"):  # x.view(torch.float16) reinterprets bytes
         return ctx.unsupported("a view as another dtype")
-    return ctx.out(_reshape_layouts(ctx, x, tuple(ctx.out_value)))
-
-
-def _reshape_layouts(ctx: RuleContext, x: TensorLayout, out_shape: tuple) -> list:
-    ins = list(x.shape)
+    out_shape = tuple(ctx.out_value)
+    x = ctx.folded("input")
+    groups = _axis_groups(x.shape, out_shape)
+    fold, out_fold = x.fold, None
+    kept = {gi[0]: gj[0] for gi, gj in groups if len(gi) == len(gj) == 1}  # axes that stay whole
+    if fold is not None and fold.outer is None and fold.heads in kept and fold.dims in kept:
+        out_fold = Fold(kept[fold.heads], kept[fold.dims], fold.flat)
+    elif fold is not None and (
+        fold.outer is not None or not any(gi == [fold.heads, fold.dims] and len(gj) == 1 for gi, gj in groups)
+    ):
+        x, fold = ctx.collapse(x), None
     out_layouts: list = [None] * len(out_shape)
+    for gi, gj in groups:
+        if fold is not None and gi == [fold.heads, fold.dims]:
+            out_layouts[gj[0]] = fold.flat
+            continue
+        in_lays = [x[a] for a in gi]
+        if all(lay is None for lay in in_lays):
+            continue
+        in_sizes = [x.shape[a] for a in gi]
+        out_sizes = [out_shape[b] for b in gj]
+        if len(gj) == 1:
+            out_layouts[gj[0]] = _merge_axes(ctx, in_lays, in_sizes)
+        elif len(gi) == 1:
+            heads = _into_heads(ctx, in_lays[0], out_sizes) if out_fold is None else None
+            if heads is not None:
+                head_layout, flat = heads
+                nontrivial = [b for b in gj if out_shape[b] > 1]
+                if len(nontrivial) == 3:  # (pieces, heads, dims)
+                    out_layouts[nontrivial[1]] = head_layout
+                    out_fold = Fold(nontrivial[1], nontrivial[2], flat, outer=nontrivial[0])
+                else:
+                    out_layouts[nontrivial[0]] = head_layout
+                    out_fold = Fold(nontrivial[0], nontrivial[1], flat)
+                continue
+            for b, lay in zip(gj, _split_axis(ctx, in_lays[0], out_sizes)):
+                out_layouts[b] = lay
+        else:
+            for lay in in_lays:
+                ctx.fix(lay, "reshape mixes several axes into several axes")
+    return ctx.out(out_layouts, fold=out_fold)
+
+
+def _axis_groups(ins: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """The runs of input and output axes with equal products a reshape maps onto each other
+    (size-1 axes belong to none)."""
+    groups = []
     i = j = 0
     while i < len(ins) or j < len(out_shape):
         # skip size-1 axes on either side: they carry nothing
@@ -67,20 +109,33 @@ def _reshape_layouts(ctx: RuleContext, x: TensorLayout, out_shape: tuple) -> lis
                 gj.append(j)
                 pj *= out_shape[j]
         i, j = i + 1, j + 1
-        in_lays = [x[a] for a in gi]
-        if all(lay is None for lay in in_lays):
-            continue
-        in_sizes = [x.shape[a] for a in gi]
-        out_sizes = [out_shape[b] for b in gj]
-        if len(gj) == 1:
-            out_layouts[gj[0]] = _merge_axes(ctx, in_lays, in_sizes)
-        elif len(gi) == 1:
-            for b, lay in zip(gj, _split_axis(ctx, in_lays[0], out_sizes)):
-                out_layouts[b] = lay
-        else:
-            for lay in in_lays:
-                ctx.fix(lay, "reshape mixes several axes into several axes")
-    return out_layouts
+        groups.append((gi, gj))
+    return groups
+
+
+def _into_heads(ctx: RuleContext, lay: Layout, sizes: list[int]) -> tuple | None:
+    """An axis split into (heads, units per head), or (pieces, heads, units per head) for a
+    fused q/k/v projection: each head keeps its own units, and the pieces' heads move
+    together. Returns (the heads axis's layout, the flat layout of the units), or ``None`` for
+    any other split (or units that are flattened)."""
+    nontrivial = [k for k, n in enumerate(sizes) if n > 1]
+    if len(nontrivial) not in (2, 3):
+        return None
+    lay = ctx.resolve(lay)
+    if any(i != 1 for _, i in lay):
+        return None
+    pieces = sizes[nontrivial[0]] if len(nontrivial) == 3 else 1
+    n_heads = sizes[nontrivial[-2]]
+    blocks = ctx.heads(lay, pieces * n_heads)
+    if blocks is None:
+        return None
+    head_layout = None
+    for p in range(pieces):
+        part = blocks[p * n_heads : (p + 1) * n_heads]
+        first = ctx.resolve(part[0])[0][0]
+        own = ctx.new_heads(part, f"{first.label.removesuffix('.weight')}:heads")
+        head_layout = own if head_layout is None else ctx.merge(head_layout, own, "the pieces' heads")
+    return head_layout, ctx.resolve(lay)
 
 
 def _merge_axes(ctx: RuleContext, lays: list, sizes: list[int]) -> Layout | None:
@@ -88,6 +143,11 @@ def _merge_axes(ctx: RuleContext, lays: list, sizes: list[int]) -> Layout | None
     spaces are all fixed already carries nothing that could move)."""
     lays = [None if ctx.is_fixed(lay) else lay for lay in lays]
     carrying = [k for k, lay in enumerate(lays) if lay is not None]
+    if len(carrying) > 1:  # a heads axis flattened with its units in another order: heads stay put
+        for k in [k for k in carrying if ctx.is_heads(lays[k])]:
+            ctx.fix(lays[k], "a heads axis flattened with its units' axis in another order")
+            lays[k] = None
+        carrying = [k for k, lay in enumerate(lays) if lay is not None]
     if not carrying:
         return None
     if len(carrying) > 1:
@@ -133,18 +193,19 @@ def _split_axis(ctx: RuleContext, lay: Layout, sizes: list[int]) -> list:
 def _moved(ctx: RuleContext, x: TensorLayout, order: Sequence[int]) -> TensorLayout:
     if sorted(order) != list(range(x.ndim)):
         raise ValueError(f"{list(order)} is not an order of {x.ndim} axes")
-    return ctx.out([x[o] for o in order])
+    fold = x.fold.moved(order) if x.fold is not None else None
+    return ctx.out([x[o] for o in order], fold=fold)
 
 
 def permute_dims(ctx: RuleContext) -> TensorLayout:
-    """permute(dims): the layouts move with their axes."""
-    x = ctx.tensor("input")
+    """permute(dims): the layouts (and heads with their units) move with their axes."""
+    x = ctx.folded("input")
     return _moved(ctx, x, [axis_index(int(d), x.ndim) for d in ctx.const("dims")])
 
 
 def transpose(ctx: RuleContext) -> TensorLayout:
     """transpose/swapaxes/swapdims of two axes."""
-    x = ctx.tensor("input")
+    x = ctx.folded("input")
     names = ("dim0", "dim1") if ctx.has("dim0") else ("axis0", "axis1")
     a, b = (axis_index(int(ctx.const(n)), x.ndim) for n in names)
     order = list(range(x.ndim))
@@ -162,7 +223,7 @@ def matrix_transpose(ctx: RuleContext) -> TensorLayout:
 
 def movedim(ctx: RuleContext) -> TensorLayout:
     """movedim/moveaxis(source, destination)."""
-    x = ctx.tensor("input")
+    x = ctx.folded("input")
     n = x.ndim
     src, dst = ctx.const("source"), ctx.const("destination")
     src = [src] if isinstance(src, int) else list(src)
@@ -285,9 +346,23 @@ def split(ctx: RuleContext) -> tuple:
 
 
 def unbind(ctx: RuleContext) -> tuple:
-    """unbind(dim): each piece is one index along ``dim``, which must therefore keep its order."""
-    x = ctx.tensor("input")
+    """unbind(dim): each piece is one index along ``dim``, which must therefore keep its order
+    (unbinding the pieces of a fused q/k/v cut into heads gives each piece its heads)."""
+    x = ctx.folded("input")
     d = axis_index(int(ctx.const("dim")), x.ndim)
+    f = x.fold
+    if f is not None and f.outer == d:
+        n = x.shape[d]
+        size = layout_size(f.flat) // n
+        lays = [x[a] for a in range(x.ndim) if a != d]
+        shift = [a - (a > d) for a in range(x.ndim)]
+        return tuple(
+            TensorLayout(s, lays, x.uniform, Fold(shift[f.heads], shift[f.dims], part))
+            for s, part in zip(
+                ctx.out_value, (ctx.sub_layout(f.flat, i * size, (i + 1) * size) for i in range(n))
+            )
+        )
+    x = ctx.collapse(x)
     ctx.fix(x[d], "unbind picks single units")
     lays = [x[a] for a in range(x.ndim) if a != d]
     return tuple(TensorLayout(s, lays, x.uniform) for s in ctx.out_value)

@@ -1,0 +1,185 @@
+"""Head groups: attention heads permuted as whole blocks.
+
+Reshaping an axis of ``H·d`` units into ``(H, d)`` gives the ``H`` axis a head space whose
+unit ``h`` is the block of units of head ``h`` (:meth:`SpaceGraph.new_heads`). Moving heads
+is sound only if every tensor the traces saw treats the heads alike, which is checked here,
+after discovery, on every layout it recorded:
+
+- wherever the heads' units appear, all heads appear, in order, as one run (a projection's
+  rows, a flat activation, the folded units of a ``(…, H, …, d)`` tensor) — or, when every
+  head has the same units (one permutation shared by all heads), beside the heads axis;
+- no op fixes, or splits into groups, an axis that holds more than one head's units (a
+  constant added to a flat activation, a GroupNorm over it).
+
+A head group that fails a check is fixed with the reason; its heads' own units are unaffected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from modeconn.symmetry.spaces import Layout, Space, SpaceGraph, TensorLayout
+from modeconn.symmetry.spec import Fix, Site, TensorSlice
+
+__all__ = ["HeadGroup", "head_groups"]
+
+_Seg = tuple[int, int]  # (class id, size)
+
+
+@dataclass
+class HeadGroup:
+    """One class of head spaces: its heads' units and what was found about them."""
+
+    root: Space
+    size: int
+    block: int  # units per head
+    label: str
+    signatures: set[tuple[tuple[_Seg, ...], ...]] = field(default_factory=set)  # per head: its segments
+    fixes: list[Fix] = field(default_factory=list)
+    slices: list[TensorSlice] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
+
+    @property
+    def classes(self) -> set[int]:
+        return {c for sig in self.signatures for head in sig for c, _ in head}
+
+    @property
+    def runs(self) -> set[tuple[_Seg, ...]]:
+        return {tuple(seg for head in sig for seg in head) for sig in self.signatures}
+
+    @property
+    def shared(self) -> set[int]:
+        """The classes of units every head shares (one permutation for all heads)."""
+        return {c for sig in self.signatures if len(set(sig)) == 1 for c, _ in sig[0]}
+
+    def fix(self, kind: str, why: str) -> None:
+        if not any(f.message == why for f in self.fixes):
+            self.fixes.append(Fix(kind, why))
+
+
+def _segments(sp: SpaceGraph, layout: Layout) -> list[tuple[int, int, int]]:
+    return [(id(sp.find(s)), s.size, inner) for s, inner in sp.resolve(layout)]
+
+
+def _runs(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> tuple[list[tuple[int, int]], bool]:
+    """The full runs of the heads' units in one axis layout, as (start index, inner per unit),
+    and whether every segment of the heads' units lies in one."""
+    classes, runs = hg.classes, hg.runs
+    found, ok, pos, p = [], True, 0, 0
+    while p < len(segs):
+        c, size, inner = segs[p]
+        if c not in classes:
+            pos += size * inner
+            p += 1
+            continue
+        for run in runs:
+            part = segs[p : p + len(run)]
+            if [(c2, s2) for c2, s2, _ in part] == list(run) and {i for _, _, i in part} == {inner}:
+                found.append((pos, inner))
+                pos += sum(s2 * i for _, s2, i in part)
+                p += len(run)
+                break
+        else:
+            ok = False
+            pos += size * inner
+            p += 1
+    return found, ok
+
+
+def _beside_heads(sp: SpaceGraph, hg: HeadGroup, layouts: Sequence[Layout | None], axis: int) -> bool:
+    """Whether axis ``axis`` holds only units every head shares, and another axis the heads."""
+    if not all(c in hg.shared for c, _, _ in _segments(sp, layouts[axis])):
+        return False
+    return any(
+        a != axis and lay is not None and len(lay) == 1 and lay[0][1] == 1 and sp.find(lay[0][0]) is hg.root
+        for a, lay in enumerate(layouts)
+    )
+
+
+def _check_tensor(
+    sp: SpaceGraph, hg: HeadGroup, layouts: Sequence[Layout | None], extra: Iterable[Layout], what: str
+) -> list[tuple[int, int, int]]:
+    """Check one tensor's axis layouts (and ``extra`` flat layouts, a fold's); returns the runs
+    as (axis, start, inner), axis -1 for extra layouts."""
+    out = []
+    for axis, lay in [*enumerate(layouts), *((-1, e) for e in extra)]:
+        if lay is None:
+            continue
+        segs = _segments(sp, lay)
+        if not any(c in hg.classes for c, _, _ in segs):
+            continue
+        runs, ok = _runs(hg, segs)
+        if not ok and not (axis >= 0 and _beside_heads(sp, hg, layouts, axis)):
+            hg.fix("constraint", f"{what} holds the units of some heads only, or out of order")
+        out += [(axis, start, inner) for start, inner in runs]
+    return out
+
+
+def head_groups(
+    sp: SpaceGraph,
+    seen: Sequence[TensorLayout],
+    bindings: Mapping[tuple[str, int], Layout | None],
+    shapes: Mapping[str, tuple[int, ...]],
+    sites: Sequence[tuple[str, int, Layout, str]],
+    fences: Sequence[tuple[Layout, Sequence[int]]],
+) -> list[HeadGroup]:
+    """The head groups of a finished discovery, checked (see the module docstring): their
+    slices (tensor names as bound: canonical names) and sites, and why they are fixed."""
+    heads = [s for s in sp.spaces if s.blocks]
+    # one projection cut into heads again (each trace does it once) moves with the first cut;
+    # cut in another way, neither can move on its own
+    first: dict[int, tuple[Space, tuple]] = {}
+    conflicts: set[int] = set()
+    for s in heads:
+        sig = tuple(tuple((c, size) for c, size, _ in _segments(sp, b)) for b in s.blocks[0])
+        for c in {c for head in sig for c, _ in head}:
+            other, other_sig = first.setdefault(c, (s, sig))
+            if other is s:
+                continue
+            if other_sig == sig:
+                sp.union(other, s)
+            else:
+                conflicts |= {id(other), id(s)}
+    found: dict[int, HeadGroup] = {}
+    for s in heads:
+        root = sp.find(s)
+        hg = found.get(id(root))
+        block = sum(t.size * i for t, i in sp.resolve(s.blocks[0][0]))
+        if hg is None:
+            hg = found[id(root)] = HeadGroup(root, s.size, block, s.label, fixes=list(root.fixed))
+        if s.children:
+            hg.fix("constraint", "the heads axis is split or reshaped")
+        if id(s) in conflicts:
+            hg.fix("constraint", "one projection is cut into heads in two ways")
+        if block != hg.block:
+            hg.fix("constraint", "heads of different sizes meet")
+        for blocks in s.blocks:
+            hg.signatures.add(tuple(tuple((c, size) for c, size, _ in _segments(sp, b)) for b in blocks))
+    groups = list(found.values())
+    for hg in groups:
+        if hg.size == 1:
+            hg.fix("single_unit", "a single head")
+        longest = max(max(len(head) for head in sig) for sig in hg.signatures)
+        for lay, offsets in fences:
+            runs, _ = _runs(hg, _segments(sp, lay))
+            span = hg.block * hg.size
+            if any(start < o < start + span * inner for start, inner in runs for o in offsets):
+                hg.fix("constraint", "an op splits an axis holding several heads into groups")
+        for lay in sp.fixed_layouts:
+            n = sum(c in hg.classes for c, _, _ in _segments(sp, lay))
+            if n > longest:
+                hg.fix("constraint", "an op depends on the order of an axis holding several heads")
+        for t in seen:
+            extra = [t.fold.flat] if t.fold is not None else []
+            _check_tensor(sp, hg, t.layouts, extra, f"a tensor of shape {tuple(t.shape)}")
+        by_tensor: dict[str, list[Layout | None]] = {}
+        for (tensor, axis), lay in bindings.items():
+            by_tensor.setdefault(tensor, [None] * len(shapes[tensor]))[axis] = lay
+        for tensor, layouts in by_tensor.items():
+            for axis, start, inner in _check_tensor(sp, hg, layouts, (), f"`{tensor}`"):
+                hg.slices.append(TensorSlice(tensor, axis, start, hg.block * inner))
+        for node, axis, lay, kind in sites:
+            runs, _ = _runs(hg, _segments(sp, lay))
+            hg.sites += [Site(node, axis, start, hg.block * inner, kind) for start, inner in runs]
+    return groups

@@ -1,0 +1,288 @@
+"""Attention heads: per-head units and head permutations, found on generated attention nets;
+heads that some op treats unalike are fixed, and the fix is needed (forcing it breaks the
+function)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modeconn import align, discover, permute
+from modeconn.symmetry.spec import PermutationSpec
+
+from .helpers import assert_equivalent
+
+# ways of breaking the symmetry between heads, and the reason discovery gives
+BREAKERS = {
+    "flat_constant": "depends on the order of an axis holding several heads",
+    "first_head": "holds the units of some heads only",
+    "group_norm": "splits an axis holding several heads into groups",
+    "head_bias": "never permuted",
+}
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        dh: int,
+        *,
+        fused: bool | str = False,
+        rope: bool = False,
+        product: str = "sdpa",
+        causal: bool = False,
+        breaker: str | None = None,
+    ):
+        super().__init__()
+        self.h, self.dh, self.inner = heads, dh, heads * dh
+        self.fused, self.rope, self.product, self.causal, self.breaker = fused, rope, product, causal, breaker
+        if fused:
+            self.qkv = nn.Linear(d, 3 * self.inner)
+        else:
+            self.q, self.k, self.v = (nn.Linear(d, self.inner) for _ in range(3))
+        self.o = nn.Linear(self.inner, d)
+        if breaker == "group_norm":
+            self.norm = nn.GroupNorm(2, self.inner)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.h, self.dh).transpose(1, 2)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[-2]
+        pos = torch.arange(t, dtype=x.dtype)[:, None]
+        freq = torch.arange(self.dh // 2, dtype=x.dtype)[None] + 1.0
+        angle = torch.cat([pos * freq, pos * freq], -1)
+        x1, x2 = x[..., : self.dh // 2], x[..., self.dh // 2 :]
+        return x * angle.cos() + torch.cat([-x2, x1], -1) * angle.sin()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        if self.fused == "reshape":  # timm's form: (3, heads, dims) in one view
+            q, k, v = self.qkv(x).reshape(b, t, 3, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = (z.transpose(1, 2).reshape(b, t, self.inner) for z in (q, k, v))
+        elif self.fused:
+            q, k, v = self.qkv(x).split(self.inner, -1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        extra = q[..., : self.dh].sum(-1, keepdim=True) if self.breaker == "first_head" else 0
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if self.rope:
+            q, k = self._rotate(q), self._rotate(k)
+        if self.product == "sdpa" and self.breaker != "head_bias":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        else:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.dh)
+            if self.breaker == "head_bias":  # ALiBi: a slope per head times the key position
+                slopes = torch.arange(1, self.h + 1, dtype=x.dtype).view(1, -1, 1, 1)
+                scores = scores + slopes * torch.arange(t, dtype=x.dtype)
+            if self.causal:
+                scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+            y = scores.softmax(-1) @ v
+        y = y.transpose(1, 2).reshape(b, t, self.inner)
+        if self.breaker == "flat_constant":
+            y = y + torch.linspace(-1, 1, self.inner, dtype=x.dtype)
+        if self.breaker == "group_norm":
+            y = self.norm(y.transpose(1, 2)).transpose(1, 2)
+        return self.o(y) + extra
+
+
+class Net(nn.Module):
+    def __init__(self, d_in: int = 5, d: int = 8, layers: int = 1, **attention):
+        super().__init__()
+        self.embed = nn.Linear(d_in, d)
+        self.blocks = nn.ModuleList(Attention(d, **attention) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.mlp = nn.Sequential(nn.Linear(d, 12), nn.GELU(), nn.Linear(12, d))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for attn, norm in zip(self.blocks, self.norms):
+            h = h + attn(norm(h))
+        h = h + self.mlp(h)
+        return self.head(h.mean(1))
+
+
+def _x(batch: int = 2, tokens: int = 6, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, tokens, 5, generator=torch.Generator().manual_seed(seed))
+
+
+def _units_inside(spec: PermutationSpec, head_group) -> set[str]:
+    """The groups owning units inside the heads of ``head_group`` (one per head and family
+    when heads are independent)."""
+    out = set()
+    for g in spec:
+        if g.kind == "heads":
+            continue
+        for s in g.slices:
+            for b in head_group.slices:
+                if (b.tensor, b.axis) == (
+                    s.tensor,
+                    s.axis,
+                ) and b.start <= s.start < b.start + head_group.size * b.inner:
+                    out.add(g.name)
+    return out
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("product", ["sdpa", "matmul"])
+@pytest.mark.parametrize("fused", [False, True, "reshape"])
+def test_each_head_has_its_own_units_and_heads_move_as_blocks(capture, product, fused):
+    torch.manual_seed(0)
+    model = Net(heads=4, dh=2, product=product, fused=fused, layers=2).eval()
+    spec = discover(model, _x(), capture=capture)
+    heads = spec.heads
+    assert len(heads) == 2 and all(h.permutable and h.size == 4 for h in heads), str(spec)
+    inside = _units_inside(spec, heads[0])
+    assert len(inside) == 8, inside  # 4 heads x (q·k dims, v·o dims)
+    assert all(spec[n].permutable and spec[n].size == 2 for n in inside)
+    assert_equivalent(model, _x(), spec=spec, seeds=(0, 1, 2))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_rotary_embeddings_fix_q_and_k_dims_but_not_heads_or_v_dims(capture):
+    torch.manual_seed(0)
+    model = Net(heads=3, dh=4, rope=True).eval()
+    spec = discover(model, _x(), capture=capture)
+    (heads,) = spec.heads
+    assert heads.permutable, heads.reason
+    inside = [spec[n] for n in _units_inside(spec, heads)]
+    fixed = [g for g in inside if not g.permutable]
+    free = [g for g in inside if g.permutable]
+    assert fixed and all(g.fixes for g in fixed)
+    assert sum(g.size for g in free) == 3 * 4  # v·o: every head its own 4 dims
+    assert_equivalent(model, _x(), spec=spec, seeds=(0, 1))
+
+
+@pytest.mark.parametrize("breaker", sorted(BREAKERS))
+def test_heads_treated_unalike_are_fixed_and_the_fix_is_needed(breaker):
+    torch.manual_seed(0)
+    model = Net(heads=4, dh=2, product="matmul", breaker=breaker).eval()
+    x = _x()
+    spec = discover(model, x)
+    heads = spec.heads
+    assert heads and not any(h.permutable for h in heads), str(spec)
+    assert any(BREAKERS[breaker] in h.reason for h in heads), [h.reason for h in heads]
+    assert_equivalent(model, x, spec=spec, seeds=(0, 1))
+    # forced, the same head permutation changes the function: the fix is not over-cautious
+    free = {h.name: dataclasses.replace(h, permutable=True, fixes=()) for h in heads}
+    forced = PermutationSpec({**spec.groups, **free}, capture=spec.capture)
+    perms = {h.name: torch.tensor([1, 2, 3, 0]) for h in heads}  # crosses GroupNorm(2)'s groups
+    with torch.no_grad():
+        assert not torch.allclose(model(x), permute(model, forced, perms)(x), atol=1e-5)
+
+
+def test_grouped_query_heads_shared_by_query_heads_stay_in_place():
+    class GQA(Attention):
+        def forward(self, x):
+            b, t, _ = x.shape
+            q = self._heads(self.q(x))
+            k = self.k(x)[..., : 2 * self.dh].view(b, t, 2, self.dh).transpose(1, 2)
+            v = self.v(x)[..., : 2 * self.dh].view(b, t, 2, self.dh).transpose(1, 2)
+            k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+            y = F.scaled_dot_product_attention(q, k, v)
+            return self.o(y.transpose(1, 2).reshape(b, t, self.inner))
+
+    model = nn.Sequential(nn.Linear(5, 8), GQA(8, 4, 2)).eval()
+    spec = discover(model, _x())
+    assert spec.heads and not any(h.permutable for h in spec.heads)
+    assert_equivalent(model, _x(), spec=spec, seeds=(0, 1))
+
+
+@st.composite
+def attention_nets(draw):
+    rope = draw(st.booleans())
+    return dict(
+        heads=draw(st.integers(2, 4)),
+        dh=draw(st.sampled_from([2, 4] if rope else [1, 2, 3])),
+        fused=draw(st.sampled_from([False, True, "reshape"])),
+        rope=rope,
+        product=draw(st.sampled_from(["sdpa", "matmul"])),
+        causal=draw(st.booleans()),
+        layers=draw(st.integers(1, 2)),
+    )
+
+
+@settings(max_examples=12, deadline=None)
+@given(config=attention_nets(), seed=st.integers(0, 2**16))
+def test_generated_attention_nets_keep_their_function_and_are_recovered(config, seed):
+    torch.manual_seed(seed)
+    model = Net(**config).eval()
+    x = _x(batch=32, seed=seed)
+    spec = discover(model, x[:2])
+    assert all(h.permutable for h in spec.heads), str(spec)
+    assert_equivalent(model, x[:4], spec=spec, seeds=(seed,), train=False)
+    perms = spec.random_permutation(seed)
+    permuted = permute(model, spec, perms)
+    for cost in ("weight_matching", "l2_preact"):
+        result = align(model, permuted, x, cost=cost, spec=spec, labels=False)
+        for k, v in model.state_dict().items():
+            assert torch.allclose(v, result.model.state_dict()[k], atol=1e-6), (cost, k)
+
+
+@pytest.mark.parametrize("cost", ["weight_matching", "correlation", "l2_preact"])
+def test_align_recovers_planted_head_and_unit_permutations(cost):
+    torch.manual_seed(1)
+    model = Net(heads=4, dh=3, layers=2).eval()
+    x = _x(batch=64, seed=1)
+    spec = discover(model, x[:2])
+    perms = spec.random_permutation(5)
+    assert any(not torch.equal(perms[h.name], torch.arange(h.size)) for h in spec.heads)
+    result = align(model, permute(model, spec, perms), x, cost=cost, spec=spec, labels=False)
+    for h in spec.heads:  # perms[g][i] = unit of B at position i: the inverse of the planted one
+        assert torch.equal(result.perms[h.name], torch.argsort(perms[h.name])), h.name
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, result.model.state_dict()[k], atol=1e-6), k
+
+
+def test_a_spec_with_heads_survives_json():
+    model = Net(heads=2, dh=2).eval()
+    spec = discover(model, _x())
+    again = PermutationSpec.from_json(spec.to_json())
+    assert [g.kind for g in again] == [g.kind for g in spec] and again.heads
+
+
+def test_timm_vision_transformers_move_their_heads():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    spec = discover(model, x)
+    assert len(spec.heads) == 2 and all(h.permutable and h.size == 3 for h in spec.heads), str(spec)
+    assert_equivalent(model, x, spec=spec, seeds=(0,), train=False)
+    planted = spec.random_permutation(4)
+    result = align(model, permute(model, spec, planted), cost="weight_matching", spec=spec)
+    for h in spec.heads:
+        assert torch.equal(result.perms[h.name], torch.argsort(planted[h.name]))
+
+
+@pytest.mark.parametrize("per_head_weights", [False, True])
+def test_multihead_attention_modules_move_their_heads_unless_per_head_weights_leave(per_head_weights):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(5, 8)
+            self.attn = nn.MultiheadAttention(8, 4, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.embed(x)
+            y, w = self.attn(h, h, h, average_attn_weights=not per_head_weights)
+            out = self.head(y.mean(1))
+            return (out, w) if per_head_weights else out
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    spec = discover(model, _x())
+    (heads,) = spec.heads
+    assert heads.permutable is not per_head_weights, heads.reason
+    assert_equivalent(model, _x(), spec=spec, seeds=(0, 1), train=False)
