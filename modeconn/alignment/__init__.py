@@ -11,6 +11,7 @@ from modeconn.alignment.doubly_stochastic import (
     nearest_permutation,
     project_doubly_stochastic,
 )
+from modeconn.alignment.heads import HeadView, head_view
 from modeconn.alignment.result import AlignResult, CorrelationSignature
 from modeconn.alignment.stats import PairStats, collect_statistics
 from modeconn.alignment.weight_matching import (
@@ -27,6 +28,8 @@ __all__ = [
     "collect_statistics",
     "cost_matrices",
     "solve_groups",
+    "head_view",
+    "HeadView",
     "solve_assignment",
     "match_weights",
     "signature_matching",

@@ -17,6 +17,7 @@ import torch.nn as nn
 from modeconn import distributed
 from modeconn.alignment.assignment import solve_assignment
 from modeconn.alignment.costs import ActivationCost
+from modeconn.alignment.heads import HeadView, head_view
 from modeconn.alignment.result import AlignResult, CorrelationSignature
 from modeconn.alignment.stats import ADVERSARIAL, PairStats, _collect, check_site_options, paired_sites
 from modeconn.alignment.ties import break_ties, has_constant_units
@@ -55,22 +56,35 @@ def solve_groups(
     maximize: bool,
     state_a: Mapping[str, torch.Tensor] | None = None,
     state_b: Mapping[str, torch.Tensor] | None = None,
+    heads: HeadView | None = None,
 ) -> Perms:
     """The permutation of every permutable group: the linear assignment (paper eq. 2) of its
     matrix; with the models' state dicts, near-ties are broken by weight similarity and the
     groups without a matrix (nothing observes them) are matched by weight matching, the
-    others held fixed. Groups without a matrix and without states keep the identity."""
+    others held fixed. Groups without a matrix and without states keep the identity.
+
+    ``heads``: ``spec`` is the flat view of a spec with attention heads (:func:`head_view`);
+    its flat groups are solved with their structure (heads, then units within them) when all
+    of a structure's groups have a matrix, and by weight matching otherwise. Head groups left
+    in a spec keep their heads in place."""
+    heads = heads or HeadView(spec, ())
+    flat = heads.flat
     perms = spec.identity()
-    groups = [g for g in spec.permutable if g.name in matrices]
+    groups = [g for g in spec.permutable if g.name in matrices and g.name not in flat and g.kind != "heads"]
     for g in groups:
         perms[g.name] = solve_assignment(matrices[g.name], maximize=maximize)
+    solved = {g.name for g in groups}
+    for structure in heads.structures:
+        if all(f.name in matrices for f in structure.families):
+            perms.update(heads.solve(structure, matrices, maximize=maximize))
+            solved |= {f.name for f in structure.families}
     if state_a is None or state_b is None:
         return perms
     perms = break_ties(spec, groups, matrices, maximize, state_a, state_b, perms)
-    hidden = [g for g in spec.permutable if g.name not in matrices]
+    hidden = [g for g in spec.permutable if g.name not in solved and g.kind != "heads"]
     if hidden:  # they start from their signatures, the others stay where the data put them
-        init = {name: p for name, p in perms.items() if name in matrices}
-        perms = match_weights(spec, state_a, state_b, groups=hidden, init=init)
+        init = {name: p for name, p in perms.items() if name in solved}
+        perms = match_weights(spec, state_a, state_b, groups=hidden, init=init, heads=heads)
     return perms
 
 
@@ -171,8 +185,14 @@ def align(
                 example_inputs if example_inputs is not None else (first.head(2).inputs if first else None)
             )
             spec = discover(a, probe)  # shapes only
-        paired = paired_sites(spec)
-        observed = [dataclasses.replace(g, sites=paired[g.name]) for g in spec.permutable if paired[g.name]]
+        view = head_view(spec)  # attention heads: one flat group per family of units inside them
+        units = view.spec
+        paired = paired_sites(units)
+        observed = [
+            dataclasses.replace(g, sites=paired[g.name])
+            for g in units.permutable
+            if paired[g.name] and g.kind != "heads"
+        ]
         state_a = {k: v.detach() for k, v in a.state_dict().items()}
         state_b = {k: v.detach() for k, v in b.state_dict().items()}
         notes: list[str] = []
@@ -197,34 +217,38 @@ def align(
         if isinstance(cost_obj, ActivationCost):
             stats = observe(cost_obj.site_kind)
             matrices = cost_matrices(cost, stats)
-            perms = solve_groups(spec, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b)
+            perms = solve_groups(
+                units, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b, heads=view
+            )
             silent = [g for g in observed if has_constant_units(stats[g.name])]
             if silent:
                 notes.append(
                     f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
                     f"weight similarity decided their ties: {_names(silent)}"
                 )
-            unpaired = [g for g in spec.permutable if g.sites and not paired[g.name]]
+            unpaired = [g for g in units.permutable if g.sites and not paired[g.name]]
             if unpaired:
                 notes.append(
                     f"{len(unpaired)} group(s) observed only where another permuted axis runs along the "
                     f"samples (a layer mixing tokens) were aligned by weight matching: {_names(unpaired)}"
                 )
-            hidden = [g for g in spec.permutable if not g.sites]
+            hidden = [g for g in units.permutable if not g.sites and g.kind != "heads"]
             if hidden:  # e.g. head dims inside nn.MultiheadAttention: no activation to observe
                 notes.append(
                     f"{len(hidden)} group(s) without an observable activation were aligned by weight "
                     f"matching with the others held fixed: {_names(hidden)}"
                 )
+            signature = CorrelationSignature.of(observed, stats, perms) if stats else None
+            perms = {**spec.identity(), **view.expand(perms)}
         else:
             perms = spec.identity()
             found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
             if first is not None and observed:
                 stats = observe("post")
+            signature = CorrelationSignature.of(observed, stats, view.flatten(perms)) if stats else None
         # solved on every rank from the same all-reduced statistics; rank 0's answer is the one
         perms = distributed.current().broadcast(perms)
         spec.check(perms)
-        signature = CorrelationSignature.of(spec.permutable, stats, perms) if stats else None
     aligned = permute(model_b, spec, perms)
     return AlignResult(model=aligned, perms=perms, spec=spec, cost=cost, signature=signature, notes=notes)

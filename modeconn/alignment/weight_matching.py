@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from modeconn.alignment.assignment import solve_assignment
+from modeconn.alignment.heads import HeadStructure, HeadView, head_view
 from modeconn.symmetry.spec import Group, PermutationSpec
 
 __all__ = ["TOL", "WeightSimilarity", "match_weights", "weight_similarity", "signature_matching"]
@@ -31,22 +32,41 @@ def match_weights(
     seed: int = 0,
     max_iter: int = 100,
     tol: float = TOL,
+    heads: HeadView | None = None,
 ) -> dict[str, torch.Tensor]:
     """Solve one linear assignment per group with the other groups' permutations held fixed,
     in a seeded random order, until a full sweep changes nothing or raises the objective by
     less than ``tol`` times its bound ‖θ_A‖·‖θ_B‖ (``tol=0``: until nothing changes), or after
-    ``max_iter`` sweeps.
+    ``max_iter`` sweeps. Attention heads are matched by the best assignment of their units,
+    then units within matched heads (:mod:`modeconn.alignment.heads`).
 
     ``groups`` restricts which groups are updated (default: all permutable groups); ``init``
     gives starting permutations, and the updated groups it leaves out start from
     :func:`signature_matching` (exact when B is a permutation of A). Returns permutations for
     every permutable group, ``perms[g][i]`` = the unit of B moved to position ``i``.
+    ``heads``: ``spec`` is already the flat view of a spec (:func:`head_view`), whose flat
+    groups are solved with their structure and returned as they are.
     """
-    todo = list(groups) if groups is not None else spec.permutable
+    original = spec if heads is None else None
+    if heads is None:
+        heads = head_view(spec)
+        if groups is not None:
+            groups = heads.groups_for(groups)
+        init = heads.flatten(init) if init else init
+    spec = heads.spec
+    flat = heads.flat
+    todo = list(groups) if groups is not None else [g for g in spec.permutable if g.kind != "heads"]
     layout = _Layout(spec, state_a, state_b)
     perms = {g.name: torch.arange(g.size) for g in spec.permutable}
     init = dict(init or {})
-    perms.update(_signature_matching(layout, [g for g in todo if g.name not in init]))
+    start = _signature_matching(layout, [g for g in todo if g.name not in init and g.name not in flat])
+    for structure in {flat[g.name][0] for g in todo if g.name in flat and g.name not in init}:
+        mats = {}
+        for f in structure.families:
+            sa, sb = layout.signature(f.name, "a"), layout.signature(f.name, "b")
+            mats[f.name] = -torch.cdist(sa, sb).square() if sa is not None else torch.zeros(f.block, f.block)
+        start.update(heads.solve(structure, mats, maximize=True))
+    perms.update(start)
     perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in init.items() if k in perms})
     # A group's matrix depends only on its neighbours' permutations (and on its own when it
     # permutes a tensor on two axes): a group none of them has moved since it was last solved
@@ -59,6 +79,9 @@ def match_weights(
         for gi in torch.randperm(len(todo), generator=gen).tolist():
             g = todo[gi]
             if g.name not in stale:
+                continue
+            if g.name in flat:  # a head structure: all its families at once
+                gain += _heads_step(layout, heads, flat[g.name][0], perms, stale)
                 continue
             stale.discard(g.name)
             m = layout.similarity(g.name, perms)
@@ -82,7 +105,31 @@ def match_weights(
             stale |= layout.neighbours.get(g.name, set())
         if gain == 0.0 or gain < tol * bound:
             break
-    return perms
+    return heads.expand(perms) if original is not None else perms
+
+
+def _heads_step(layout: _Layout, heads: HeadView, structure: HeadStructure, perms: dict, stale: set) -> float:
+    """One coordinate step on a head structure's flat groups: heads, then units within them.
+    Updates ``perms`` and ``stale``; returns the gain."""
+    names = [f.name for f in structure.families]
+    stale.difference_update(names)
+    mats = {n: layout.similarity(n, perms) for n in names}
+    new = heads.solve(structure, mats, maximize=True)
+    if all(torch.equal(new[n], perms[n]) for n in names):
+        return 0.0
+    trial = {**perms, **new}
+    if any(n in layout.quadratic for n in names):
+        before = sum(layout.objective(n, perms) for n in names)
+        after = sum(layout.objective(n, trial) for n in names)
+    else:
+        before = sum(float(mats[n][torch.arange(len(perms[n])), perms[n]].sum()) for n in names)
+        after = sum(float(mats[n][torch.arange(len(new[n])), new[n]].sum()) for n in names)
+    if not after > before + 1e-9 * max(abs(before), 1.0):
+        return 0.0
+    perms.update(new)
+    for n in names:
+        stale |= layout.neighbours.get(n, set())
+    return after - before
 
 
 def weight_similarity(
@@ -93,7 +140,9 @@ def weight_similarity(
     perms: Mapping[str, torch.Tensor],
 ) -> torch.Tensor:
     """Σ over the group's slices of ⟨unit i of A, unit j of B⟩, with every other group of B at
-    its permutation in ``perms``: the matrix weight matching maximizes for one group."""
+    its permutation in ``perms``: the matrix weight matching maximizes for one group. Head
+    groups are taken at the identity (weight matching works on :func:`head_view`, where a
+    layer's heads and the units inside them are flat groups)."""
     return WeightSimilarity(spec, state_a, state_b)(group, perms)
 
 
@@ -164,7 +213,7 @@ class _Layout:
     def __init__(
         self, spec: PermutationSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor]
     ) -> None:
-        groups = spec.permutable
+        groups = [g for g in spec.permutable if g.kind != "heads"]  # heads: see head_view
         self.state_a, self.state_b = state_a, state_b
         self.size = {g.name: g.size for g in groups}
         self.offset, at = {}, 0
