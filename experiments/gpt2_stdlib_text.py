@@ -1,14 +1,14 @@
-"""Two tiny GPT-2 language models on real text, and the paths between them: unaligned and aligned.
+"""Two tiny GPT-2 language models on real text, and the paths between them, aligned or not.
 
 The text ships with Python: the docstrings of a fixed list of standard-library modules and of
 their public members (``inspect.getdoc``), read character by character (Python 3.11 here; the
 corpus changes with the Python version, and the script prints its size). The first 90% trains,
 the last 10% is held out. Two GPT-2s (Hugging Face ``GPT2LMHeadModel`` from a config: random
 init, no download) train from seeds 1 and 2 with modeconn's SGD recipe; model B is aligned to A
-by correlation (heads are not permuted as blocks and the dims inside heads share one
-permutation: what discovery finds today); then the held-out next-character loss along the
-straight line and along a fitted quadratic Bezier curve, between A and B as trained and between
-A and aligned B.
+by correlation twice: with its heads held in place (each head's dims matched on their own) and
+with head permutations. Then the held-out next-character loss along the straight line and
+along a fitted quadratic Bezier curve, between A and B as trained and between A and each
+aligned B.
 
     python experiments/gpt2_stdlib_text.py            # about 5 minutes on two otherwise idle CPU cores
     python experiments/gpt2_stdlib_text.py --epochs 2 --curve-epochs 1 --width 32   # a smoke run
@@ -114,14 +114,21 @@ def main() -> None:
           f"(next-character accuracy {ends[0][1]:.1f}%, {ends[1][1]:.1f}%)", flush=True)  # fmt: skip
 
     align_data = [{"input_ids": c} for c in train.seqs[:1024].split(256)]  # the first 1,024 sequences
-    result = modeconn.align(a, b, align_data)
-    permutable, hidden = result.spec.units()
-    print(f"aligned B to A ({result.spec.capture} capture, {permutable}/{hidden} hidden units permutable); "
-          f"mean matched correlation {result.signature.mean()[0]:.3f} -> {result.signature.mean()[1]:.3f}", flush=True)  # fmt: skip
+    spec = modeconn.discover(a, align_data[0])
+    kept = spec.fixing([h.name for h in spec.heads], "heads held in place, for comparison")
+    aligned = {}
+    for label, s in (("aligned, heads in place", kept), ("aligned with heads", spec)):
+        result = modeconn.align(a, b, align_data, spec=s)
+        permutable, hidden = s.units()
+        moved = sum(int((result.perms[h.name] != torch.arange(h.size)).sum()) for h in s.heads)
+        print(f"{label}: {result.spec.capture} capture, {permutable}/{hidden} hidden units permutable, "
+              f"{len(s.heads)} head groups, {moved} heads moved; mean matched correlation "
+              f"{result.signature.mean()[0]:.3f} -> {result.signature.mean()[1]:.3f}", flush=True)  # fmt: skip
+        aligned[label] = result.model
 
     reports = []
     curve_settings = modeconn.Settings(lr=args.lr / 2, schedule="cosine", batch_size=args.batch_size)
-    for label, other in (("unaligned", b), ("aligned", result.model)):
+    for label, other in (("unaligned", b), *aligned.items()):
         reports.append(modeconn.interpolate(a, other, args.points, test, label=f"{label} line"))
         curve = modeconn.Curve(a, other, "bezier", num_bends=1)
         modeconn.fit_curve(curve, train, epochs=args.curve_epochs, settings=curve_settings, progress=False)
