@@ -77,14 +77,17 @@ def test_attention_internals(nets):
     assert heads and heads[0].size == 4  # head dim shared by q, k, v of every head
     mha = discover(nets.TorchMHA(), torch.randn(2, 5, 4))
     # per head: one permutation for q and k rows, one for v rows and out_proj columns
-    # (the attention output joins the residual stream `embed`)
+    # (the attention output joins the residual stream `embed`); the two heads move as blocks
     assert {g.name: g.size for g in mha.permutable} == {
         "embed": 8,
         "attn.qk0": 4,
         "attn.qk1": 4,
         "attn.v0": 4,
         "attn.v1": 4,
+        "attn:heads": 2,
     }
+    blocks = {(s.tensor, s.axis, s.start, s.inner) for s in mha["attn:heads"].slices}
+    assert ("attn.in_proj_weight", 0, 16, 4) in blocks and ("attn.out_proj.weight", 1, 0, 4) in blocks
     qk0 = {(s.tensor, s.axis, s.start) for s in mha["attn.qk0"].slices}
     assert qk0 == {
         ("attn.in_proj_weight", 0, 0),
