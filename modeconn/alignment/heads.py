@@ -68,6 +68,7 @@ class HeadView:
         """The flat permutations of one head structure's families from their matrices."""
         n = structure.size
         value = torch.zeros(n, n, dtype=torch.float64)
+        pairs: dict[tuple[str, int, int, int], torch.Tensor] = {}  # each head pair's own assignment
         for f in structure.families:
             m = matrices[f.name].double()
             for p, (off, size) in enumerate(f.pieces):
@@ -77,7 +78,7 @@ class HeadView:
                     continue
                 for a in range(n):
                     for b in range(n):
-                        perm = solve_assignment(blocks[a, b], maximize=maximize)
+                        perm = pairs[f.name, p, a, b] = solve_assignment(blocks[a, b], maximize=maximize)
                         value[a, b] += blocks[a, b][torch.arange(size), perm].sum()
         sigma = solve_assignment(value, maximize=maximize)
         out = {}
@@ -99,7 +100,7 @@ class HeadView:
                     elif kind == "shared":
                         inner = shared
                     else:
-                        inner = solve_assignment(blocks[a, b], maximize=maximize)
+                        inner = pairs[f.name, p, a, b]
                     flat[a * f.block + off + torch.arange(size)] = b * f.block + off + inner
             out[f.name] = flat
         return out
