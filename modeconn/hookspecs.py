@@ -75,8 +75,10 @@ def modeconn_register_optimizers(registry: PluginRegistry) -> None:
     fit's :class:`~modeconn.plugin.Settings` (learning rate, momentum, weight decay, schedule,
     batch size: the base class builds the torch optimizer and schedule from it; override
     ``schedule_epochs`` if the schedule spans fewer epochs) and ``options`` are the extra keyword
-    arguments the user gave ``fit_curve``; pass ``settings`` and the rest on to
-    ``super().__init__``. Under ``torchrun`` every rank builds one: draw what must agree across
+    arguments the user gave ``fit_curve``, ``loss_fn`` among them when the user passed one;
+    pass ``settings`` and the rest on to ``super().__init__``, and score outputs with
+    ``self.criterion(output, y)`` (the user's ``loss_fn`` or the default cross-entropy) where
+    your class computes a loss outside ``loss``. Under ``torchrun`` every rank builds one: draw what must agree across
     ranks from ``self.strategy.shared_seed()``, and what the loss calls is ``self.wrapped``
     (the curve or its DDP wrapper). Override ``on_fit_start(data, epochs)`` to prepare with the training batches
     (after a resume too), ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)`` to act between

@@ -31,7 +31,6 @@ from modeconn.plugin import (
     PROJECTIONS,
     CurveOptimizer,
     birkhoff_decomposition,
-    classification_loss,
     distance_from_doubly_stochastic,
     hookimpl,
     nearest_permutation,
@@ -250,8 +249,8 @@ class PAM(CurveOptimizer):
     # -- objective -------------------------------------------------------------------------
     @torch.no_grad()
     def objective(self, rows: Any = None) -> float:
-        """The training loss of the curve (or of the rows ``rows(curve)`` gives) on the scoring
-        batches, batch i of n at t = (i + ½)/n."""
+        """The training loss (:meth:`criterion`: ``fit_curve``'s ``loss_fn`` when given) of the
+        curve (or of the rows ``rows(curve)`` gives) on the scoring batches, batch i of n at t = (i + ½)/n."""
         curve = self.curve
         was_training, saved = curve.training, curve.parametrization
         curve.train()
@@ -262,9 +261,7 @@ class PAM(CurveOptimizer):
         total = torch.zeros(2, dtype=torch.float64)
         try:
             for (x, y), t in zip(self._score, ts):
-                total[0] += float(
-                    classification_loss(curve(x, t), y, self.aux_weight, next_token=self.next_token)[0]
-                )
+                total[0] += float(self.criterion(curve(x, t), y)[0])
                 total[1] += 1
         finally:
             curve.set_parametrization(saved)

@@ -7,6 +7,7 @@ optimizers that plugins register (:class:`CurveOptimizer`) specialize it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,11 +47,23 @@ def classification_loss(
     return loss, logits
 
 
+LossFn = Callable[[Any, Any], torch.Tensor]
+"""A user's loss: ``loss_fn(output, y)``, the model's raw output (a tensor, a tuple of heads or
+a Hugging Face ``ModelOutput``) and the batch's target (see :mod:`modeconn.data.batches`),
+to a scalar tensor."""
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
 class Trainer:
     """SGD with momentum and weight decay over ``module``'s trainable parameters, its learning
     rate scheduled per epoch, as :class:`~modeconn.training.settings.Settings` say (the paper's
     recipe by default); with ``adversary`` (e.g. :class:`modeconn.attacks.PGD`), on its
-    adversarial examples. ``epochs`` is the length of the run the schedule spans.
+    adversarial examples. ``epochs`` is the length of the run the schedule spans. What a step
+    minimizes is ``loss_fn(output, y)`` when ``loss_fn`` is given, else
+    :func:`classification_loss` (see :meth:`criterion`).
 
     Subclasses change what a step does (:meth:`loss`, :meth:`training_step`), which parameters
     train (:meth:`parameters`), which torch optimizer is used (:meth:`configure_optimizer`),
@@ -81,10 +94,16 @@ class Trainer:
         epochs: int,
         aux_weight: float = AUX_WEIGHT,
         adversary: Any = None,
+        loss_fn: LossFn | None = None,
     ):
         if adversary is not None and not callable(adversary):
             raise InvalidArgumentError(
                 f"adversary must be callable as adversary(model, x, y), e.g. modeconn.attacks.PGD(); got {adversary!r}"
+            )
+        if loss_fn is not None and not callable(loss_fn):
+            raise InvalidArgumentError(
+                f"loss_fn must be callable as loss_fn(output, y) -> scalar tensor, or None for the default "
+                f"cross-entropy; got {type(loss_fn).__name__} {loss_fn!r}"
             )
         self.settings = Settings() if settings is None else settings
         self.module = self.wrapped = module
@@ -92,6 +111,7 @@ class Trainer:
         self.epochs = epochs
         self.aux_weight = aux_weight
         self.adversary = adversary
+        self.loss_fn = loss_fn  # not in state_dict: a resumed run is given it again
         self.next_token = predicts_next_token(module)  # a causal LM's output at t predicts t + 1
         params = list(self.parameters())
         if not params:
@@ -152,16 +172,37 @@ class Trainer:
         returned as ``history.summary``. Empty by default."""
         return {}
 
+    def criterion(self, output: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of the model's ``output`` against the target ``y``, and the main logits
+        (:func:`~modeconn.predictions.logits_of`): ``loss_fn(output, y)`` when the trainer was
+        given one, else :func:`classification_loss` (auxiliary heads weighted by
+        ``aux_weight``; next-token prediction for a causal language model). A ``loss_fn``
+        result that is not a scalar tensor, or that has no gradient while gradients are on,
+        raises :class:`~modeconn.InvalidArgumentError`."""
+        if self.loss_fn is None:
+            return classification_loss(output, y, self.aux_weight, next_token=self.next_token)
+        loss = self.loss_fn(output, y)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise InvalidArgumentError(
+                f"loss_fn {_name(self.loss_fn)} must return a scalar tensor (shape ()); it returned {got}. "
+                f"Reduce it, e.g. with .mean()"
+            )
+        if torch.is_grad_enabled() and not loss.requires_grad:
+            raise InvalidArgumentError(
+                f"loss_fn {_name(self.loss_fn)} returned a tensor without a gradient: compute it from "
+                f"the model's output with torch operations (not .item() or torch.tensor(...))"
+            )
+        return loss, logits_of(output)
+
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss on one batch and the logits it came from. ``x`` is the model's
-        input: a tensor, or a tuple / dict of several (see :func:`modeconn.data.call_model`).
-        With an ``adversary``, the loss is on its examples against the module in train mode
-        (adversarial training, Madry et al. 2018)."""
+        """The training loss on one batch and the logits it came from (:meth:`criterion`).
+        ``x`` is the model's input: a tensor, or a tuple / dict of several (see
+        :func:`modeconn.data.call_model`). With an ``adversary``, the loss is on its examples
+        against the module in train mode (adversarial training, Madry et al. 2018)."""
         if self.adversary is not None:
             x = self.adversary(self.module, x, y)
-        return classification_loss(
-            call_model(self.wrapped, x), y, self.aux_weight, next_token=self.next_token
-        )
+        return self.criterion(call_model(self.wrapped, x), y)
 
     def training_step(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimization step on a batch; returns the (detached) loss and logits."""
@@ -219,7 +260,7 @@ class CurveOptimizer(Trainer):
     def loss(self, x: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.call_hook("sample_t")
         x = self.call_hook("perturb", x, y, t)
-        return classification_loss(self.wrapped(x, t), y, self.aux_weight, next_token=self.next_token)
+        return self.criterion(self.wrapped(x, t), y)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "t_generator": self.generator.get_state()}
