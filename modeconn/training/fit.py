@@ -14,7 +14,7 @@ from modeconn.errors import InvalidArgumentError
 from modeconn.plugin_manager import direct_entry, get_plugin
 from modeconn.training.loop import Callback, History, as_loader, run_epochs
 from modeconn.training.settings import CURVES, END_POINTS, SETTING_NAMES, Settings
-from modeconn.training.trainer import CurveOptimizer, Trainer
+from modeconn.training.trainer import CurveOptimizer, LossFn, Trainer
 
 __all__ = ["train_model", "fit_curve"]
 
@@ -22,6 +22,13 @@ __all__ = ["train_model", "fit_curve"]
 _FLAT_DOC = """The flat keyword arguments ``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
     ``schedule``, ``batch_size``, ``lr_step`` and ``lr_gamma`` override ``settings`` field by
     field (see :class:`~modeconn.training.settings.Settings`)."""
+
+_LOSS_DOC = """``loss_fn(output, y)`` replaces the default loss: it receives the model's raw output (a
+    tensor, a tuple of heads or a Hugging Face ``ModelOutput``) and the batch's target (a
+    tuple batch's last element, a dict batch's ``"labels"``, which the model is not given) and
+    returns a scalar tensor to minimize; the history's accuracy still reads the output's main
+    logits. A callable is not saved in the checkpoint: pass the same ``loss_fn`` again to
+    resume."""
 
 
 def train_model(
@@ -36,11 +43,13 @@ def train_model(
     callbacks: Sequence[Callback | Callable] = (),
     progress: bool = True,
     adversary: Any = None,
+    loss_fn: LossFn | None = None,
     **flat: Any,
 ) -> History:
     """Train ``model`` in place as ``settings`` say (default: the paper's recipe, SGD with
-    momentum 0.9 and weight decay 5e-4, the learning rate halved every 20 epochs),
-    cross-entropy (plus 0.3 × each auxiliary head's, for GoogLeNet). With ``adversary`` (e.g.
+    momentum 0.9 and weight decay 5e-4, the learning rate halved every 20 epochs), on
+    cross-entropy (plus 0.3 × each auxiliary head's, for GoogLeNet; next-token cross-entropy
+    for a causal language model) or on ``loss_fn``. With ``adversary`` (e.g.
     ``modeconn.attacks.PGD.preset("train")``) every batch is replaced by its adversarial
     examples against the model in train mode (Madry et al.'s adversarial training; BatchNorm
     normalizes by the attacked batch, and the attack's forward passes update the running
@@ -58,12 +67,14 @@ def train_model(
     :class:`~modeconn.training.loop.History`: one :class:`EpochRecord` per epoch (training loss
     and accuracy); the model ends in eval mode.
 
+    {loss} An ``adversary`` still attacks by cross-entropy.
+
     {flat}
     """
     settings = Settings.of(settings, END_POINTS, **flat)
     device = distributed.current().device(device)
     model.to(device)
-    trainer = Trainer(model, settings, epochs=epochs, adversary=adversary)
+    trainer = Trainer(model, settings, epochs=epochs, adversary=adversary, loss_fn=loss_fn)
     return run_epochs(
         trainer,
         as_loader(train_data, settings.batch_size),
@@ -89,6 +100,7 @@ def fit_curve(
     resume: bool = True,
     callbacks: Sequence[Callback | Callable] = (),
     progress: bool = True,
+    loss_fn: LossFn | None = None,
     **options: Any,
 ) -> History:
     """Fit the bends of ``curve`` (a :class:`~modeconn.Curve`) in place: each batch trains at a
@@ -104,6 +116,10 @@ def fit_curve(
     ``summary``. Data, device, checkpoints, resuming, ``torchrun``, callbacks and the return
     value are as in :func:`train_model`.
 
+    {loss} The built-in optimizers, and any that keeps the base class's
+    :meth:`~CurveOptimizer.criterion`, minimize it; PAM also scores its permutations by it,
+    and ``"pgd"``'s attack still ascends cross-entropy.
+
     {flat}
     """
     if not any(p.requires_grad for p in curve.parameters()):
@@ -115,6 +131,8 @@ def fit_curve(
         entry = get_plugin("optimizer", optimizer)
     else:
         entry = direct_entry("optimizer", optimizer, "fit_curve")
+    if loss_fn is not None:  # an optimizer built for the default loss need not take the keyword
+        options["loss_fn"] = loss_fn
     device = distributed.current().device(device)
     curve.to(device)
     trainer = entry(curve, settings=settings, epochs=epochs, **options)
@@ -132,5 +150,5 @@ def fit_curve(
     )
 
 
-train_model.__doc__ = train_model.__doc__.format(flat=_FLAT_DOC)
-fit_curve.__doc__ = fit_curve.__doc__.format(flat=_FLAT_DOC)
+train_model.__doc__ = train_model.__doc__.format(flat=_FLAT_DOC, loss=_LOSS_DOC)
+fit_curve.__doc__ = fit_curve.__doc__.format(flat=_FLAT_DOC, loss=_LOSS_DOC)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -180,3 +182,126 @@ def test_progress_bars_and_quiet_mode(capsys, tiny_resnet):
     train_model(tiny_resnet(0), _data(32), epochs=1, batch_size=16, progress=False)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+# -- loss_fn: what a fit minimizes ---------------------------------------------------------
+
+
+def _mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _blobs(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+PLAIN = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 8, "progress": False}
+
+
+def first_logit(output, y):
+    """A loss of class 0's logit alone: only class 0's row of the last layer gets a gradient."""
+    return output[:, 0].mean()
+
+
+def test_train_model_minimizes_loss_fn():
+    model = nn.Linear(4, 3)
+    start = copy.deepcopy(model)
+    history = train_model(model, _blobs(), epochs=1, loss_fn=first_logit, **PLAIN)
+    # d first_logit / d bias[0] = 1 at every step: 4 steps of lr 0.1 move it by exactly 0.4
+    torch.testing.assert_close(model.bias[0], start.bias[0] - 0.4)
+    assert torch.equal(model.bias[1:], start.bias[1:])  # cross-entropy would move these
+    assert torch.equal(model.weight[1:], start.weight[1:])
+    assert not torch.equal(model.weight[0], start.weight[0])
+    with torch.no_grad():  # the history records loss_fn's value, falling as it trains
+        assert history[0].loss < float(first_logit(start(_blobs()[0]), None))
+
+
+def test_loss_fn_none_is_the_default_and_cross_entropy_reproduces_it():
+    def trained(**kwargs):
+        model = _mlp(0)
+        torch.manual_seed(1)
+        history = train_model(model, _blobs(), epochs=2, **PLAIN, **kwargs)
+        return model.state_dict(), [r.loss for r in history]
+
+    default, losses = trained()
+    for kwargs in ({"loss_fn": None}, {"loss_fn": lambda output, y: F.cross_entropy(output, y)}):
+        state, again = trained(**kwargs)
+        assert again == losses
+        assert all(torch.equal(v, state[k]) for k, v in default.items()), kwargs
+
+
+@pytest.mark.parametrize(
+    "optimizer, options",
+    [
+        ("sgd", {}),
+        ("pgd", {"attack": modeconn.attacks.PGD(eps=0.05, alpha=0.02, steps=1)}),
+        ("pam", {"perm_epochs": 1, "curve_epochs": 1, "score_batches": 1, "candidates": 1}),
+    ],
+)
+def test_fit_curve_minimizes_loss_fn_with_every_builtin_optimizer(optimizer, options):
+    calls = []
+
+    def constant(output, y):
+        """7, with no gradient through the output: the bends must not move."""
+        calls.append(y)
+        return 0 * output.sum() + 7.0
+
+    curve = Curve(_mlp(0), _mlp(1))
+    bends = curve.bends.clone()
+    data = [_blobs(8, seed) for seed in range(3)]
+    history = fit_curve(curve, data, optimizer=optimizer, epochs=2, loss_fn=constant, **PLAIN, **options)
+    assert [r.loss for r in history] == [7.0, 7.0]  # cross-entropy is ~1.1
+    torch.testing.assert_close(curve.bends, bends)  # PAM re-forms them from B and φ: a rounding apart
+    assert any(torch.equal(y, data[0][1]) for y in calls)  # the batch's target
+    if optimizer == "pam":  # permutations are scored by loss_fn too
+        assert history.summary["log"][0]["objective_start"] == 7.0
+
+
+def test_fit_curve_trains_the_bends_by_loss_fn():
+    curve = Curve(_mlp(0), _mlp(1))
+    before = curve.unflatten(curve.bends[0].clone())
+    fit_curve(curve, [_blobs(8, seed) for seed in range(3)], epochs=1, loss_fn=first_logit, **PLAIN)
+    after = curve.unflatten(curve.bends[0])
+    assert torch.equal(after["2.bias"][1:], before["2.bias"][1:])  # only class 0's row learns
+    assert torch.equal(after["2.weight"][1:], before["2.weight"][1:])
+    assert not torch.equal(after["2.bias"][0], before["2.bias"][0])
+
+
+def test_loss_fn_errors():
+    model, curve = _mlp(0), Curve(_mlp(0), _mlp(1))
+    with pytest.raises(modeconn.InvalidArgumentError, match=r"loss_fn must be callable .* got str 'mse'"):
+        train_model(model, _blobs(), epochs=1, loss_fn="mse", **PLAIN)
+    with pytest.raises(modeconn.InvalidArgumentError, match=r"loss_fn must be callable .* got int 3"):
+        fit_curve(curve, _blobs(), epochs=1, loss_fn=3, **PLAIN)
+
+    def per_sample(output, y):
+        return F.cross_entropy(output, y, reduction="none")
+
+    message = r"loss_fn .*per_sample must return a scalar tensor \(shape \(\)\); it returned shape \(8,\)"
+    with pytest.raises(modeconn.InvalidArgumentError, match=message):
+        train_model(model, _blobs(), epochs=1, loss_fn=per_sample, **PLAIN)
+    for optimizer, options in (("sgd", {}), ("pam", {"perm_epochs": 1})):  # plugins pass it on as it is
+        with pytest.raises(modeconn.InvalidArgumentError, match=message):
+            fit_curve(curve, _blobs(), optimizer=optimizer, epochs=2, loss_fn=per_sample, **PLAIN, **options)
+    with pytest.raises(modeconn.InvalidArgumentError, match=r"it returned float\."):
+        train_model(model, _blobs(), epochs=1, loss_fn=lambda output, y: 1.0, **PLAIN)
+    with pytest.raises(modeconn.InvalidArgumentError, match="without a gradient"):
+        train_model(model, _blobs(), epochs=1, loss_fn=lambda output, y: output.sum().detach(), **PLAIN)
+
+
+def test_a_run_with_loss_fn_resumes_where_it_stopped(tmp_path):
+    loss_fn = lambda output, y: F.cross_entropy(output, y, label_smoothing=0.2)  # noqa: E731 (unpicklable)
+
+    def run(epochs, checkpoint=None):
+        curve = Curve(_mlp(0), _mlp(1))
+        torch.manual_seed(2)
+        history = fit_curve(curve, _blobs(), epochs=epochs, loss_fn=loss_fn, checkpoint=checkpoint, **PLAIN)
+        return curve, history
+
+    whole, history = run(2)
+    run(1, tmp_path / "fit.pt")
+    resumed, resumed_history = run(2, tmp_path / "fit.pt")
+    assert [r.loss for r in resumed_history] == [r.loss for r in history]
+    assert torch.equal(resumed.bends, whole.bends)
