@@ -33,7 +33,7 @@ class HeadFamily:
     name: str
     block: int
     pieces: tuple[tuple[int, int], ...]
-    groups: tuple[tuple[str, ...], ...]
+    groups: tuple[tuple[str | None, ...], ...]  # None: a piece no group permutes (a tensor along the heads)
     permutable: tuple[bool, ...]  # per piece (the same for every head)
 
     def kind(self, p: int) -> str:
@@ -65,42 +65,49 @@ class HeadView:
     def solve(
         self, structure: HeadStructure, matrices: Mapping[str, torch.Tensor], maximize: bool
     ) -> dict[str, torch.Tensor]:
-        """The flat permutations of one head structure's families from their matrices."""
+        """The flat permutations of one head structure's families from their matrices. Pieces
+        that one group permutes in each head (a value head's dims, which grouped-query
+        attention's output projection repeats for every query head sharing it) are assigned
+        once, on the sum of their matrices."""
         n = structure.size
+        slots: dict[tuple[str, ...], list[torch.Tensor]] = {}  # a piece's groups, head by head -> blocks
         value = torch.zeros(n, n, dtype=torch.float64)
-        pairs: dict[tuple[str, int, int, int], torch.Tensor] = {}  # each head pair's own assignment
         for f in structure.families:
             m = matrices[f.name].double()
             for p, (off, size) in enumerate(f.pieces):
                 blocks = _blocks(m, n, f.block, off, size)  # (a, b, size, size)
                 if f.kind(p) == "fixed":
                     value += blocks.diagonal(dim1=2, dim2=3).sum(-1)
-                    continue
-                for a in range(n):
-                    for b in range(n):
-                        perm = pairs[f.name, p, a, b] = solve_assignment(blocks[a, b], maximize=maximize)
-                        value[a, b] += blocks[a, b][torch.arange(size), perm].sum()
+                else:
+                    slots.setdefault(_slot(f, p), []).append(blocks)
+        sums = {key: sum(blocks) for key, blocks in slots.items()}
+        pairs: dict[tuple[tuple[str, ...], int, int], torch.Tensor] = {}  # each head pair's own assignment
+        for key, blocks in sums.items():
+            if len(set(key)) == 1:
+                continue  # one group shared by all heads: assigned once the heads are
+            for a in range(n):
+                for b in range(n):
+                    perm = pairs[key, a, b] = solve_assignment(blocks[a, b], maximize=maximize)
+                    value[a, b] += blocks[a, b][torch.arange(len(perm)), perm].sum()
         sigma = solve_assignment(value, maximize=maximize)
+        shared = {
+            key: solve_assignment(sum(blocks[a, sigma[a]] for a in range(n)), maximize=maximize)
+            for key, blocks in sums.items()
+            if len(set(key)) == 1
+        }
         out = {}
         for f in structure.families:
-            m = matrices[f.name].double()
             flat = torch.empty(n * f.block, dtype=torch.long)
             for p, (off, size) in enumerate(f.pieces):
-                blocks = _blocks(m, n, f.block, off, size)
-                kind = f.kind(p)
-                shared = (
-                    solve_assignment(sum(blocks[a, sigma[a]] for a in range(n)), maximize=maximize)
-                    if kind == "shared"
-                    else None
-                )
+                key = _slot(f, p)
                 for a in range(n):
                     b = int(sigma[a])
-                    if kind == "fixed":
+                    if f.kind(p) == "fixed":
                         inner = torch.arange(size)
-                    elif kind == "shared":
-                        inner = shared
+                    elif key in shared:
+                        inner = shared[key]
                     else:
-                        inner = pairs[f.name, p, a, b]
+                        inner = pairs[key, a, b]
                     flat[a * f.block + off + torch.arange(size)] = b * f.block + off + inner
             out[f.name] = flat
         return out
@@ -162,6 +169,12 @@ class HeadView:
         return out
 
 
+def _slot(f: HeadFamily, p: int) -> tuple[str, ...]:
+    """The groups permuting piece ``p`` of ``f``, head by head: pieces with the same groups are
+    one set of units, assigned together."""
+    return tuple(head[p] for head in f.groups)
+
+
 def _blocks(m: torch.Tensor, n: int, block: int, off: int, size: int) -> torch.Tensor:
     """(head of A, head of B, unit, unit) blocks of one piece of a flat matrix."""
     return m.view(n, block, n, block)[:, off : off + size, :, off : off + size].permute(0, 2, 1, 3)
@@ -209,8 +222,8 @@ def head_view(spec: PermutationSpec) -> HeadView:
             pieces, names = key
             block = sum(size for _, size in pieces)
             name = f"{hg.name}/{i}"
-            permutable = tuple(spec.groups[names[0][p]].permutable for p in range(len(pieces)))
-            if any(spec.groups[h[p]].permutable != permutable[p] for h in names for p in range(len(pieces))):
+            permutable = tuple(_permutable(spec, names[0][p]) for p in range(len(pieces)))
+            if any(_permutable(spec, h[p]) != permutable[p] for h in names for p in range(len(pieces))):
                 ok = False  # some heads' units fixed, others free
             fams.append(HeadFamily(name, block, pieces, names, permutable))
             flat_groups.append(
@@ -227,15 +240,23 @@ def head_view(spec: PermutationSpec) -> HeadView:
             groups[hg.name] = hg
             continue
         groups.update({g.name: g for g in flat_groups})
-        removed |= {g for f in fams for head in f.groups for g in head}
+        removed |= {g for f in fams for head in f.groups for g in head if g is not None}
         structures.append(HeadStructure(hg.name, hg.size, tuple(fams)))
     groups = {k: g for k, g in groups.items() if k not in removed}
     return HeadView(replace(spec, groups=groups), tuple(structures))
 
 
+def _permutable(spec: PermutationSpec, name: str | None) -> bool:
+    return name is not None and spec.groups[name].permutable
+
+
 def _family(owner: Mapping, where: tuple, start: int, inner: int, n_heads: int) -> tuple | None:
     """The family of a head group's slice (or site): the pieces of one head's block and the
-    groups owning them, per head; ``None`` when some position has no owning group."""
+    groups owning them, per head; a block no group permutes is one fixed piece (a tensor along
+    the heads axis: Swin's relative position biases); ``None`` when only some positions of a
+    block have an owning group."""
+    if not any(owner.get((*where, pos)) for pos in range(start, start + n_heads * inner)):
+        return (((0, inner),), ((None,),) * n_heads), 1
     pieces, names, unit_inner = None, [], None
     span = None
     for h in range(n_heads):

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RuleContext", "Unsupported", "target_name", "op_name", "tensor_layouts", "flat_values"]
 
+SHARED_KV = "query heads that share a key/value head keep their order within the group"
+"""The reason the query heads of grouped-query attention are fixed on their own (they move
+with their key/value heads)."""
+
 
 class Unsupported(Exception):
     """Raised by a rule (or a helper it calls) for a form of its op it does not handle: the
@@ -117,6 +121,12 @@ class RuleContext:
         if any(tensor_layouts(self.ann(raw))):
             raise ArgumentsNotUnderstood(f"argument {name!r} of {self.where} is a tensor, not a constant")
         return self.value(raw)
+
+    def dtype(self, raw: Any) -> torch.dtype | None:
+        """The recorded dtype of a raw tensor argument (``None`` for anything else)."""
+        if isinstance(raw, fx.Node):
+            return self._d.dtypes.get(raw.name)
+        return raw.dtype if isinstance(raw, torch.Tensor) else None
 
     def value(self, raw: Any) -> Any:
         """A raw argument's recorded value (``torch.Size`` for tensors)."""
@@ -295,6 +305,33 @@ class RuleContext:
         layout = ((self._d.spaces.new_heads(blocks, label), 1),)
         self.touched.append(layout)
         return layout
+
+    def unfolded(self, fold: Fold, n_heads: int) -> Layout | None:
+        """The layout of ``fold``'s heads axis (``n_heads`` long) and units axis flattened
+        into one, heads major (each head as often as it is repeated)."""
+        out = self._d.spaces.unfolded(fold, n_heads)
+        if out is None:
+            self.fix(fold.flat, "heads flattened across a flattened unit")
+        return out
+
+    def share_heads(self, query: Layout | None, kv: Layout | None, times: int) -> None:
+        """Query heads ``query`` (a heads axis) share key/value heads ``kv`` (a heads axis
+        whose heads each stand ``times`` times in a row): the query heads move only as the
+        blocks of ``times`` that share one key/value head, with it. They keep their order
+        within a block, and the key/value heads cannot move if anything fixes or binds the
+        query heads' axis (see :mod:`modeconn.symmetry.heads`)."""
+        if query is None or kv is None:
+            return
+        sp = self._d.spaces
+        roots = {id(sp.find(s)) for s, _ in sp.resolve(query)}
+        for other, other_kv, other_times in sp.shared_kv:
+            if roots & {id(sp.find(s)) for s, _ in sp.resolve(other)}:  # keys then values (eager attention)
+                if other_times != times:
+                    self.fix(other_kv, "query heads share key and value heads in different groupings")
+                    self.fix(kv, "query heads share key and value heads in different groupings")
+                kv = self.merge(other_kv, kv, "the key and value heads their query heads share")
+        sp.shared_kv.append((query, kv, times))
+        self.fix(query, SHARED_KV)
 
     def heads(self, flat: Layout | None, n_heads: int) -> list[Layout] | None:
         """``flat`` cut into ``n_heads`` equal layouts, or ``None`` when it cannot be."""

@@ -18,7 +18,7 @@ from modeconn.symmetry.heads import head_groups
 from modeconn.symmetry.parametrizations import derived_tensors, unknown_hooks
 from modeconn.symmetry.spaces import Layout, SpaceGraph, TensorLayout
 from modeconn.symmetry.spec import Fix, Group, PermutationSpec, Site, TensorSlice
-from modeconn.symmetry.tracing import ModelInputs, graph_name, record_values, trace
+from modeconn.symmetry.tracing import ModelInputs, graph_name, kept_whole, record_values, trace
 
 __all__ = ["discover", "trace_model", "Rule", "model_inputs"]
 
@@ -62,6 +62,7 @@ class _Discovery:
         self.canonical = {name: first.setdefault(id(t), name) for name, t in state.items()}
         self.derived = derived_tensors(model, set(state))
         self.values: dict[str, Any] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
         self.ann: dict[str, Any] = {}
         self.record_sites = True
         self.seen: list[TensorLayout] = []  # every node's layouts: head groups are checked on them
@@ -187,7 +188,8 @@ class _Discovery:
     # -- the pass ---------------------------------------------------------------------------
     def run(self, gm: fx.GraphModule, inputs: ModelInputs, float_dtype: torch.dtype | None) -> None:
         self.gm = gm
-        self.values = record_values(gm, inputs, float_dtype)
+        self.dtypes = {}
+        self.values = record_values(gm, inputs, float_dtype, self.dtypes)
         self.ann = {}
         for node in gm.graph.nodes:
             self.ann[node.name] = self.visit(gm, node)
@@ -467,6 +469,12 @@ def trace_model(
         state = _Discovery(model, _rules(), strict=False)
         gm = trace(model, lambda m: state.module_rule(m) is not None, inputs)
         gm.meta["capture"] = "fx"
+        for node in gm.graph.nodes:  # functions fx keeps whole that no rule knows: like opaque modules
+            if node.op == "call_function" and kept_whole(node.target) and state.node_rule(node) is None:
+                gm.meta["opaque"].setdefault(
+                    target_name(node),
+                    "torch.fx keeps this function whole (timm's notrace list) and no rule knows it",
+                )
         return gm
 
 

@@ -76,13 +76,14 @@ def _dynamic_axes(value: Any) -> dict[int, Any] | None:
 @contextlib.contextmanager
 def _without_cache(model: nn.Module) -> Iterator[None]:
     """Hugging Face models return their key/value cache unless ``config.use_cache`` is off; a
-    cache is not a model output to keep, and torch.export cannot return its type."""
-    config = getattr(model, "config", None)
-    if config is None or not getattr(config, "use_cache", False):
-        yield
-        return
-    config.use_cache = False
+    cache is not a model output to keep, and torch.export cannot return its type. Submodules
+    may hold configs of their own (T5's decoder stack has a copy)."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    on = [c for c in configs.values() if getattr(c, "use_cache", False)]
+    for c in on:
+        c.use_cache = False
     try:
         yield
     finally:
-        config.use_cache = True
+        for c in on:
+            c.use_cache = True

@@ -11,6 +11,13 @@ after discovery, on every layout it recorded:
 - no op fixes, or splits into groups, an axis that holds more than one head's units (a
   constant added to a flat activation, a GroupNorm over it).
 
+Grouped-query attention repeats each key/value head for the query heads that share it: there
+the key/value heads' units may also stand each ``r`` times in a row (the query projection's
+rows, whose dims follow their key head's; the output projection's columns, which follow their
+value head's), and the query heads move with their key/value head as blocks of ``r``. So the
+key/value heads are fixed too when anything fixes the query heads' axis other than their
+grouping, or binds a tensor along it.
+
 A head group that fails a check is fixed with the reason; its heads' own units are unaffected.
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from modeconn.symmetry.context import SHARED_KV
 from modeconn.symmetry.spaces import Layout, Space, SpaceGraph, TensorLayout
 from modeconn.symmetry.spec import Fix, Site, TensorSlice
 
@@ -39,19 +47,36 @@ class HeadGroup:
     fixes: list[Fix] = field(default_factory=list)
     slices: list[TensorSlice] = field(default_factory=list)
     sites: list[Site] = field(default_factory=list)
+    # grouped-query attention: times each head's units may stand in a row; the units of the
+    # query heads sharing each head, with their number; the roots of those query heads' axes
+    repeats: set[int] = field(default_factory=lambda: {1})
+    grouped: set[tuple[tuple[tuple[_Seg, ...], ...], int]] = field(default_factory=set)
+    query_axes: set[int] = field(default_factory=set)
 
     @property
     def classes(self) -> set[int]:
-        return {c for sig in self.signatures for head in sig for c, _ in head}
+        return {c for sig, _ in self._signatures for head in sig for c, _ in head}
 
     @property
-    def runs(self) -> set[tuple[_Seg, ...]]:
-        return {tuple(seg for head in sig for seg in head) for sig in self.signatures}
+    def _signatures(self) -> set[tuple[tuple[tuple[_Seg, ...], ...], int]]:
+        return {(sig, 1) for sig in self.signatures} | self.grouped
+
+    @property
+    def runs(self) -> set[tuple[tuple[_Seg, ...], int]]:
+        """Every way the heads' units appear in one axis: (segments, head blocks each head
+        spans there)."""
+        out = {(tuple(seg for head in sig for seg in head), n) for sig, n in self.grouped}
+        out |= {
+            (tuple(seg for head in sig for _ in range(r) for seg in head), r)
+            for sig in self.signatures
+            for r in self.repeats
+        }
+        return out
 
     @property
     def shared(self) -> set[int]:
         """The classes of units every head shares (one permutation for all heads)."""
-        return {c for sig in self.signatures if len(set(sig)) == 1 for c, _ in sig[0]}
+        return {c for sig, _ in self._signatures if len(set(sig)) == 1 for c, _ in sig[0]}
 
     def fix(self, kind: str, why: str) -> None:
         if not any(f.message == why for f in self.fixes):
@@ -63,8 +88,8 @@ def _segments(sp: SpaceGraph, layout: Layout) -> list[tuple[int, int, int]]:
 
 
 def _runs(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> tuple[list[tuple[int, int]], bool]:
-    """The full runs of the heads' units in one axis layout, as (start index, inner per unit),
-    and whether every segment of the heads' units lies in one."""
+    """The full runs of the heads' units in one axis layout, as (start index, indices per
+    unit and repetition), and whether every segment of the heads' units lies in one."""
     classes, runs = hg.classes, hg.runs
     found, ok, pos, p = [], True, 0, 0
     while p < len(segs):
@@ -73,14 +98,18 @@ def _runs(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> tuple[list[tup
             pos += size * inner
             p += 1
             continue
-        for run in runs:
-            part = segs[p : p + len(run)]
-            if [(c2, s2) for c2, s2, _ in part] == list(run) and {i for _, _, i in part} == {inner}:
-                found.append((pos, inner))
-                pos += sum(s2 * i for _, s2, i in part)
-                p += len(run)
-                break
-        else:
+        matches = {
+            (run, times)
+            for run, times in runs
+            if [(c2, s2) for c2, s2, _ in segs[p : p + len(run)]] == list(run)
+            and {i for _, _, i in segs[p : p + len(run)]} == {inner}
+        }
+        if len({len(run) for run, _ in matches}) == 1:
+            (run, times), *_ = matches
+            found.append((pos, inner * times))
+            pos += sum(s2 * i for _, s2, i in segs[p : p + len(run)])
+            p += len(run)
+        else:  # none, or several readings (heads that share their units, repeated or not)
             ok = False
             pos += size * inner
             p += 1
@@ -88,11 +117,17 @@ def _runs(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> tuple[list[tup
 
 
 def _beside_heads(sp: SpaceGraph, hg: HeadGroup, layouts: Sequence[Layout | None], axis: int) -> bool:
-    """Whether axis ``axis`` holds only units every head shares, and another axis the heads."""
+    """Whether axis ``axis`` holds only units every head shares, and another axis the heads (or
+    the query heads that share them)."""
     if not all(c in hg.shared for c, _, _ in _segments(sp, layouts[axis])):
         return False
+    axes = hg.query_axes | {id(hg.root)}
     return any(
-        a != axis and lay is not None and len(lay) == 1 and lay[0][1] == 1 and sp.find(lay[0][0]) is hg.root
+        a != axis
+        and lay is not None
+        and len(lay) == 1
+        and lay[0][1] in hg.repeats
+        and id(sp.find(lay[0][0])) in axes
         for a, lay in enumerate(layouts)
     )
 
@@ -116,6 +151,42 @@ def _check_tensor(
     return out
 
 
+def _share_kv(
+    sp: SpaceGraph, heads: Sequence[Space], found: Mapping[int, HeadGroup], bindings: Mapping
+) -> None:
+    """Key/value heads shared by query heads: their units may stand repeated, the query heads'
+    units follow them in blocks, and they move only if nothing but the grouping holds their
+    query heads' axis."""
+    for query, kv, times in sp.shared_kv:
+        hk = found.get(id(sp.find(sp.resolve(kv)[0][0])))
+        if hk is None:
+            continue
+        hk.repeats.add(times)
+        spaces = [sp.find(s) for s, _ in sp.resolve(query)]
+        roots = {id(root) for root in spaces}
+        hk.query_axes |= roots
+        for root in spaces:
+            for f in root.fixed:
+                if SHARED_KV not in f.message:
+                    hk.fix(f.kind, f"their query heads' axis is held: {f.message}")
+            if any(m.children for m in root.members) or len(spaces) > 1:
+                hk.fix("constraint", "their query heads' axis is split")
+        for s in heads:
+            if id(sp.find(s)) not in roots:
+                continue
+            for blocks in s.blocks:
+                if len(blocks) != hk.size * times:
+                    hk.fix("constraint", f"their query heads do not come in groups of {times} per head")
+                    continue
+                units = [tuple((c, size) for c, size, _ in _segments(sp, b)) for b in blocks]
+                hk.grouped.add(
+                    (tuple(sum(units[h * times : (h + 1) * times], ()) for h in range(hk.size)), times)
+                )
+        for (tensor, _), lay in bindings.items():
+            if lay is not None and any(id(sp.find(s)) in roots for s, _ in sp.resolve(lay)):
+                hk.fix("constraint", f"`{tensor}` runs along their query heads' axis")
+
+
 def head_groups(
     sp: SpaceGraph,
     seen: Sequence[TensorLayout],
@@ -127,19 +198,22 @@ def head_groups(
     """The head groups of a finished discovery, checked (see the module docstring): their
     slices (tensor names as bound: canonical names) and sites, and why they are fixed."""
     heads = [s for s in sp.spaces if s.blocks]
+    queries = {id(sp.find(s)) for query, _, _ in sp.shared_kv for s, _ in sp.resolve(query)}
     # one projection cut into heads again (each trace does it once) moves with the first cut;
-    # cut in another way, neither can move on its own
-    first: dict[int, tuple[Space, tuple]] = {}
+    # cut in another way, neither can move on its own (query heads of grouped-query attention,
+    # whose units are their key heads', move with those)
+    first: dict[tuple[bool, int], tuple[Space, tuple]] = {}
     conflicts: set[int] = set()
     for s in heads:
+        query = id(sp.find(s)) in queries
         sig = tuple(tuple((c, size) for c, size, _ in _segments(sp, b)) for b in s.blocks[0])
         for c in {c for head in sig for c, _ in head}:
-            other, other_sig = first.setdefault(c, (s, sig))
+            other, other_sig = first.setdefault((query, c), (s, sig))
             if other is s:
                 continue
             if other_sig == sig:
                 sp.union(other, s)
-            else:
+            elif not query:
                 conflicts |= {id(other), id(s)}
     found: dict[int, HeadGroup] = {}
     for s in heads:
@@ -156,11 +230,15 @@ def head_groups(
             hg.fix("constraint", "heads of different sizes meet")
         for blocks in s.blocks:
             hg.signatures.add(tuple(tuple((c, size) for c, size, _ in _segments(sp, b)) for b in blocks))
+    _share_kv(sp, heads, found, bindings)
+    queries = {id(sp.find(s)) for query, _, _ in sp.shared_kv for s, _ in sp.resolve(query)}
     groups = list(found.values())
     for hg in groups:
+        if id(hg.root) in queries:
+            continue  # fixed: they move with their key/value heads, which are checked
         if hg.size == 1:
             hg.fix("single_unit", "a single head")
-        longest = max(max(len(head) for head in sig) for sig in hg.signatures)
+        longest = max(max(len(head) for head in sig) for sig, _ in hg._signatures)
         for lay, offsets in fences:
             runs, _ = _runs(hg, _segments(sp, lay))
             span = hg.block * hg.size

@@ -21,7 +21,7 @@ not read folds sees the tensor *collapsed*: every head's units merged into one l
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from modeconn.errors import SymmetryError
@@ -61,18 +61,26 @@ class Fold:
     """Axis ``dims`` of a tensor holds each head's units, a different layout for each index
     along axis ``heads``: index ``(h, d)`` is index ``h · size(dims) + d`` of ``flat``. With
     an ``outer`` axis (a fused q/k/v projection cut into ``(3, H, d)``), index ``(o, h, d)``
-    is index ``(o · H + h) · size(dims) + d``."""
+    is index ``(o · H + h) · size(dims) + d``. With ``repeat = r`` each head stands ``r``
+    times in a row along the heads axis (grouped-query attention's key/value heads repeated
+    for the query heads that share them): index ``(h, d)`` is index ``(h // r) · size(dims) + d``."""
 
     heads: int
     dims: int
     flat: Layout
     outer: int | None = None
+    repeat: int = 1
 
     def moved(self, order: Sequence[int]) -> Fold:
         """The fold after the axes are reordered (new axis ``i`` is old axis ``order[i]``)."""
         order = list(order)
         outer = None if self.outer is None else order.index(self.outer)
-        return Fold(order.index(self.heads), order.index(self.dims), self.flat, outer)
+        return Fold(order.index(self.heads), order.index(self.dims), self.flat, outer, self.repeat)
+
+    def shifted(self, axes: Callable[[int], int]) -> Fold:
+        """The fold with each axis index mapped by ``axes`` (an axis inserted or removed elsewhere)."""
+        outer = None if self.outer is None else axes(self.outer)
+        return Fold(axes(self.heads), axes(self.dims), self.flat, outer, self.repeat)
 
 
 class TensorLayout:
@@ -115,8 +123,10 @@ class TensorLayout:
 
     def __repr__(self) -> str:
         spaces = [None if lay is None else len(lay) for lay in self.layouts]
-        extra = (", uniform" if self.uniform else "") + (
-            f", heads {self.fold.heads} x dims {self.fold.dims}" if self.fold else ""
+        extra = (
+            (", uniform" if self.uniform else "")
+            + (f", heads {self.fold.heads} x dims {self.fold.dims}" if self.fold else "")
+            + (f" (each head {self.fold.repeat} times)" if self.fold and self.fold.repeat > 1 else "")
         )
         return f"TensorLayout({self.shape}, {spaces}{extra})"
 
@@ -132,6 +142,8 @@ class SpaceGraph:
         self.spaces: list[Space] = []
         self.fixed_layouts: list[Layout] = []  # every layout fixed: a head group checks them
         self.fences: list[tuple[Layout, tuple[int, ...]]] = []  # (layout, offsets) rules split at
+        # grouped-query attention: (query heads, key/value heads, query heads per key/value head)
+        self.shared_kv: list[tuple[Layout, Layout, int]] = []
 
     def new(self, size: int, label: str, producer: bool, start: int = 0) -> Space:
         s = Space(size, label, producer, start, uid=len(self.spaces), has_producer=producer)
@@ -237,6 +249,17 @@ class SpaceGraph:
             pos += s.size * inner
         return [tuple(h) for h in out]
 
+    def unfolded(self, fold: Fold, n_heads: int) -> Layout | None:
+        """The layout of a fold's heads axis (of ``n_heads`` indices) and units axis flattened
+        into one, heads major: its ``flat``, each head repeated ``fold.repeat`` times; ``None``
+        when ``flat`` cannot be cut into heads."""
+        if fold.repeat == 1:
+            return fold.flat
+        heads = self.heads(fold.flat, n_heads // fold.repeat)
+        if heads is None:
+            return None
+        return tuple(seg for head in heads for _ in range(fold.repeat) for seg in head)
+
     def new_heads(self, blocks: Sequence[Layout], label: str) -> Space:
         """A head space: unit ``h`` is the block of units ``blocks[h]``, moved as a whole."""
         s = self.new(len(blocks), label, producer=False)
@@ -249,7 +272,8 @@ class SpaceGraph:
         the ``dims`` axis."""
         if t.fold is None:
             return t
-        n = t.shape[t.fold.heads] * (t.shape[t.fold.outer] if t.fold.outer is not None else 1)
+        n = t.shape[t.fold.heads] // t.fold.repeat
+        n *= t.shape[t.fold.outer] if t.fold.outer is not None else 1
         heads = self.heads(t.fold.flat, n)
         if heads is None:
             self.fix(t.fold.flat, reason.because("incompatible flattening"))

@@ -26,7 +26,7 @@ import torch.nn as nn
 from modeconn.errors import TraceError
 from modeconn.symmetry.parametrizations import unknown_hooks
 
-__all__ = ["ModeconnTracer", "ModelInputs", "trace", "graph_name", "record_values"]
+__all__ = ["ModeconnTracer", "ModelInputs", "trace", "graph_name", "record_values", "kept_whole"]
 
 
 def _timm_policy() -> tuple[set[type], set[Callable]]:
@@ -35,6 +35,14 @@ def _timm_policy() -> tuple[set[type], set[Callable]]:
     except ImportError:  # pragma: no cover - timm is a dependency, but keep the policy optional
         return set(), set()
     return set(timm_fx.get_notrace_modules()), set(timm_fx.get_notrace_functions())
+
+
+def kept_whole(fn: Any) -> bool:
+    """Whether torch.fx records calls to ``fn`` without tracing into it (timm's notrace functions)."""
+    try:
+        return fn in _timm_policy()[1]
+    except TypeError:  # unhashable
+        return False
 
 
 class ModelInputs:
@@ -275,6 +283,7 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, describe: Callable[[], str]):
         super().__init__(gm)
         self.shapes: dict[str, Any] = {}
+        self.dtypes: dict[str, torch.dtype] = {}  # of the nodes that return one tensor
         self._describe = describe
 
     def run_node(self, n: fx.Node) -> Any:
@@ -287,12 +296,20 @@ class _Recorder(fx.Interpreter):
                 f"({self._describe()})."
             ) from e
         self.shapes[n.name] = _summary(result)
+        if isinstance(result, torch.Tensor):
+            self.dtypes[n.name] = result.dtype
         return result
 
 
-def record_values(gm: fx.GraphModule, inputs: ModelInputs, float_dtype: torch.dtype | None) -> dict[str, Any]:
+def record_values(
+    gm: fx.GraphModule,
+    inputs: ModelInputs,
+    float_dtype: torch.dtype | None,
+    dtypes: dict[str, torch.dtype] | None = None,
+) -> dict[str, Any]:
     """Run the graph once and return, for every node, the structure of its output with tensors
-    replaced by :class:`torch.Size` (other values are kept when they are small Python values).
+    replaced by :class:`torch.Size` (other values are kept when they are small Python values);
+    ``dtypes``, if given, receives the dtype of every node that returns one tensor.
 
     The run is real, not on fake or meta tensors: those take other code paths in some modules
     (``nn.MultiheadAttention``'s fast path returns other outputs), and the structure recorded
@@ -308,6 +325,8 @@ def record_values(gm: fx.GraphModule, inputs: ModelInputs, float_dtype: torch.dt
     changes = gm.training or gm.meta.get("capture") == "export"
     with _preserved_state(gm) if changes else torch.no_grad():
         recorder.run(*inputs.values)
+    if dtypes is not None:
+        dtypes.update(recorder.dtypes)
     return recorder.shapes
 
 

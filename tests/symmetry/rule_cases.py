@@ -556,6 +556,20 @@ case(
     buffers={"idx": lambda: torch.tensor([0, 2, 1])},
 )
 case(
+    "index tensor along positions",
+    operator.getitem,
+    lambda m, a, b: a[:, m.b_idx] + b[..., m.b_idx, :],
+    src="seq",
+    buffers={"idx": lambda: torch.tensor([0, 2, 1, 1, 3])},
+)
+case(
+    "lookup table along units",  # Swin's relative position bias: a table of per-unit rows
+    operator.getitem,
+    lambda m, a, b: a + m.params["table"][m.b_pos].T[None, :, :, None],
+    params={"table": (7, C)},
+    buffers={"pos": lambda: torch.tensor([3, 0, 6, 2, 2])},
+)
+case(
     "boolean mask",
     operator.getitem,
     lambda m, a, b: a[:, m.b_keep],

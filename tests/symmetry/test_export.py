@@ -4,6 +4,7 @@ trace — are captured by it with their ordinary inputs."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 import modeconn
 from modeconn import align, discover, permute
+from modeconn.symmetry.context import SHARED_KV
 from modeconn.symmetry.spec import PermutationSpec
 
 COSTS = ("correlation", "l2_preact", "weight_matching")
@@ -143,10 +145,16 @@ def _families() -> dict:
             ),
             {"pixel_values": torch.randn(2, 3, 16, 16)},
         ),
+        "t5": (
+            lambda: T.T5ForConditionalGeneration(
+                T.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
+            ),
+            {"input_ids": text["input_ids"], "decoder_input_ids": text["input_ids"]},
+        ),
     }  # fmt: skip
 
 
-FAMILIES = ("bert", "distilbert", "gpt2", "llama", "qwen2", "vit")
+FAMILIES = ("bert", "distilbert", "gpt2", "llama", "qwen2", "vit", "t5")
 
 
 def _build(family: str, seed: int = 0) -> tuple[nn.Module, dict]:
@@ -171,6 +179,22 @@ def test_hugging_face_models_are_captured_by_export_and_keep_their_function(fami
             moved = any(not torch.equal(v, model.state_dict()[k]) for k, v in permuted.state_dict().items())
             assert moved
             torch.testing.assert_close(permuted(**inputs).logits, y, rtol=1e-4, atol=1e-5)
+
+
+def test_t5_relative_position_biases_move_with_the_heads_of_every_layer_that_adds_them():
+    """T5 computes one bias per head from relative positions in its first layer (an embedding
+    table looked up by bucket) and passes it to every layer's attention as its mask: the heads
+    of all those layers move together, with the table's columns. Cross-attention adds a zero
+    bias plus the padding mask, which holds its heads in place (soundly)."""
+    model, inputs = _build("t5")
+    spec = discover(model, inputs)
+    free = [h for h in spec.heads if h.permutable]
+    assert len(free) == 2, str(spec)  # encoder self-attention, decoder self-attention
+    for h, stack in zip(free, ("encoder", "decoder")):
+        tensors = {s.tensor for s in h.slices}
+        assert f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in tensors
+        assert {f"{stack}.block.{i}.layer.0.SelfAttention.q.weight" for i in (0, 1)} <= tensors, tensors
+    assert all("EncDecAttention" in h.name for h in spec.heads if not h.permutable)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -198,22 +222,57 @@ def test_heads_of_hugging_face_models_move_as_blocks_each_with_its_own_dims(fami
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_grouped_query_heads_stay_in_place_with_the_reason(family):
-    """Key/value heads shared by two query heads each: not yet permuted as blocks."""
+def test_grouped_query_key_value_heads_move_with_the_query_heads_that_share_them(family):
+    """Two key/value heads, each shared by two query heads: the key/value heads move as blocks
+    holding their two query heads' rows of q_proj and columns of o_proj; the query heads keep
+    their order within their group (with the reason)."""
     model, inputs = _build(family)
     spec = discover(model, inputs)
-    assert spec.heads and not any(h.permutable for h in spec.heads)
-    assert all("scaled_dot_product_attention" in h.reason for h in spec.heads), [h.reason for h in spec.heads]
+    kv = [h for h in spec.heads if h.permutable]
+    query = [h for h in spec.heads if not h.permutable]
+    assert len(kv) == 2 and all(h.size == 2 for h in kv), str(spec)
+    assert len(query) == 2 and all(SHARED_KV in h.reason for h in query), str(spec)
+    head_dim = 32 // 4
+    blocks = {(s.tensor.split(".")[-2], s.axis): s.inner for s in kv[0].slices if s.tensor.endswith("weight")}
+    assert blocks == {
+        ("q_proj", 0): 2 * head_dim,
+        ("k_proj", 0): head_dim,
+        ("v_proj", 0): head_dim,
+        ("o_proj", 1): 2 * head_dim,
+    }, blocks
+    # each value head's dims are its own (rotary embeddings fix the q and k dims)
+    values = [g for g in spec.permutable if ".v_proj." in g.name]
+    assert len(values) == 4 and all(g.size == head_dim for g in values), str(spec)
+    with torch.no_grad():
+        y = model(**inputs).logits
+        perms = spec.identity()
+        perms.update({h.name: torch.tensor([1, 0]) for h in kv})  # only the heads move
+        torch.testing.assert_close(permute(model, spec, perms)(**inputs).logits, y, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "llama_mha"])
+def _batch(family: str, n: int, seed: int = 1) -> dict:
+    """A batch of ``n`` of the family's inputs, with labels (next tokens for causal LMs)."""
+    g = torch.Generator().manual_seed(seed)
+    if family == "vit":  # the label says which half of the image is brighter
+        x = torch.randn(n, 3, 16, 16, generator=g)
+        return {"pixel_values": x, "labels": (x[..., :8].mean((1, 2, 3)) > x[..., 8:].mean((1, 2, 3))).long()}
+    ids = torch.randint(0, 100, (n, 8), generator=g)
+    if family == "t5":  # the decoder reads the labels' tokens (teacher forcing)
+        return {"input_ids": ids, "decoder_input_ids": ids.flip(1), "labels": ids.flip(1)}
+    causal = family in ("gpt2", "llama", "llama_mha", "qwen2")
+    labels = ids if causal else (ids[:, 0] < 50).long()  # classifiers: is the first token small
+    return {"input_ids": ids, "attention_mask": torch.ones(n, 8, dtype=torch.long), "labels": labels}
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "llama_mha"])
 @pytest.mark.parametrize("cost", COSTS)
 def test_align_recovers_a_planted_permutation_of_a_hugging_face_model(family, cost):
     a, _ = _build(family)
-    torch.manual_seed(1)
-    data = [
-        {"input_ids": torch.randint(0, 100, (32, 8)), "attention_mask": torch.ones(32, 8, dtype=torch.long)}
-    ]
+    data = [_inputs(_batch(family, 32))]
     spec = discover(a, {k: v[:2] for k, v in data[0].items()})
     planted = spec.random_permutation(5)
     b = permute(a, spec, planted)
@@ -223,6 +282,27 @@ def test_align_recovers_a_planted_permutation_of_a_hugging_face_model(family, co
         if h.permutable:
             assert not torch.equal(planted[h.name], torch.arange(h.size))
             assert torch.equal(result.perms[h.name], torch.argsort(planted[h.name]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_curve_fits_between_two_hugging_face_models_of_a_family(family):
+    """Two models from different seeds, aligned; a Bezier curve between them fits for a few
+    steps: its bend moves, its loss stays finite, and its ends are the two models. (At random
+    init the end points sit at chance on these batches, so a few steps need not lower the
+    loss in the middle; test_transformers.py trains two language models first.)"""
+    a, inputs = _build(family, seed=0)
+    b, _ = _build(family, seed=1)
+    data = [_batch(family, 16, seed=s) for s in range(2)]
+    aligned = align(a, b, [_inputs(d) for d in data], spec=discover(a, inputs)).model
+    curve = modeconn.Curve(a, aligned, "bezier", num_bends=1)
+    bend = curve.bends.detach().clone()
+    history = modeconn.fit_curve(curve, data, epochs=2, lr=0.01, batch_size=16, progress=False)
+    assert len(history) == 2 and all(math.isfinite(r.loss) for r in history)
+    assert not torch.allclose(curve.bends.detach(), bend)
+    report = modeconn.evaluate_curve(curve, data, num_points=3)
+    assert all(math.isfinite(x) for x in report.loss)
+    assert report.loss[0] == pytest.approx(modeconn.evaluate(a, data)[0], rel=1e-5)
+    assert report.loss[-1] == pytest.approx(modeconn.evaluate(aligned, data)[0], rel=1e-5)
 
 
 def test_align_takes_batches_of_other_sequence_lengths_through_the_exported_graph():

@@ -4,6 +4,7 @@ function)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -15,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeconn import align, discover, permute
+from modeconn.symmetry.context import SHARED_KV
 from modeconn.symmetry.spec import PermutationSpec
 
 from .helpers import assert_equivalent
@@ -25,6 +27,7 @@ BREAKERS = {
     "first_head": "holds the units of some heads only",
     "group_norm": "splits an axis holding several heads into groups",
     "head_bias": "never permuted",
+    "mask_bias": "attention mask",  # the same slopes, as SDPA's attn_mask
 }
 
 
@@ -40,21 +43,39 @@ class Attention(nn.Module):
         product: str = "sdpa",
         causal: bool = False,
         breaker: str | None = None,
+        kv_heads: int | None = None,
+        repeat: str = "expand",
     ):
         super().__init__()
         self.h, self.dh, self.inner = heads, dh, heads * dh
         self.fused, self.rope, self.product, self.causal, self.breaker = fused, rope, product, causal, breaker
+        # grouped-query attention: kv_heads key/value heads, each shared by heads // kv_heads
+        # query heads, repeated for them as Hugging Face's repeat_kv does ("expand") or by
+        # repeat_interleave
+        self.kv, self.repeat = kv_heads or heads, repeat
+        self.kv_inner = self.kv * dh
         if fused:
-            self.qkv = nn.Linear(d, 3 * self.inner)
+            self.qkv = nn.Linear(d, self.inner + 2 * self.kv_inner)
         else:
-            self.q, self.k, self.v = (nn.Linear(d, self.inner) for _ in range(3))
+            self.q = nn.Linear(d, self.inner)
+            self.k, self.v = (nn.Linear(d, self.kv_inner) for _ in range(2))
         self.o = nn.Linear(self.inner, d)
         if breaker == "group_norm":
             self.norm = nn.GroupNorm(2, self.inner)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor, heads: int | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, self.h, self.dh).transpose(1, 2)
+        return x.view(b, t, heads or self.h, self.dh).transpose(1, 2)
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Key/value heads, each repeated for the query heads that share it."""
+        r = self.h // self.kv
+        if r == 1:
+            return x
+        if self.repeat == "interleave":
+            return x.repeat_interleave(r, 1)
+        b, t = x.shape[0], x.shape[2]
+        return x[:, :, None].expand(b, self.kv, r, t, self.dh).reshape(b, self.h, t, self.dh)
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[-2]
@@ -70,14 +91,18 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).reshape(b, t, 3, self.h, self.dh).permute(2, 0, 3, 1, 4).unbind(0)
             q, k, v = (z.transpose(1, 2).reshape(b, t, self.inner) for z in (q, k, v))
         elif self.fused:
-            q, k, v = self.qkv(x).split(self.inner, -1)
+            q, k, v = self.qkv(x).split([self.inner, self.kv_inner, self.kv_inner], -1)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
         extra = q[..., : self.dh].sum(-1, keepdim=True) if self.breaker == "first_head" else 0
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        q, k, v = self._heads(q), self._heads(k, self.kv), self._heads(v, self.kv)
         if self.rope:
             q, k = self._rotate(q), self._rotate(k)
-        if self.product == "sdpa" and self.breaker != "head_bias":
+        k, v = self._shared(k), self._shared(v)
+        if self.breaker == "mask_bias":
+            slopes = torch.arange(1, self.h + 1, dtype=x.dtype).view(1, -1, 1, 1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=slopes * torch.arange(t, dtype=x.dtype))
+        elif self.product == "sdpa" and self.breaker != "head_bias":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.dh)
@@ -181,30 +206,79 @@ def test_heads_treated_unalike_are_fixed_and_the_fix_is_needed(breaker):
         assert not torch.allclose(model(x), permute(model, forced, perms)(x), atol=1e-5)
 
 
-def test_grouped_query_heads_shared_by_query_heads_stay_in_place():
-    class GQA(Attention):
-        def forward(self, x):
-            b, t, _ = x.shape
-            q = self._heads(self.q(x))
-            k = self.k(x)[..., : 2 * self.dh].view(b, t, 2, self.dh).transpose(1, 2)
-            v = self.v(x)[..., : 2 * self.dh].view(b, t, 2, self.dh).transpose(1, 2)
-            k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
-            y = F.scaled_dot_product_attention(q, k, v)
-            return self.o(y.transpose(1, 2).reshape(b, t, self.inner))
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("product", ["sdpa", "matmul"])
+@pytest.mark.parametrize("repeat", ["expand", "interleave"])
+@pytest.mark.parametrize("rope", [False, True])
+def test_grouped_query_heads_move_as_blocks_with_the_query_heads_that_share_them(
+    capture, product, repeat, rope
+):
+    torch.manual_seed(0)
+    model = Net(heads=6, dh=2, kv_heads=3, repeat=repeat, product=product, rope=rope, layers=2).eval()
+    spec = discover(model, _x(), capture=capture)
+    kv = [h for h in spec.heads if h.permutable]
+    query = [h for h in spec.heads if not h.permutable]
+    assert len(kv) == 2 and all(h.size == 3 for h in kv), str(spec)
+    assert len(query) == 2 and all(SHARED_KV in h.reason for h in query), str(spec)
+    # a key/value head moves the rows of its two query heads and their columns of the output
+    blocks = {(s.tensor.rsplit(".", 2)[-2], s.axis): s.inner for s in kv[0].slices}
+    assert blocks == {("q", 0): 4, ("k", 0): 2, ("v", 0): 2, ("o", 1): 4}, blocks
+    # each key head's dims (with its query heads') and each value head's dims are groups of
+    # their own; rotary embeddings fix the q and k dims
+    inside = [spec[n] for n in _units_inside(spec, kv[0])]
+    assert len([g for g in inside if g.permutable]) == (3 if rope else 6), [g.name for g in inside]
+    assert_equivalent(model, _x(), spec=spec, seeds=(0, 1, 2))
+    # the grouping is needed: a query head moved to another group (with its rows of q and its
+    # columns of o) changes the function; moved within its group it would not (a symmetry
+    # discovery leaves out: query heads keep their order within their group)
+    with torch.no_grad():
+        y = model(_x())
+        assert not torch.allclose(y, _query_heads_moved(model, [2, 1, 0, 3, 4, 5])(_x()), atol=1e-5)
+        assert torch.allclose(y, _query_heads_moved(model, [1, 0, 2, 3, 5, 4])(_x()), atol=1e-6)
 
-    model = nn.Sequential(nn.Linear(5, 8), GQA(8, 4, 2)).eval()
+
+def _query_heads_moved(model: Net, order: list[int]) -> Net:
+    """``model`` with the query heads of its first attention block in ``order``: their rows of
+    the query projection and their columns of the output projection."""
+    moved = copy.deepcopy(model)
+    attn = moved.blocks[0]
+    rows = torch.tensor(order)[:, None] * attn.dh + torch.arange(attn.dh)
+    with torch.no_grad():
+        attn.q.weight.copy_(attn.q.weight[rows.flatten()])
+        attn.q.bias.copy_(attn.q.bias[rows.flatten()])
+        attn.o.weight.copy_(attn.o.weight[:, rows.flatten()])
+    return moved
+
+
+def test_grouped_query_heads_stay_in_place_when_their_query_heads_are_held():
+    """ALiBi slopes per query head: the query heads' axis meets a constant, so the key/value
+    heads that move query heads cannot move either."""
+    torch.manual_seed(0)
+    model = Net(heads=4, dh=2, kv_heads=2, product="matmul", breaker="head_bias").eval()
     spec = discover(model, _x())
-    assert spec.heads and not any(h.permutable for h in spec.heads)
+    assert spec.heads and not any(h.permutable for h in spec.heads), str(spec)
+    assert any("query heads' axis is held" in h.reason for h in spec.heads), [h.reason for h in spec.heads]
     assert_equivalent(model, _x(), spec=spec, seeds=(0, 1))
+    free = {h.name: dataclasses.replace(h, permutable=True, fixes=()) for h in spec.heads if h.size == 2}
+    forced = PermutationSpec({**spec.groups, **free}, capture=spec.capture)
+    with torch.no_grad():
+        moved = permute(model, forced, {name: torch.tensor([1, 0]) for name in free})
+        assert not torch.allclose(model(_x()), moved(_x()), atol=1e-5)
 
 
 @st.composite
 def attention_nets(draw):
     rope = draw(st.booleans())
+    kv_heads, heads = draw(st.sampled_from([(None, 2), (None, 3), (None, 4), (1, 2), (2, 4), (1, 3), (2, 6)]))
+    dh = draw(st.sampled_from([2, 4] if rope else [1, 2, 3]))
     return dict(
-        heads=draw(st.integers(2, 4)),
-        dh=draw(st.sampled_from([2, 4] if rope else [1, 2, 3])),
-        fused=draw(st.sampled_from([False, True, "reshape"])),
+        heads=heads,
+        kv_heads=kv_heads,  # grouped-query (multi-query with 1) attention, or every head its own
+        repeat=draw(st.sampled_from(["expand", "interleave"])),
+        dh=dh,
+        # timm's fused (3, heads, dims) view with dims = 1 reads as 3 heads of `heads` dims:
+        # such heads are fixed (soundly), not moved
+        fused=draw(st.sampled_from([False, True] if kv_heads or dh == 1 else [False, True, "reshape"])),
         rope=rope,
         product=draw(st.sampled_from(["sdpa", "matmul"])),
         causal=draw(st.booleans()),
@@ -219,7 +293,11 @@ def test_generated_attention_nets_keep_their_function_and_are_recovered(config, 
     model = Net(**config).eval()
     x = _x(batch=32, seed=seed)
     spec = discover(model, x[:2])
-    assert all(h.permutable for h in spec.heads), str(spec)
+    # every head group moves, except query heads that share a key/value head (which moves them)
+    # and the single key/value head of multi-query attention
+    for h in spec.heads:
+        shared = config["kv_heads"] is not None and h.size == config["heads"]
+        assert h.permutable is not (shared or h.size == 1), str(spec)
     assert_equivalent(model, x[:4], spec=spec, seeds=(seed,), train=False)
     perms = spec.random_permutation(seed)
     permuted = permute(model, spec, perms)
@@ -263,6 +341,53 @@ def test_timm_vision_transformers_move_their_heads():
     result = align(model, permute(model, spec, planted), cost="weight_matching", spec=spec)
     for h in spec.heads:
         assert torch.equal(result.perms[h.name], torch.argsort(planted[h.name]))
+
+
+@pytest.mark.parametrize("cost", ["weight_matching", "correlation"])
+def test_torchvision_vision_transformers_move_their_heads_and_are_recovered(cost):
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
+    ).eval()
+    x = torch.randn(64, 3, 16, 16)
+    spec = discover(model, x[:2])
+    assert len(spec.heads) == 2 and all(h.permutable for h in spec.heads), str(spec)
+    assert_equivalent(model, x[:2], spec=spec, seeds=(0,), train=False)
+    planted = spec.random_permutation(1)
+    result = align(model, permute(model, spec, planted), x, cost=cost, spec=spec, labels=False)
+    for h in spec.heads:
+        assert torch.equal(result.perms[h.name], torch.argsort(planted[h.name])), h.name
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, result.model.state_dict()[k], atol=1e-6), k
+
+
+def test_swin_moves_its_heads_with_their_relative_position_biases():
+    """Swin adds a bias per head gathered from a table by relative position: the lookup fixes
+    the table's positions, and its heads axis moves with the heads. fx keeps timm's
+    window_partition/window_reverse whole, so auto capture takes torch.export."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", img_size=56, embed_dim=24, depths=(1, 1), num_heads=(2, 4)
+    ).eval()
+    with torch.no_grad():  # non-zero tables (zeros at init), so that a wrong move shows
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0, 1.0)
+    x = torch.randn(2, 3, 56, 56)
+    spec = discover(model, x)
+    assert spec.capture == "export"
+    assert [(h.size, h.permutable) for h in spec.heads] == [(2, True), (4, True)], str(spec)
+    tables = {s.tensor for h in spec.heads for s in h.slices if "relative_position_bias_table" in s.tensor}
+    assert len(tables) == 2, spec.heads
+    assert spec.units()[0] == spec.units()[1], str(spec)
+    assert_equivalent(model, x, spec=spec, seeds=(0, 1), train=False)
+    planted = spec.random_permutation(3)
+    result = align(model, permute(model, spec, planted), cost="weight_matching", spec=spec)
+    for h in spec.heads:
+        assert torch.equal(result.perms[h.name], torch.argsort(planted[h.name])), h.name
 
 
 @pytest.mark.parametrize("per_head_weights", [False, True])

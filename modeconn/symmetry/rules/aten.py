@@ -32,11 +32,15 @@ __all__ = ["aten_table", "embedding", "select", "slice_"]
 
 
 def slice_(ctx: RuleContext) -> TensorLayout:
-    """aten.slice(input, dim, start, end, step): ``x[..., start:end:step]`` along one axis."""
-    x = ctx.tensor("input")
+    """aten.slice(input, dim, start, end, step): ``x[..., start:end:step]`` along one axis
+    (heads and their units keep theirs unless the slice cuts their axes)."""
+    x = ctx.folded("input")
     d = axis_index(int(ctx.const("dim")), x.ndim)
     start, end, step = ctx.const("start"), ctx.const("end"), int(ctx.const("step"))
     start, stop, step = slice(start, end, step).indices(x.shape[d])
+    whole = step == 1 and (start, stop) == (0, x.shape[d])
+    if x.fold is not None and not whole and d in (x.fold.heads, x.fold.dims, x.fold.outer):
+        x = ctx.collapse(x)
     if step != 1:
         ctx.fix(x[d], "strided slicing")
         layout = None
@@ -44,7 +48,7 @@ def slice_(ctx: RuleContext) -> TensorLayout:
         layout = x[d]
     else:
         layout = ctx.sub_layout(x[d], start, max(start, stop))
-    return ctx.out([layout if a == d else x[a] for a in range(x.ndim)], uniform=x.uniform)
+    return ctx.out([layout if a == d else x[a] for a in range(x.ndim)], uniform=x.uniform, fold=x.fold)
 
 
 def select(ctx: RuleContext) -> TensorLayout:
@@ -119,6 +123,7 @@ def aten_table() -> Iterator[tuple[Callable, tuple[Hashable, ...]]]:
     yield slice_, _packets("slice")
     yield select, _packets("select")
     yield indexing.narrow, _packets("narrow")
+    yield indexing.index_tensor, _packets("index")
     yield common.metadata, _packets("sym_size")
     yield pooling.pool(1), _packets("max_pool1d", "avg_pool1d", "adaptive_avg_pool1d", "adaptive_max_pool1d")
     yield pooling.pool(2), _packets("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d")

@@ -76,14 +76,26 @@ def multihead_attention(ctx: RuleContext) -> tuple:
 
 def sdpa(ctx: RuleContext) -> TensorLayout:
     """scaled_dot_product_attention(q, k, v): q·kᵀ contracts the head dim of q and k (one
-    permutation); keys and values share their token axis; the output's head dim is v's."""
+    permutation); keys and values share their token axis; the output's head dim is v's. With
+    key/value heads repeated for the query heads that share them (grouped-query attention),
+    the key/value heads move as blocks together with their query heads."""
     q, k, v = ctx.folded("query"), ctx.folded("key"), ctx.folded("value")
     mask = ctx.optional_tensor("attn_mask")
     if mask is not None or ctx.const("is_causal"):
-        ctx.fix_all(mask, "attention mask")
-        for t in (q, k, v):
+        for t in (q, k, v, *([mask] if mask is not None else [])):
             ctx.fix(t[-2], "attention masks tie tokens to positions")
+        if mask is not None:
+            ctx.fix(mask[-1], "attention masks tie tokens to positions")
     last = q.ndim - 1
+    shared = _grouped_query(ctx, q, k, v)
+    if shared is not None:
+        axis, q, k, v, fold = shared
+        batch = [
+            q[a] if a == axis else ctx.merge_all([q[a], k[a], v[a]], "attention batch axes")
+            for a in range(q.ndim - 2)
+        ]
+        ctx.merge(k[-2], v[-2], "keys and values are one sequence")
+        return ctx.out(_masked(ctx, batch, mask) + [q[-2], v[-1]], fold=fold)
     if any(_shares_kv_heads(ctx, q[a], k[a]) or q.shape[a] != k.shape[a] for a in range(q.ndim - 2)):
         for t in (q, k, v):
             for a in range(t.ndim - 2):
@@ -94,11 +106,66 @@ def sdpa(ctx: RuleContext) -> TensorLayout:
     else:
         q, k = ctx.collapse(q), ctx.collapse(k)
         ctx.merge(q[-1], k[-1], "q and k head dims")
-    fold = Fold(v.fold.heads, last, v.fold.flat) if _units_last(v) else None
+    fold = Fold(v.fold.heads, last, v.fold.flat, repeat=v.fold.repeat) if _units_last(v) else None
     v = v if fold is not None else ctx.collapse(v)
     batch = [ctx.merge_all([q[a], k[a], v[a]], "attention batch axes") for a in range(q.ndim - 2)]
     ctx.merge(k[-2], v[-2], "keys and values are one sequence")
-    return ctx.out(batch + [q[-2], v[-1]], fold=fold)
+    return ctx.out(_masked(ctx, batch, mask) + [q[-2], v[-1]], fold=fold)
+
+
+def _masked(ctx: RuleContext, batch: list[Layout | None], mask: TensorLayout | None) -> list[Layout | None]:
+    """The scores' batch axes (heads among them) coupled with the mask's, which it broadcasts
+    against: a bias per head (T5's relative positions, ALiBi) moves with the heads, or holds
+    them in place."""
+    if mask is None or mask.uniform:
+        return batch
+    lead = len(batch) - (mask.ndim - 2)
+    if lead < 0:
+        raise Unsupported("an attention mask with more batch axes than the scores")
+    return [
+        lay if a < lead or mask.shape[a - lead] == 1 else ctx.merge(lay, mask[a - lead], "attention mask")
+        for a, lay in enumerate(batch)
+    ]
+
+
+def _grouped_query(ctx: RuleContext, q: TensorLayout, k: TensorLayout, v: TensorLayout) -> tuple | None:
+    """Grouped-query attention whose structure the layouts show: along the query heads' axis,
+    each key and value head stands ``r`` times in a row (``repeat_kv``). Couples each query
+    head's dims with its key head's (or all q and k dims, when a rule before merged them
+    across heads), the key heads with the value heads, and the query heads with both
+    (:meth:`RuleContext.share_heads`). Returns (the heads axis, q, k, v as used, the output's
+    fold), or ``None`` (nothing done) for any other attention."""
+    axes = [a for a in range(q.ndim - 2) if ctx.is_heads(q[a]) and ctx.is_heads(k[a]) and ctx.is_heads(v[a])]
+    if len(axes) != 1:
+        return None
+    axis = axes[0]
+    r = _repeat(ctx, k[axis])
+    n = q.shape[axis]
+    if _repeat(ctx, q[axis]) != 1 or r in (None, 1) or _repeat(ctx, v[axis]) != r:
+        return None
+    if not (n == k.shape[axis] == v.shape[axis]) or any(
+        t.fold is not None and (t.fold.heads, t.fold.repeat) != (axis, rep)
+        for t, rep in ((q, 1), (k, r), (v, r))
+    ):
+        return None
+    q_heads = ctx.heads(q.fold.flat, n) if _units_last(q) else None
+    k_heads = ctx.heads(k.fold.flat, n // r) if _units_last(k) else None
+    if q_heads is not None and k_heads is not None:
+        for h in range(n):
+            ctx.merge(q_heads[h], k_heads[h // r], "a query head's dims and its key head's")
+    else:
+        q, k = ctx.collapse(q), ctx.collapse(k)
+        ctx.merge(q[-1], k[-1], "q and k head dims")
+    fold = Fold(axis, q.ndim - 1, v.fold.flat, repeat=r) if _units_last(v) else None
+    v = v if fold is not None else ctx.collapse(v)
+    ctx.share_heads(q[axis], ctx.merge(k[axis], v[axis], "key and value heads"), r)
+    return axis, q, k, v, fold
+
+
+def _repeat(ctx: RuleContext, heads: Layout | None) -> int | None:
+    """How many times in a row each head of a heads axis stands, if the same for all."""
+    inner = {i for _, i in ctx.resolve(heads) or ()}
+    return inner.pop() if len(inner) == 1 else None
 
 
 def _shares_kv_heads(ctx: RuleContext, q: Layout | None, k: Layout | None) -> bool:
@@ -136,6 +203,9 @@ def matmul(ctx: RuleContext) -> TensorLayout:
     a, b = ctx.folded("input"), ctx.folded(other)
     out_shape = tuple(ctx.out_value)
     n = len(out_shape)
+    grouped = _grouped_product(ctx, a, b, out_shape)
+    if grouped is not None:
+        return grouped
     if a.ndim == b.ndim == n and (a.fold is not None or b.fold is not None):
         fa, fb = a.fold, b.fold
         if (
@@ -151,10 +221,52 @@ def matmul(ctx: RuleContext) -> TensorLayout:
             return ctx.out(_batch(ctx, a, b, out_shape) + [a[-2], b[-1]])
         if fa is None and _units_last(b):
             ctx.merge(a[-1], b[-2], "contracted axis of a matrix product")
-            fold = Fold(b.fold.heads, n - 1, b.fold.flat)
+            fold = Fold(b.fold.heads, n - 1, b.fold.flat, repeat=b.fold.repeat)
             return ctx.out(_batch(ctx, a, b, out_shape) + [a[-2], None], fold=fold)
     layouts = _product(ctx, ctx.collapse(a), ctx.collapse(b), "input", other)
     return ctx.out(layouts)
+
+
+def _grouped_product(
+    ctx: RuleContext, a: TensorLayout, b: TensorLayout, out_shape: tuple
+) -> TensorLayout | None:
+    """Grouped-query attention's products, ``q @ kᵀ`` and ``weights @ v``, where along the
+    query heads' axis of ``a`` each head of ``b`` stands ``r`` times in a row (``repeat_kv``):
+    as in :func:`sdpa`, the query heads move with the key/value heads they share. ``None``
+    (nothing done) for any other product."""
+    n = len(out_shape)
+    if not (a.ndim == b.ndim == n > 2) or a.shape[:-2] != b.shape[:-2] or a.shape[:-2] != out_shape[:-2]:
+        return None
+    axes = [x for x in range(n - 2) if ctx.is_heads(a[x]) and ctx.is_heads(b[x])]
+    if len(axes) != 1:
+        return None
+    axis = axes[0]
+    r = _repeat(ctx, b[axis])
+    if (
+        _repeat(ctx, a[axis]) != 1
+        or r in (None, 1)
+        or any(
+            t.fold is not None and (t.fold.heads, t.fold.repeat, t.fold.outer) != (axis, rep, None)
+            for t, rep in ((a, 1), (b, r))
+        )
+    ):
+        return None
+    fa, fb, fold = a.fold, b.fold, None
+    if fa is not None and fb is not None and (fa.dims, fb.dims) == (n - 1, n - 2):  # q @ kᵀ
+        q_heads, k_heads = ctx.heads(fa.flat, a.shape[axis]), ctx.heads(fb.flat, a.shape[axis] // r)
+        if q_heads is None or k_heads is None:
+            return None
+        for h, units in enumerate(q_heads):
+            ctx.merge(units, k_heads[h // r], "a query head's dims and its key head's")
+    elif fa is None and _units_last(b):  # weights @ v
+        ctx.merge(a[-1], b[-2], "contracted axis of a matrix product")
+        fold = Fold(axis, n - 1, fb.flat, repeat=r)
+    else:
+        a, b = ctx.collapse(a), ctx.collapse(b)
+        ctx.merge(a[-1], b[-2], "contracted axis of a matrix product")
+    ctx.share_heads(a[axis], b[axis], r)
+    batch = [a[x] if x == axis else ctx.merge(a[x], b[x], "matrix product batch axes") for x in range(n - 2)]
+    return ctx.out(batch + [a[-2], None if fold is not None else b[-1]], fold=fold)
 
 
 def _batch(ctx: RuleContext, a: TensorLayout, b: TensorLayout, out_shape: tuple) -> list[Layout | None]:

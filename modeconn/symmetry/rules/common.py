@@ -73,7 +73,7 @@ def elementwise(ctx: RuleContext) -> TensorLayout | None:
         tensors = [ctx.collapse(t) for t in tensors]
     else:
         flat = ctx.merge_all([t.fold.flat for t in tensors if t.fold is not None], "heads' units")
-        fold = Fold(fold.heads, fold.dims, flat, fold.outer) if flat is not None else None
+        fold = Fold(fold.heads, fold.dims, flat, fold.outer, fold.repeat) if flat is not None else None
     out = ctx.out(
         broadcast(ctx, tensors, ctx.out_value),
         uniform=bool(tensors) and all(t.uniform for t in tensors),
@@ -91,7 +91,7 @@ def _common_fold(tensors: Sequence[TensorLayout], out_shape: tuple) -> Fold | No
     folded = [t for t in tensors if t.fold is not None and not t.uniform]
     if not folded or any(t.shape != out_shape for t in folded):
         return None
-    if len({(f.heads, f.dims, f.outer) for f in folds}) != 1:
+    if len({(f.heads, f.dims, f.outer, f.repeat) for f in folds}) != 1:
         return None
     fold = folded[0].fold
     for t in tensors:

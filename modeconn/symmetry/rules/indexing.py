@@ -6,18 +6,22 @@ from typing import Any
 
 import torch
 
+from modeconn.symmetry.arguments import ArgumentsNotUnderstood
 from modeconn.symmetry.context import RuleContext, flat_values
 from modeconn.symmetry.rules.common import axis_index
 from modeconn.symmetry.spaces import TensorLayout
 
-__all__ = ["getitem", "narrow", "tensor_attribute"]
+__all__ = ["getitem", "gather", "index_tensor", "narrow", "tensor_attribute"]
 
 
 def getitem(ctx: RuleContext) -> Any:
     """``x[i]`` on a tuple/list picks an element; on a tensor, basic slicing keeps sub-layouts,
     an integer index fixes its axis (it picks one unit), and advanced indexing is unsupported."""
     raw = ctx.args["index"]
-    a = ctx.ann(ctx.args["input"])
+    try:
+        a = ctx.folded("input")  # heads are collapsed below, if the index cuts them
+    except ArgumentsNotUnderstood:
+        a = ctx.ann(ctx.args["input"])
     if not isinstance(a, TensorLayout):
         index = ctx.value(raw)
         if isinstance(a, (list, tuple)) and isinstance(index, (int, slice)):
@@ -29,38 +33,87 @@ def getitem(ctx: RuleContext) -> Any:
         return None
     raw_items = raw if isinstance(raw, tuple) else (raw,)
     # a tensor's recorded value is its torch.Size (a tuple): look at the raw nodes, not the values
-    if any(isinstance(ctx.ann(r), TensorLayout) for r in raw_items):
-        return ctx.unsupported("advanced (tensor) indexing")
+    tensors = [k for k, r in enumerate(raw_items) if isinstance(ctx.ann(r), TensorLayout)]
+    if tensors:
+        values = [None if k in tensors else ctx.value(r) for k, r in enumerate(raw_items)]
+        if len(tensors) == 1 and all(
+            k in tensors or v in (slice(None), Ellipsis) for k, v in enumerate(values)
+        ):
+            (k,) = tensors
+            if Ellipsis in values[:k]:  # it stands for the axes no other item names
+                k += a.ndim - sum(v is not Ellipsis for v in values) - 1
+            return gather(ctx, ctx.collapse(a), k, raw_items[tensors[0]])
+        return ctx.unsupported("advanced (tensor) indexing other than one integer index tensor")
     idx = tuple(ctx.value(r) for r in raw_items)
     if any(isinstance(i, (list, type, bool)) for i in idx):
         return ctx.unsupported("advanced (list or boolean) indexing")
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
-    layouts: list = []
+    if n_real > a.ndim:
+        return ctx.unsupported("more indices than axes")
+    # each index item, with the input axis it reads (None for an inserted axis)
+    items: list = []
     axis = 0
     for i in idx:
         if i is Ellipsis:
             for _ in range(a.ndim - n_real):
-                layouts.append(a[axis])
+                items.append((slice(None), axis))
                 axis += 1
         elif i is None:
+            items.append((None, None))
+        else:
+            items.append((i, axis))
+            axis += 1
+    items += [(slice(None), k) for k in range(axis, a.ndim)]
+    # heads keep their units unless an index cuts the heads' or their units' axes
+    fold = a.fold
+    if fold is not None:
+        whole = {k for i, k in items if isinstance(i, slice) and i.indices(a.shape[k]) == (0, a.shape[k], 1)}
+        if not {fold.heads, fold.dims, fold.outer} - {None} <= whole:
+            a, fold = ctx.collapse(a), None
+    layouts: list = []
+    new_axis: dict[int, int] = {}
+    for i, k in items:
+        if i is None:
             layouts.append(None)
         elif isinstance(i, int):
-            ctx.fix(a[axis], "indexing picks a single unit")
-            axis += 1
+            ctx.fix(a[k], "indexing picks a single unit")
         elif isinstance(i, slice):
-            start, stop, step = i.indices(a.shape[axis])
+            new_axis[k] = len(layouts)
+            start, stop, step = i.indices(a.shape[k])
             if step != 1:
-                ctx.fix(a[axis], "strided slicing")
+                ctx.fix(a[k], "strided slicing")
                 layouts.append(None)
-            elif (start, stop) == (0, a.shape[axis]):
-                layouts.append(a[axis])
+            elif (start, stop) == (0, a.shape[k]):
+                layouts.append(a[k])
             else:
-                layouts.append(ctx.sub_layout(a[axis], start, max(start, stop)))
-            axis += 1
+                layouts.append(ctx.sub_layout(a[k], start, max(start, stop)))
         else:
             return ctx.unsupported(f"indexing with {type(i).__name__}")
-    layouts.extend(a[k] for k in range(axis, a.ndim))
-    return ctx.out(layouts, uniform=a.uniform)
+    fold = fold.shifted(new_axis.__getitem__) if fold is not None else None
+    return ctx.out(layouts, uniform=a.uniform, fold=fold)
+
+
+def gather(ctx: RuleContext, x: TensorLayout, axis: int, index: Any) -> TensorLayout:
+    """``x[..., index, ...]`` with one integer index tensor at ``axis``: entries looked up by
+    position along ``axis`` (a table of relative position biases), which is fixed, as are the
+    index's own axes, which take its place; the other axes pass through."""
+    if ctx.dtype(index) is None or ctx.dtype(index).is_floating_point or ctx.dtype(index) == torch.bool:
+        return ctx.unsupported("indexing with a tensor that is not of integers (a boolean mask)")
+    ctx.fix(x[axis], "entries looked up by an index tensor")
+    idx = ctx.ann(index)
+    for lay in idx.layouts:
+        ctx.fix(lay, "positions of an index tensor")
+    return ctx.out([*x.layouts[:axis], *(None,) * idx.ndim, *x.layouts[axis + 1 :]])
+
+
+def index_tensor(ctx: RuleContext) -> TensorLayout:
+    """aten.index(input, indices): advanced indexing as torch.export records it; one integer
+    index tensor (the other entries ``None``) is a lookup along its axis (:func:`gather`)."""
+    indices = list(ctx.args["indices"])
+    used = [k for k, r in enumerate(indices) if r is not None]
+    if len(used) != 1:
+        return ctx.unsupported("advanced indexing with several index tensors")
+    return gather(ctx, ctx.tensor("input"), used[0], indices[used[0]])
 
 
 def narrow(ctx: RuleContext) -> TensorLayout:
@@ -79,6 +132,8 @@ _METADATA = ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "la
 def tensor_attribute(ctx: RuleContext) -> Any:
     """``x.shape`` and friends are metadata; ``x.T`` reverses the axes, ``x.mT`` swaps the last two."""
     attr = ctx.args["name"]
+    if attr in _METADATA and not any(isinstance(v, torch.Size) for v in flat_values(ctx.out_value)):
+        return None  # read without collapsing heads: metadata couples nothing
     x = ctx.ann(ctx.args["input"])
     fields = getattr(ctx.value(ctx.args["input"]), "_fields", None)
     if fields and attr in fields and isinstance(x, (tuple, list)):  # torch.return_types: max(...).values

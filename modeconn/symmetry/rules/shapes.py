@@ -44,16 +44,20 @@ def reshape(ctx: RuleContext) -> TensorLayout:
     groups = _axis_groups(x.shape, out_shape)
     fold, out_fold = x.fold, None
     kept = {gi[0]: gj[0] for gi, gj in groups if len(gi) == len(gj) == 1}  # axes that stay whole
-    if fold is not None and fold.outer is None and fold.heads in kept and fold.dims in kept:
-        out_fold = Fold(kept[fold.heads], kept[fold.dims], fold.flat)
+    repeated = _repeated_heads(x, groups)
+    if fold is not None and fold.outer is None and fold.dims in kept and fold.heads in kept:
+        out_fold = Fold(kept[fold.heads], kept[fold.dims], fold.flat, repeat=fold.repeat)
+    elif fold is not None and fold.outer is None and fold.dims in kept and repeated is not None:
+        heads_axis, times = repeated
+        out_fold = Fold(heads_axis, kept[fold.dims], fold.flat, repeat=fold.repeat * times)
     elif fold is not None and (
         fold.outer is not None or not any(gi == [fold.heads, fold.dims] and len(gj) == 1 for gi, gj in groups)
     ):
         x, fold = ctx.collapse(x), None
     out_layouts: list = [None] * len(out_shape)
     for gi, gj in groups:
-        if fold is not None and gi == [fold.heads, fold.dims]:
-            out_layouts[gj[0]] = fold.flat
+        if fold is not None and out_fold is None and gi == [fold.heads, fold.dims]:
+            out_layouts[gj[0]] = ctx.unfolded(fold, x.shape[fold.heads])
             continue
         in_lays = [x[a] for a in gi]
         if all(lay is None for lay in in_lays):
@@ -80,6 +84,20 @@ def reshape(ctx: RuleContext) -> TensorLayout:
             for lay in in_lays:
                 ctx.fix(lay, "reshape mixes several axes into several axes")
     return ctx.out(out_layouts, fold=out_fold)
+
+
+def _repeated_heads(x: TensorLayout, groups: list[tuple[list[int], list[int]]]) -> tuple[int, int] | None:
+    """Where a reshape flattens a heads axis with the unpermuted axes right after it into one
+    axis (``repeat_kv``: ``(B, G, r, S, d)`` to ``(B, G·r, S, d)``): (the output axis, how many
+    times each head now stands in a row), or ``None``."""
+    f = x.fold
+    if f is None:
+        return None
+    for gi, gj in groups:
+        if len(gj) == 1 and len(gi) > 1 and gi[0] == f.heads and f.dims not in gi:
+            if all(x[a] is None for a in gi[1:]):
+                return gj[0], math.prod(x.shape[a] for a in gi[1:])
+    return None
 
 
 def _axis_groups(ins: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
@@ -237,34 +255,39 @@ def movedim(ctx: RuleContext) -> TensorLayout:
 
 
 def unsqueeze(ctx: RuleContext) -> TensorLayout:
-    """unsqueeze(dim): a new size-1 axis."""
-    x = ctx.tensor("input")
+    """unsqueeze(dim): a new size-1 axis (heads and their units keep theirs)."""
+    x = ctx.folded("input")
     d = axis_index(int(ctx.const("dim")), x.ndim + 1)
     layouts = list(x.layouts)
     layouts.insert(d, None)
-    return ctx.out(layouts, uniform=x.uniform)
+    fold = x.fold.shifted(lambda a: a + (a >= d)) if x.fold is not None else None
+    return ctx.out(layouts, uniform=x.uniform, fold=fold)
 
 
 def squeeze(ctx: RuleContext) -> TensorLayout:
-    """squeeze drops size-1 axes, which carry no layout."""
-    x = ctx.tensor("input")
+    """squeeze drops size-1 axes, which carry no layout (heads and their units keep theirs)."""
+    x = ctx.folded("input")
     out_shape = tuple(ctx.out_value)
-    kept = [lay for n, lay in zip(x.shape, x.layouts) if n != 1]
-    if [n for n in x.shape if n != 1] != [n for n in out_shape if n != 1]:
+    kept = [a for a, n in enumerate(x.shape) if n != 1]
+    if [x.shape[a] for a in kept] != [n for n in out_shape if n != 1]:
         return ctx.unsupported("squeeze changed more than size-1 axes")
-    it = iter(kept)
-    return ctx.out([None if n == 1 else next(it) for n in out_shape], uniform=x.uniform)
+    new_axis = dict(zip(kept, (b for b, n in enumerate(out_shape) if n != 1)))
+    it = iter(x[a] for a in kept)
+    fold = x.fold.shifted(new_axis.__getitem__) if x.fold is not None else None
+    return ctx.out([None if n == 1 else next(it) for n in out_shape], uniform=x.uniform, fold=fold)
 
 
 def expand(ctx: RuleContext) -> TensorLayout:
-    """expand/expand_as/broadcast_to: only size-1 axes grow; leading axes may be added."""
-    x = ctx.tensor("input")
+    """expand/expand_as/broadcast_to: only size-1 axes grow; leading axes may be added (heads
+    and their units keep theirs)."""
+    x = ctx.folded("input")
     out_shape = tuple(ctx.out_value)
     lead = len(out_shape) - x.ndim
     if lead < 0 or any(n not in (1, out_shape[lead + a]) for a, n in enumerate(x.shape)):
         return ctx.unsupported("an expansion that is not a broadcast")
     layouts = [None] * lead + [x[a] if x.shape[a] == out_shape[lead + a] else None for a in range(x.ndim)]
-    return ctx.out(layouts, uniform=x.uniform)
+    fold = x.fold.shifted(lambda a: a + lead) if x.fold is not None else None
+    return ctx.out(layouts, uniform=x.uniform, fold=fold)
 
 
 def repeat(ctx: RuleContext) -> TensorLayout:
@@ -282,14 +305,20 @@ def repeat(ctx: RuleContext) -> TensorLayout:
 
 
 def repeat_interleave(ctx: RuleContext) -> TensorLayout:
-    """repeat_interleave(repeats: int, dim): every unit repeated in place (``inner`` grows)."""
-    x = ctx.tensor("input")
+    """repeat_interleave(repeats: int, dim): every unit repeated in place (``inner`` grows);
+    along a heads axis, each head (with its units) stands ``repeats`` times in a row."""
+    x = ctx.folded("input")
     repeats, dim = ctx.const("repeats"), ctx.const("dim")
     if not isinstance(repeats, int) or dim is None:
         return ctx.unsupported("repeat_interleave without an int repeat and a dim")
     d = axis_index(dim, x.ndim)
+    fold = x.fold
+    if fold is not None and d in (fold.dims, fold.outer):
+        x, fold = ctx.collapse(x), None
+    elif fold is not None and d == fold.heads:
+        fold = Fold(fold.heads, fold.dims, fold.flat, fold.outer, fold.repeat * repeats)
     lay = None if x[d] is None else tuple((s, inner * repeats) for s, inner in ctx.resolve(x[d]))
-    return ctx.out([lay if a == d else x[a] for a in range(x.ndim)], uniform=x.uniform)
+    return ctx.out([lay if a == d else x[a] for a in range(x.ndim)], uniform=x.uniform, fold=fold)
 
 
 def cat(ctx: RuleContext) -> TensorLayout:
@@ -357,7 +386,7 @@ def unbind(ctx: RuleContext) -> tuple:
         lays = [x[a] for a in range(x.ndim) if a != d]
         shift = [a - (a > d) for a in range(x.ndim)]
         return tuple(
-            TensorLayout(s, lays, x.uniform, Fold(shift[f.heads], shift[f.dims], part))
+            TensorLayout(s, lays, x.uniform, Fold(shift[f.heads], shift[f.dims], part, repeat=f.repeat))
             for s, part in zip(
                 ctx.out_value, (ctx.sub_layout(f.flat, i * size, (i + 1) * size) for i in range(n))
             )
