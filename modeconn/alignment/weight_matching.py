@@ -247,6 +247,20 @@ class _Layout:
             index = torch.cat([s + span for s in starts])
             self.blocks[name].append(_Block(tensor, axis, index, len(starts), inner))
         self._units_a: dict[tuple[str, int], torch.Tensor] = {}
+        # A block's product depends only on the permutations of the groups on its tensor's
+        # other axes: each group's blocks are summed by those groups, and each sum is kept
+        # with their moves, to be reused until one of them moves again.
+        owners = defaultdict(set)  # (tensor, axis) -> the groups owning positions on it
+        for g in groups:
+            for sl in g.slices:
+                owners[sl.tensor, sl.axis].add(g.name)
+        self._depends: dict[str, dict[tuple[str, ...], list[int]]] = {}
+        for name, bl in self.blocks.items():
+            by = self._depends[name] = {}
+            for i, b in enumerate(bl):
+                deps = set().union(*(owners[b.tensor, ax] for ax in self.axes[b.tensor] if ax != b.axis))
+                by.setdefault(tuple(sorted(deps)), []).append(i)
+        self._parts: dict[tuple[str, tuple[str, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
         # groups permuting some tensor on two axes, and each group's neighbours: the groups
         # whose moves change its similarity (itself only when it is quadratic)
         self.quadratic = {
@@ -294,7 +308,25 @@ class _Layout:
         size = self.size[name]
         m = None
         deltas = self._deltas(perms)
-        for i, block in enumerate(self.blocks.get(name, ())):
+        for deps, members in self._depends.get(name, {}).items():
+            moves = torch.cat(
+                [deltas[self.offset[d] : self.offset[d] + self.size[d]] for d in deps] or [deltas[:0]]
+            )
+            kept = self._parts.get((name, deps))
+            if kept is None or not torch.equal(kept[0], moves):
+                kept = (moves, self._blocks_product(name, members, deltas))
+                self._parts[name, deps] = kept
+            m = kept[1].clone() if m is None else m.add_(kept[1].to(m.dtype))
+        if m is None:
+            return torch.zeros(size, size, dtype=torch.float64)
+        return m.double().cpu()
+
+    def _blocks_product(self, name: str, members: list[int], deltas: torch.Tensor) -> torch.Tensor:
+        """Σ over the blocks ``members`` of group ``name`` of ⟨units of A, units of B⟩, B's
+        tensors permuted by ``deltas`` on their other axes."""
+        size, m = self.size[name], None
+        for i in members:
+            block = self.blocks[name][i]
             key = (name, i)
             if key not in self._units_a:
                 self._units_a[key] = _gemm_dtype(block.units(self.state_a[block.tensor], size))
@@ -302,9 +334,7 @@ class _Layout:
             ub = _gemm_dtype(block.units(self._permuted(block.tensor, deltas, block.axis), size))
             part = ua[0] @ ub[0].T if block.slices == 1 else torch.bmm(ua, ub.transpose(1, 2)).sum(0)
             m = part if m is None else m.add_(part.to(m.dtype))
-        if m is None:
-            return torch.zeros(size, size, dtype=torch.float64)
-        return m.double().cpu()
+        return m
 
     def bound(self) -> float:
         """‖θ_A‖·‖θ_B‖ over the tensors the groups touch: the objective's Cauchy–Schwarz bound."""
