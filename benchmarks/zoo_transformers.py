@@ -1,7 +1,7 @@
 """Transformers at tiny size: discover, permute every group (heads included), compare.
 
 Hugging Face families (configs of hidden size 32, 2 layers, 4 heads, random init; Llama and
-Qwen2 with 2 key/value heads, and Llama with 4) and the vision transformers of timm and
+Qwen2 with 2 key/value heads, and Llama with 4; T5 with 2 encoder and 2 decoder layers) and the vision transformers of timm and
 torchvision (small configs, random init, the classifier re-initialized so that it is not zero):
 permutable / all groups, permutable hidden units, movable head groups, the largest output
 difference over three random permutations, and why the head groups that stay in place do.
@@ -47,6 +47,9 @@ def families() -> dict:
         "ViTForImageClassification": lambda: T.ViTForImageClassification(
             T.ViTConfig(**vit, intermediate_size=64)
         ),
+        "T5ForConditionalGeneration": lambda: T.T5ForConditionalGeneration(
+            T.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+        ),
     }
 
 
@@ -84,7 +87,7 @@ def row(name: str, model: torch.nn.Module, inputs: dict, notes: dict) -> str:
         )
     fixed = [h.reason for h in heads if not h.permutable]
     if fixed:
-        notes[name] = fixed[0]
+        notes[name] = "; ".join(dict.fromkeys(why.split(" (")[0] for why in fixed))
     return (
         f"| `{name}` | {len(spec.permutable)} / {len(spec)} | {permutable} / {hidden} "
         f"({100 * permutable / hidden:.1f}%) | {sum(h.permutable for h in heads)} / {len(heads)} | {diff:.1e} |"
@@ -100,6 +103,8 @@ def main() -> None:
     for name, build in families().items():
         torch.manual_seed(0)
         inputs = {"pixel_values": torch.randn(2, 3, 16, 16)} if name.startswith("ViT") else text
+        if name.startswith("T5"):  # an encoder-decoder: the decoder reads tokens of its own
+            inputs = {"input_ids": text["input_ids"], "decoder_input_ids": text["input_ids"].flip(1)}
         print(row(name, build().eval(), inputs, notes))
     print(f"\n| vision model | {header}\n| --- | --- | --- | --- | --- |")
     for name, build in vision().items():
