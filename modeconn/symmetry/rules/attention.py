@@ -82,10 +82,10 @@ def sdpa(ctx: RuleContext) -> TensorLayout:
     q, k, v = ctx.folded("query"), ctx.folded("key"), ctx.folded("value")
     mask = ctx.optional_tensor("attn_mask")
     if mask is not None or ctx.const("is_causal"):
-        for t in (q, k, v, *([mask] if mask is not None else [])):
+        for t in (q, k, v):
             ctx.fix(t[-2], "attention masks tie tokens to positions")
-        if mask is not None:
-            ctx.fix(mask[-1], "attention masks tie tokens to positions")
+        for lay in mask.layouts[-2:] if mask is not None else ():
+            ctx.fix(lay, "attention masks tie tokens to positions")
     last = q.ndim - 1
     shared = _grouped_query(ctx, q, k, v)
     if shared is not None:
@@ -119,7 +119,7 @@ def _masked(ctx: RuleContext, batch: list[Layout | None], mask: TensorLayout | N
     them in place."""
     if mask is None or mask.uniform:
         return batch
-    lead = len(batch) - (mask.ndim - 2)
+    lead = len(batch) - max(mask.ndim - 2, 0)
     if lead < 0:
         raise Unsupported("an attention mask with more batch axes than the scores")
     return [

@@ -15,8 +15,10 @@ __all__ = ["getitem", "gather", "index_tensor", "narrow", "tensor_attribute"]
 
 
 def getitem(ctx: RuleContext) -> Any:
-    """``x[i]`` on a tuple/list picks an element; on a tensor, basic slicing keeps sub-layouts,
-    an integer index fixes its axis (it picks one unit), and advanced indexing is unsupported."""
+    """``x[i]`` on a tuple/list picks an element; on a tensor, basic slicing keeps sub-layouts
+    (and heads their units, unless the slice cuts them), an integer index fixes its axis (it
+    picks one unit), one integer index tensor is a lookup (:func:`gather`), and other advanced
+    indexing is unsupported."""
     raw = ctx.args["index"]
     try:
         a = ctx.folded("input")  # heads are collapsed below, if the index cuts them
