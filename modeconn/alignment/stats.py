@@ -10,7 +10,7 @@ Memory is O(units²) whatever the number of samples.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +38,21 @@ __all__ = [
 
 ADVERSARIAL = ("own", "shared")
 """Whose adversarial examples robust alignment observes: each model's own, or model A's for both."""
+
+
+def _check_sites(values: Sequence, index: Mapping, plan: Mapping, groups: Sequence, inputs: Any) -> None:
+    """Every site's units lie inside its output, or the spec came from other inputs (a dict
+    of other keys captures another graph, whose nodes the sites do not name)."""
+    for g in groups:
+        for site in plan[g.name]:
+            shape = tuple(values[index[site.node]].shape)
+            if site.axis >= len(shape) or shape[site.axis] < site.start + g.size * site.inner:
+                raise AlignmentError(
+                    f"group {g.name!r} is observed at node {site.node!r}, axis {site.axis}, but that node's "
+                    f"output on the data ({inputs.describe()}) has shape {shape}: the spec was discovered "
+                    f"on other inputs. Give align batches with the inputs discover was given (the same "
+                    f"keys), or discover the spec again on a batch of the data."
+                )
 
 
 def site_view(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:
@@ -349,6 +364,7 @@ def _collect(
             va, vb = values
             if step == 0:
                 _check_activations(va, vb, names)
+                _check_sites(va, index, plan, groups, inputs)
             views = [
                 tuple(
                     site_view(spatial_subsample(v[index[site.node]], site.axis, spatial_stride), site, g.size)

@@ -305,6 +305,16 @@ def test_a_curve_fits_between_two_hugging_face_models_of_a_family(family):
     assert report.loss[-1] == pytest.approx(modeconn.evaluate(aligned, data)[0], rel=1e-5)
 
 
+def test_align_names_the_mistake_when_its_batches_lack_inputs_discover_was_given():
+    """A spec discovered with an attention mask names nodes of the graph with a mask; batches
+    without one capture another graph, and align says so instead of failing inside a site."""
+    a, inputs = _build("llama")
+    spec = discover(a, inputs)
+    data = [{"input_ids": torch.randint(0, 100, (8, 8))}]
+    with pytest.raises(modeconn.AlignmentError, match="the spec was discovered on other inputs"):
+        align(a, permute(a, spec, spec.random_permutation(0)), data, spec=spec)
+
+
 def test_align_takes_batches_of_other_sequence_lengths_through_the_exported_graph():
     """Token inputs are captured with their length dynamic, as data loaders pad per batch."""
     a, _ = _build("bert")
