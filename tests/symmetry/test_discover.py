@@ -42,6 +42,19 @@ def test_residual_stage_is_one_group(nets):
     assert {s.kind for s in stream.sites} == {"pre", "post"}
 
 
+@pytest.mark.parametrize("act, kinds", [("relu", {"post"}), (None, {"pre", "post"})])
+def test_a_norm_fused_with_an_activation_is_observed_after_it(act, kinds):
+    """timm's BatchNormAct2d returns the activation's output: l2_preact must not read it as a
+    pre-activation, unless the activation is the identity (a linear bottleneck)."""
+    from timm.layers import BatchNormAct2d
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), BatchNormAct2d(4, act_layer=act), nn.Conv2d(4, 2, 1))
+    spec = discover(model.eval(), torch.randn(2, 3, 4, 4))
+    [group] = [g for g in spec.permutable if g.size == 4]
+    assert {s.kind for s in group.sites if s.node == "_1"} == kinds
+    assert {s.kind for s in group.sites if s.node == "_0"} == {"pre"}
+
+
 def test_concat_is_a_direct_sum(nets, check):
     model = check.randomize(nets.Concat().double())
     spec = discover(model, torch.randn(2, 3, 8, 8, dtype=torch.double))

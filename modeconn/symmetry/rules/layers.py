@@ -101,18 +101,19 @@ def bilinear(ctx: RuleContext) -> TensorLayout:
     return out
 
 
-def _per_channel(ctx: RuleContext, x: TensorLayout, cax: int, names) -> TensorLayout:
+def _per_channel(ctx: RuleContext, x: TensorLayout, cax: int, names, site: str = "pre") -> TensorLayout:
     lay = x[cax]
     for name in names:
         ctx.bind_local(name, 0, lay)
     out = ctx.out(x.layouts)
-    ctx.site("pre", out)
+    ctx.site(site, out)
     return out
 
 
-def batch_norm(ctx: RuleContext) -> TensorLayout:
-    """BatchNorm: per-channel statistics and affine parameters follow axis 1."""
-    return _per_channel(ctx, ctx.tensor("input"), 1, ("weight", "bias", "running_mean", "running_var"))
+def batch_norm(ctx: RuleContext, *, site: str = "pre") -> TensorLayout:
+    """BatchNorm: per-channel statistics and affine parameters follow axis 1. Its output is
+    an observation site of kind ``site`` (a norm fused with an activation is ``"post"``)."""
+    return _per_channel(ctx, ctx.tensor("input"), 1, ("weight", "bias", "running_mean", "running_var"), site)
 
 
 def instance_norm(ctx: RuleContext) -> TensorLayout:

@@ -3,6 +3,8 @@ reason it is sound."""
 
 from __future__ import annotations
 
+import torch.nn as nn
+
 from modeconn.symmetry.context import RuleContext, Unsupported
 from modeconn.symmetry.rules.layers import batch_norm, conv
 from modeconn.symmetry.spaces import TensorLayout
@@ -27,10 +29,13 @@ def std_conv(ctx: RuleContext) -> TensorLayout:
 
 def batch_norm_act(ctx: RuleContext) -> TensorLayout:
     """timm's BatchNormAct2d: BatchNorm, then dropout and an elementwise activation (with no
-    parameters of its own), so it is BatchNorm's rule, observed after the activation too."""
+    parameters of its own), so it is BatchNorm's rule. Its output is after the activation: a
+    ``"post"`` site only, unless the activation is the identity (a linear bottleneck), whose
+    output is a norm's output too (``"pre"`` as well)."""
     extra = [n for n, _ in ctx.module.named_parameters() if n not in ("weight", "bias")]
     if extra:
         raise Unsupported(f"BatchNormAct2d whose activation has parameters ({', '.join(extra)})")
-    out = batch_norm(ctx)
-    ctx.site("post", out)
+    out = batch_norm(ctx, site="post")
+    if isinstance(getattr(ctx.module, "act", None), nn.Identity):
+        ctx.site("pre", out)
     return out
