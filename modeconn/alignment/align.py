@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from modeconn import distributed
-from modeconn.alignment.assignment import solve_assignment
+from modeconn.alignment.assignment import solve_assignments
 from modeconn.alignment.costs import ActivationCost
 from modeconn.alignment.heads import HeadView, head_view
 from modeconn.alignment.result import AlignResult, CorrelationSignature
@@ -71,8 +71,8 @@ def solve_groups(
     flat = heads.flat
     perms = spec.identity()
     groups = [g for g in spec.permutable if g.name in matrices and g.name not in flat and g.kind != "heads"]
-    for g in groups:
-        perms[g.name] = solve_assignment(matrices[g.name], maximize=maximize)
+    solved = solve_assignments([matrices[g.name] for g in groups], maximize=maximize)
+    perms.update({g.name: p for g, p in zip(groups, solved)})
     solved = {g.name for g in groups}
     for structure in heads.structures:
         if all(f.name in matrices for f in structure.families):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from modeconn.errors import AlignmentError
 
-__all__ = ["solve_assignment"]
+__all__ = ["solve_assignment", "solve_assignments"]
 
 _ADDITIVE = 0.9
 """The share of a matrix's variance in its row and column means above which they are
@@ -40,3 +43,16 @@ def solve_assignment(matrix: torch.Tensor, maximize: bool = False) -> torch.Tens
     perm = torch.empty(len(rows), dtype=torch.long)
     perm[torch.from_numpy(rows)] = torch.from_numpy(cols).long()
     return perm
+
+
+def solve_assignments(matrices: Sequence[torch.Tensor], maximize: bool = False) -> list[torch.Tensor]:
+    """:func:`solve_assignment` of each matrix, several at a time on torch's intra-op threads
+    (scipy's solver releases the GIL); the same permutations as one at a time."""
+    workers = min(len(matrices), torch.get_num_threads())
+    if workers <= 1:
+        return [solve_assignment(m, maximize) for m in matrices]
+    # the largest first, so that no thread is left with a big one at the end
+    order = sorted(range(len(matrices)), key=lambda i: -matrices[i].numel())
+    with ThreadPoolExecutor(workers) as pool:
+        solved = dict(zip(order, pool.map(lambda i: solve_assignment(matrices[i], maximize), order)))
+    return [solved[i] for i in range(len(matrices))]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modeconn.alignment.assignment import solve_assignment
+from modeconn.alignment.assignment import solve_assignment, solve_assignments
 from modeconn.alignment.heads import HeadStructure, HeadView, head_view
 from modeconn.symmetry.spec import Group, PermutationSpec
 
@@ -74,38 +74,67 @@ def match_weights(
     stale = {g.name for g in todo}
     gen = torch.Generator().manual_seed(seed)
     bound = layout.bound()
+    width = max(1, torch.get_num_threads())
     for _ in range(max_iter):
         gain = 0.0
+        # Groups of a sweep that are not neighbours of each other are solved together (their
+        # assignments on threads): none changes another's matrix or staleness, so this is the
+        # same sequence of steps as one group at a time in the sweep's order.
+        batch: list[Group] = []
         for gi in torch.randperm(len(todo), generator=gen).tolist():
             g = todo[gi]
+            alone = g.name in flat or g.name in layout.quadratic
+            if batch and (alone or len(batch) == width or _touches(layout, g, batch)):
+                gain += _steps(layout, batch, perms, stale)
+                batch = []
             if g.name not in stale:
                 continue
             if g.name in flat:  # a head structure: all its families at once
                 gain += _heads_step(layout, heads, flat[g.name][0], perms, stale)
-                continue
-            stale.discard(g.name)
-            m = layout.similarity(g.name, perms)
-            new = solve_assignment(m, maximize=True)
-            if torch.equal(new, perms[g.name]):
-                continue
-            trial = {**perms, g.name: new}
-            # The assignment maximizes the objective as linear in this group's permutation; a
-            # tensor the group permutes on two axes (a recurrent or tied square weight) makes
-            # it quadratic, so there the true objective is compared.
-            if g.name in layout.quadratic:
-                before, after = layout.objective(g.name, perms), layout.objective(g.name, trial)
+            elif alone:
+                gain += _steps(layout, [g], perms, stale)
             else:
-                rows = torch.arange(g.size)
-                before, after = float(m[rows, perms[g.name]].sum()), float(m[rows, new].sum())
-            # a move must gain more than rounding: an equally good assignment could cycle
-            if not after > before + 1e-9 * max(abs(before), 1.0):
-                continue
-            perms = trial
-            gain += after - before
-            stale |= layout.neighbours.get(g.name, set())
+                batch.append(g)
+        gain += _steps(layout, batch, perms, stale)
         if gain == 0.0 or gain < tol * bound:
             break
     return heads.expand(perms) if original is not None else perms
+
+
+def _touches(layout: _Layout, g: Group, batch: Sequence[Group]) -> bool:
+    """Whether a move of ``g`` or of a group of ``batch`` changes the other's matrix."""
+    near = layout.neighbours.get(g.name, set())
+    return any(b.name in near or g.name in layout.neighbours.get(b.name, set()) for b in batch)
+
+
+def _steps(layout: _Layout, groups: Sequence[Group], perms: dict, stale: set) -> float:
+    """One coordinate step on each of ``groups``, which are not neighbours of each other: the
+    assignment of its similarity, kept if it raises the objective. Updates ``perms`` and
+    ``stale``; returns the gain."""
+    if not groups:
+        return 0.0
+    stale.difference_update(g.name for g in groups)
+    mats = [layout.similarity(g.name, perms) for g in groups]
+    gain = 0.0
+    for g, m, new in zip(groups, mats, solve_assignments(mats, maximize=True)):
+        if torch.equal(new, perms[g.name]):
+            continue
+        trial = {**perms, g.name: new}
+        # The assignment maximizes the objective as linear in this group's permutation; a
+        # tensor the group permutes on two axes (a recurrent or tied square weight) makes
+        # it quadratic, so there the true objective is compared.
+        if g.name in layout.quadratic:
+            before, after = layout.objective(g.name, perms), layout.objective(g.name, trial)
+        else:
+            rows = torch.arange(g.size)
+            before, after = float(m[rows, perms[g.name]].sum()), float(m[rows, new].sum())
+        # a move must gain more than rounding: an equally good assignment could cycle
+        if not after > before + 1e-9 * max(abs(before), 1.0):
+            continue
+        perms[g.name] = new
+        gain += after - before
+        stale |= layout.neighbours.get(g.name, set())
+    return gain
 
 
 def _heads_step(layout: _Layout, heads: HeadView, structure: HeadStructure, perms: dict, stale: set) -> float:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeconn import discover
-from modeconn.alignment.assignment import solve_assignment
+from modeconn.alignment.assignment import solve_assignment, solve_assignments
 from modeconn.alignment.weight_matching import WeightSimilarity
 
 
@@ -50,6 +50,20 @@ def test_assignment_is_optimal(n, offsets, rank_one, maximize, seed):
     want = _brute(m, maximize)
     rows = torch.arange(n)
     assert float(m[rows, perm].sum()) == pytest.approx(float(m[rows, want].sum()), rel=1e-12, abs=1e-9)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_solving_several_at_once_gives_each_ones_permutation(threads, monkeypatch):
+    """Matrices solved on a pool of threads, largest first, come back in their own order, each
+    with the permutation it gets alone."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    gen = torch.Generator().manual_seed(0)
+    matrices = [torch.randn(n, n, generator=gen, dtype=torch.float64) for n in (3, 40, 1, 17, 40, 8)]
+    for maximize in (False, True):
+        alone = [solve_assignment(m, maximize) for m in matrices]
+        together = solve_assignments(matrices, maximize)
+        assert len(together) == len(alone)
+        assert all(torch.equal(a, b) for a, b in zip(alone, together))
 
 
 def test_kept_products_follow_the_neighbours():

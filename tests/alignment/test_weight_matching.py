@@ -119,3 +119,27 @@ def test_signature_matching_is_exact_for_a_permuted_copy_with_batchnorm_at_init(
     found = signature_matching(spec, a.state_dict(), b.state_dict())
     for g in spec.permutable:
         assert torch.equal(pi[g.name][found[g.name]], torch.arange(g.size)), g.name
+
+
+@pytest.mark.parametrize("name", ["resnet20", "depthwise_se", "concat"])
+def test_groups_solved_together_take_the_steps_of_one_at_a_time(name, nets, monkeypatch):
+    """A sweep's groups that are not neighbours are solved together, one per thread: with one
+    thread every group is solved alone, in the sweep's order, and the two agree exactly, from
+    unrelated models (many steps) and from a random start."""
+    if name == "resnet20":
+        a, b, spec = _pair(lambda: modeconn.create_model("resnet20", width=4), (3, 8, 8))
+    else:
+        a, b, spec = _pair(*nets.NETS[name])
+    sa, sb = a.state_dict(), b.state_dict()
+    start = spec.random_permutation(3)
+    start = {g.name: start[g.name] for g in spec.permutable}
+    found = {}
+    for threads in (1, 2, 4):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        found[threads] = [match_weights(spec, sa, sb, tol=0.0), match_weights(spec, sa, sb, init=start)]
+    moved = sum(not torch.equal(p, torch.arange(len(p))) for p in found[1][0].values())
+    assert moved > 0
+    for threads in (2, 4):
+        for one, together in zip(found[1], found[threads]):
+            assert one.keys() == together.keys()
+            assert all(torch.equal(one[k], together[k]) for k in one)
