@@ -10,7 +10,7 @@ Memory is O(units²) whatever the number of samples.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 
 from modeconn import distributed
+from modeconn.alignment.derived import derive, derived_sites
 from modeconn.data.batches import Batch, batches
 from modeconn.errors import AlignmentError
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
 from modeconn.symmetry.discovery import model_inputs, trace_model
-from modeconn.symmetry.sites import extract_outputs
+from modeconn.symmetry.sites import observe_pairs
 from modeconn.symmetry.spec import Group, PermutationSpec, Site, unit_view
 
 __all__ = [
@@ -40,19 +41,18 @@ ADVERSARIAL = ("own", "shared")
 """Whose adversarial examples robust alignment observes: each model's own, or model A's for both."""
 
 
-def _check_sites(values: Sequence, index: Mapping, plan: Mapping, groups: Sequence, inputs: Any) -> None:
+def _check_sites(node: str, value: torch.Tensor, observed: Sequence, inputs: Any) -> None:
     """Every site's units lie inside its output, or the spec came from other inputs (a dict
     of other keys captures another graph, whose nodes the sites do not name)."""
-    for g in groups:
-        for site in plan[g.name]:
-            shape = tuple(values[index[site.node]].shape)
-            if site.axis >= len(shape) or shape[site.axis] < site.start + g.size * site.inner:
-                raise AlignmentError(
-                    f"group {g.name!r} is observed at node {site.node!r}, axis {site.axis}, but that node's "
-                    f"output on the data ({inputs.describe()}) has shape {shape}: the spec was discovered "
-                    f"on other inputs. Give align batches with the inputs discover was given (the same "
-                    f"keys), or discover the spec again on a batch of the data."
-                )
+    shape = tuple(value.shape)
+    for _, g, site in observed:
+        if site.axis >= len(shape) or shape[site.axis] < site.start + g.size * site.inner:
+            raise AlignmentError(
+                f"group {g.name!r} is observed at node {node!r}, axis {site.axis}, but that node's "
+                f"output on the data ({inputs.describe()}) has shape {shape}: the spec was discovered "
+                f"on other inputs. Give align batches with the inputs discover was given (the same "
+                f"keys), or discover the spec again on a batch of the data."
+            )
 
 
 def site_view(value: torch.Tensor, site: Site, size: int) -> torch.Tensor:
@@ -104,12 +104,13 @@ class Accumulator:
         self.n = 0
         self.shift_a = self.shift_b = None
 
-    def update(self, xa: torch.Tensor, xb: torch.Tensor, inplace: bool = False) -> None:
-        """Add one batch, given as (outer, units, samples) views (see :func:`site_view`).
+    def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
+        """Add one batch, given as (outer, units, samples) views (see :func:`site_view`); the
+        views are only read.
 
         Each batch is reduced in its own precision (torch's cascade sums keep that accurate)
         and added to float64 totals; a float64 reduction over strided data would cost more than
-        the model's convolutions. ``inplace=True`` lets the shift overwrite ``xa`` and ``xb``.
+        the model's convolutions.
         """
         if self.shift_a is None:
             self._start_empty(
@@ -119,10 +120,7 @@ class Accumulator:
         outer, units, samples = xa.shape
         if samples > 1 and units <= samples:
             # many positions per unit (early feature maps): one small product per outer index
-            if inplace:
-                xa, xb = xa.sub_(self.shift_a), xb.sub_(self.shift_b)
-            else:
-                xa, xb = xa - self.shift_a, xb - self.shift_b
+            xa, xb = xa - self.shift_a, xb - self.shift_b
             self.sab += torch.bmm(xa, xb.transpose(1, 2)).sum(0).double()
             # reductions over the contiguous sample axis first (~30% faster than over (0, 2) at once)
             self._add_moments(
@@ -137,11 +135,7 @@ class Accumulator:
             self.sab += (xa @ xb.T).double()
             self._add_moments(xa.sum(1), xb.sum(1), _squares(xa, 1), _squares(xb, 1))
             return
-        xa, xb = xa[:, :, 0], xb[:, :, 0]  # (samples, units) already
-        if inplace:
-            xa, xb = xa.sub_(self.shift_a[0, :, 0]), xb.sub_(self.shift_b[0, :, 0])
-        else:
-            xa, xb = xa - self.shift_a[0, :, 0], xb - self.shift_b[0, :, 0]
+        xa, xb = xa[:, :, 0] - self.shift_a[0, :, 0], xb[:, :, 0] - self.shift_b[0, :, 0]  # (samples, units)
         self.sab += (xa.T @ xb).double()
         self._add_moments(xa.sum(0), xb.sum(0), _squares(xa, 0), _squares(xb, 0))
 
@@ -320,73 +314,103 @@ def _collect(
     """One eval forward pass of each model per batch, through the graph ``capture`` gives (the
     spec's); statistics for every site of every group
     (on adversarial examples when ``adversary`` is given: see :func:`collect_statistics`);
-    ``progress`` shows a bar over the batches."""
+    ``progress`` shows a bar over the batches.
+
+    Both models run in lockstep (:func:`observe_pairs`): each site's statistics are taken as
+    soon as both models have computed it, so no observed value outlives its use. Sites that an
+    eval-mode BatchNorm computes from another observed site are derived from its statistics
+    (:mod:`modeconn.alignment.derived`), not observed."""
     device, dtype = device_of(model_a), float_dtype_of(model_a)
     plan = {g.name: choose_sites(g, kind, sites) for g in groups}
-    names = sorted({s.node for sites in plan.values() for s in sites})
-    index = {n: i for i, n in enumerate(names)}
     probe = model_inputs(model_a, first.inputs)
-    extract_a = extract_outputs(trace_model(model_a, probe, capture=capture), names)
-    extract_b = extract_outputs(trace_model(model_b, probe, capture=capture), names)
-    acc = {g.name: [Accumulator(g.size, s.kind) for s in plan[g.name]] for g in groups}
-    everyone = [a for g in groups for a in acc[g.name]]
+    traced = [trace_model(m, probe, capture=capture) for m in (model_a, model_b)]
+    known = {n.name for n in traced[0].graph.nodes} & {n.name for n in traced[1].graph.nodes}
+    missing = sorted({s.node for sites in plan.values() for s in sites} - known)
+    if missing:
+        raise AlignmentError(
+            f"the spec observes node(s) {', '.join(map(repr, missing[:3]))}, which the models' graphs on the "
+            f"data ({probe.describe()}) do not have: the spec was discovered on other inputs or another "
+            f"model. Give align batches with the inputs discover was given, or discover the spec again."
+        )
+    derived = derived_sites(*traced, groups, plan)
+    acc = {
+        g.name: [
+            None if (g.name, i) in derived else Accumulator(g.size, s.kind)
+            for i, s in enumerate(plan[g.name])
+        ]
+        for g in groups
+    }
+    at_node: dict[str, list[tuple[Accumulator, Group, Site]]] = {}
+    for g in groups:
+        for a, site in zip(acc[g.name], plan[g.name]):
+            if a is not None:
+                at_node.setdefault(site.node, []).append((a, g, site))
+    names = sorted(at_node)
+    everyone = [a for g in groups for a in acc[g.name] if a is not None]
+    state = {"first": True, "model": 0, "inputs": probe}
+
+    def enter(k: int) -> None:
+        state["model"] = k
+
+    def observe(i: int, va: torch.Tensor, vb: torch.Tensor) -> None:
+        node = names[i]
+        if state["first"]:
+            _check_activations(node, va, vb)
+            _check_sites(node, va, at_node[node], state["inputs"])
+        views = [
+            tuple(site_view(spatial_subsample(v, site.axis, spatial_stride), site, g.size) for v in (va, vb))
+            for _, g, site in at_node[node]
+        ]
+        accumulators = [a for a, _, _ in at_node[node]]
+        if state["first"]:
+            _common_shifts(accumulators, views)
+        for a, (xa, xb) in zip(accumulators, views):
+            a.update(xa, xb)  # not in place: the values are still the graphs' own
+
+    paired = observe_pairs(*traced, names, observe, enter)
     with torch.no_grad():
         from tqdm.auto import tqdm
 
         bar = tqdm(data, desc="align: statistics", unit="batch", leave=False, disable=not progress)
-        for step, batch in enumerate(bar):
+        for batch in bar:
             batch = batch.to(device, dtype)
             inputs = model_inputs(model_a, batch.inputs)
             per_model = [inputs.values, inputs.values]
             if adversary is not None:
                 per_model = _attacked(model_a, model_b, batch, inputs.values, adversary, adversarial)
-            values = []
-            for label, extract, args in (
-                ("model_a", extract_a, per_model[0]),
-                ("model_b", extract_b, per_model[1]),
-            ):
-                try:
-                    values.append(extract(*args))
-                except Exception as e:
-                    if not _rejected(e):
-                        raise
-                    hint = ""
-                    if capture == "export" and "Guard failed" in str(e):
-                        hint = (
-                            f" (the graph torch.export captured on the first batch, "
-                            f"{probe.describe()}, takes other batch sizes and sequence lengths "
-                            f"only: give every batch the same shapes otherwise)"
-                        )
-                    raise AlignmentError(
-                        f"{label} rejected the data (a batch of {inputs.describe()}): "
-                        f"{type(e).__name__}: {e}{hint}"
-                    ) from e
-            va, vb = values
-            if step == 0:
-                _check_activations(va, vb, names)
-                _check_sites(va, index, plan, groups, inputs)
-            views = [
-                tuple(
-                    site_view(spatial_subsample(v[index[site.node]], site.axis, spatial_stride), site, g.size)
-                    for v in (va, vb)
-                )
-                for g in groups
-                for site in plan[g.name]
-            ]
-            if step == 0:
-                _common_shifts(everyone, views)
-            # The site outputs are ours (fresh activations, or copies when the graph has in-place
-            # ops) and no two (group, site) slices overlap, so the statistics may shift them in place.
-            for a, (xa, xb) in zip(everyone, views):
-                a.update(xa, xb, inplace=True)
+            state["inputs"] = inputs
+            try:
+                paired(*per_model[0], *per_model[1])
+            except AlignmentError:
+                raise
+            except Exception as e:
+                if not _rejected(e):
+                    raise
+                hint = ""
+                if capture == "export" and "Guard failed" in str(e):
+                    hint = (
+                        f" (the graph torch.export captured on the first batch, "
+                        f"{probe.describe()}, takes other batch sizes and sequence lengths "
+                        f"only: give every batch the same shapes otherwise)"
+                    )
+                raise AlignmentError(
+                    f"{('model_a', 'model_b')[state['model']]} rejected the data (a batch of "
+                    f"{inputs.describe()}): {type(e).__name__}: {e}{hint}"
+                ) from e
+            state["first"] = False
     _all_reduce(everyone)
     out = {}
     for g in groups:
-        if not acc[g.name] or acc[g.name][0].n == 0:
+        observed = [a for a in acc[g.name] if a is not None]
+        if not observed or observed[0].n == 0:
             raise AlignmentError(
                 f"no data{distributed.current().where()}: the data iterable yielded no batch"
             )
-        out[g.name] = [a.result() for a in acc[g.name]]
+        out[g.name] = [a.result() if a is not None else None for a in acc[g.name]]
+        for i, site in enumerate(plan[g.name]):
+            if (g.name, i) in derived:  # its parent is observed: derived[...].parent is not derived
+                d = derived[g.name, i]
+                out[g.name][i] = derive(out[g.name][d.parent], d, site.kind)
         for site, st in zip(plan[g.name], out[g.name]):
             if not (
                 torch.isfinite(st.cov).all()
@@ -450,10 +474,9 @@ def _attacked(model_a, model_b, batch: Batch, values: tuple, adversary: Any, adv
     return [(xa, *values[1:]), (xb, *values[1:])]
 
 
-def _check_activations(va, vb, names) -> None:
-    for label, values in (("model_a", va), ("model_b", vb)):
-        for name, v in zip(names, values):
-            # a sum is one cheap pass and is non-finite whenever an element is; only then (or
-            # on overflow) run the element-wise check, which costs ~6 passes over the data
-            if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all():
-                raise AlignmentError(f"{label}'s activations at node `{name}` contain NaN or Inf")
+def _check_activations(node: str, va: torch.Tensor, vb: torch.Tensor) -> None:
+    for label, v in (("model_a", va), ("model_b", vb)):
+        # a sum is one cheap pass and is non-finite whenever an element is; only then (or
+        # on overflow) run the element-wise check, which costs ~6 passes over the data
+        if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all():
+            raise AlignmentError(f"{label}'s activations at node `{node}` contain NaN or Inf")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import modeconn
 from modeconn import AlignmentError, align, discover, permute
-from modeconn.alignment.stats import Accumulator, site_matrix
+from modeconn.alignment.stats import Accumulator, choose_sites, collect_statistics, site_matrix
 from modeconn.symmetry import Site
 
 COSTS = ["correlation", "l2_preact", "weight_matching"]
@@ -266,6 +266,85 @@ def test_streaming_statistics_equal_one_shot(n, units, samples, cuts, offset, se
     torch.testing.assert_close(result.var_b, mb.var(0, unbiased=False))
     expected = (ma - ma.mean(0)).T @ (mb - mb.mean(0)) / (n * samples)
     torch.testing.assert_close(result.cov, expected, atol=1e-8, rtol=1e-6)
+
+
+class _InPlace(nn.Module):
+    """Sites that later in-place ops overwrite: a BatchNorm's output under ReLU(inplace=True),
+    a block's output under ``+=``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(h))
+        y += h
+        return self.head(self.relu(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["pre", "post"])
+def test_statistics_see_each_site_before_later_in_place_ops_and_change_nothing(kind):
+    """Each site's statistics are those of the value the node computed (an eager forward hook's
+    copy), not what later in-place ops made of it; and observing changes no value the models
+    go on to use (later sites and the inputs are what an eager pass gives)."""
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = _InPlace()
+        for bn in (m.bn1, m.bn2):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+        models.append(m.eval())
+    x = torch.randn(16, 3, 8, 8)
+    spec = discover(models[0], x[:2])
+    seen = []
+    for m in models:
+        outputs = {}
+
+        def keep(name, outputs=outputs):
+            def hook(mod, args, out):  # one ReLU module, two nodes: relu, then relu_1
+                outputs["relu_1" if name == "relu" and "relu" in outputs else name] = out.detach().clone()
+
+            return hook
+
+        hooks = [
+            getattr(m, n).register_forward_hook(keep(n)) for n in ("conv1", "bn1", "conv2", "bn2", "relu")
+        ]
+        with torch.no_grad():
+            m(x.clone())
+        for h in hooks:
+            h.remove()
+        seen.append(outputs)
+    kept = x.clone()
+    stats = collect_statistics(*models, x, spec, kind=kind, labels=False)
+    assert torch.equal(x, kept)
+    checked = 0
+    for g in spec.permutable:
+        for site, pair in zip(choose_sites(g, kind), stats.get(g.name, [])):
+            if site.node not in seen[0]:
+                continue
+            for value, mean in ((seen[0][site.node], pair.mean_a), (seen[1][site.node], pair.mean_b)):
+                torch.testing.assert_close(mean.float(), value.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+            checked += 1
+    assert checked == (4 if kind == "pre" else 2)
+    assert any(bool((seen[0][n] < 0).any()) for n in ("bn1", "bn2"))  # ReLU would change them
+
+
+def test_a_spec_naming_nodes_the_graph_lacks_is_refused_with_the_remedy():
+    import dataclasses
+
+    a = modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6,))
+    b = modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6,))
+    spec = discover(a, torch.randn(2, 1, 4, 4))
+    g = spec.permutable[0]
+    moved = dataclasses.replace(g, sites=tuple(dataclasses.replace(s, node="elsewhere") for s in g.sites))
+    other = dataclasses.replace(spec, groups={**spec.groups, g.name: moved})
+    with pytest.raises(AlignmentError, match=r"node\(s\) 'elsewhere'.*discover the spec again"):
+        align(a, b, torch.randn(8, 1, 4, 4), spec=other)
 
 
 def test_site_matrix_layouts():
