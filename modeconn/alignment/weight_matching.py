@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from modeconn.alignment.assignment import solve_assignment, solve_assignments
+from modeconn.alignment.assignment import solve_assignments
 from modeconn.alignment.heads import HeadStructure, HeadView, head_view
 from modeconn.symmetry.spec import Group, PermutationSpec
 
@@ -207,12 +207,13 @@ def signature_matching(
 
 
 def _signature_matching(layout: _Layout, groups: Sequence[Group]) -> dict[str, torch.Tensor]:
-    out = {}
+    names, costs = [], []
     for g in groups:
         sa, sb = layout.signature(g.name, "a"), layout.signature(g.name, "b")
         if sa is not None:
-            out[g.name] = solve_assignment(torch.cdist(sa, sb).square(), maximize=False)
-    return out
+            names.append(g.name)
+            costs.append(torch.cdist(sa, sb).square())
+    return dict(zip(names, solve_assignments(costs, maximize=False)))
 
 
 @dataclass(frozen=True)
