@@ -19,7 +19,8 @@ __all__ = ["Derived", "derived_sites", "derive"]
 
 @dataclass(frozen=True)
 class Derived:
-    """Site ``index`` of a group is ``scale ⊙ (site parent) + shift`` in each model."""
+    """A site whose value is ``scale ⊙ x + shift`` in each model, ``x`` the value at the group's
+    site ``parent`` (its index in the group's chosen sites)."""
 
     parent: int
     scale_a: torch.Tensor
