@@ -71,8 +71,8 @@ def solve_groups(
     flat = heads.flat
     perms = spec.identity()
     groups = [g for g in spec.permutable if g.name in matrices and g.name not in flat and g.kind != "heads"]
-    solved = solve_assignments([matrices[g.name] for g in groups], maximize=maximize)
-    perms.update({g.name: p for g, p in zip(groups, solved)})
+    found = solve_assignments([matrices[g.name] for g in groups], maximize=maximize)
+    perms.update({g.name: p for g, p in zip(groups, found)})
     solved = {g.name for g in groups}
     for structure in heads.structures:
         if all(f.name in matrices for f in structure.families):
