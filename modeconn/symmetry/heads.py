@@ -18,6 +18,11 @@ value head's), and the query heads move with their key/value head as blocks of `
 key/value heads are fixed too when anything fixes the query heads' axis other than their
 grouping, or binds a tensor along it.
 
+A heads axis split into pieces (a slice, a grouped convolution or a GroupNorm over heads)
+leaves each piece a head space of its own heads' blocks. Heads whose units are heads
+themselves (a parameter viewed as a matrix reads its rows as heads; cut into attention heads
+again) are fixed: the tensors bound along the inner heads' blocks would stay behind.
+
 A head group that fails a check is fixed with the reason; its heads' own units are unaffected.
 """
 
@@ -197,7 +202,7 @@ def head_groups(
 ) -> list[HeadGroup]:
     """The head groups of a finished discovery, checked (see the module docstring): their
     slices (tensor names as bound: canonical names) and sites, and why they are fixed."""
-    heads = [s for s in sp.spaces if s.blocks]
+    heads = [s for s in sp.spaces if s.blocks and not s.children]  # split: its pieces are head spaces
     queries = {id(sp.find(s)) for query, _, _ in sp.shared_kv for s, _ in sp.resolve(query)}
     # one projection cut into heads again (each trace does it once) moves with the first cut;
     # cut in another way, neither can move on its own (query heads of grouped-query attention,
@@ -222,8 +227,6 @@ def head_groups(
         block = sum(t.size * i for t, i in sp.resolve(s.blocks[0][0]))
         if hg is None:
             hg = found[id(root)] = HeadGroup(root, s.size, block, s.label, fixes=list(root.fixed))
-        if s.children:
-            hg.fix("constraint", "the heads axis is split or reshaped")
         if id(s) in conflicts:
             hg.fix("constraint", "one projection is cut into heads in two ways")
         if block != hg.block:
@@ -238,6 +241,13 @@ def head_groups(
             continue  # fixed: they move with their key/value heads, which are checked
         if hg.size == 1:
             hg.fix("single_unit", "a single head")
+        if hg.classes & found.keys():
+            # its heads' units are heads themselves (blocks of a parameter viewed as a matrix,
+            # then cut into heads): the tensors bound along the inner heads' blocks would not move
+            hg.fix(
+                "constraint",
+                f"its heads hold other heads ({hg.label}: an axis of heads cut into heads again)",
+            )
         longest = max(max(len(head) for head in sig) for sig, _ in hg._signatures)
         for lay, offsets in fences:
             runs, _ = _runs(hg, _segments(sp, lay))

@@ -191,6 +191,10 @@ class SpaceGraph:
             head = self.new(offset, m.label, m.producer, m.start)
             tail = self.new(m.size - offset, m.label, m.producer, m.start + offset)
             head.split_from = tail.split_from = m
+            # a piece of a head space is a head space of the same heads' blocks: each unit
+            # still stands for a whole block of other units, wherever it is bound
+            head.blocks = [b[:offset] for b in m.blocks]
+            tail.blocks = [b[offset:] for b in m.blocks]
             m.children = (head, tail)
             heads.append(head)
             tails.append(tail)

@@ -6,7 +6,10 @@ strided, depthwise, grouped, subclassed), linear layers, residual sums and gates
 concatenation, splits and slices, squeeze-excitation, BatchNorm, GroupNorm, InstanceNorm,
 LayerNorm channels-last, RMSNorm, hand-written attention over tokens (fused or separate q/k/v,
 manual softmax or sdpa, causal or not) and over channels, pooling and upsampling, image <->
-token reshapes, channel-wise buffers and parameters; and ops that must block a permutation:
+token reshapes, channel-wise buffers and parameters, layers whose weights are built from flat parameters
+(``view``, ``reshape``, ``unflatten``, ``chunk`` into weights, used by ``F.linear``, ``F.conv2d``,
+``matmul`` and ``einsum``, and attention whose q/k/v weights are cut from one flat parameter);
+and ops that must block a permutation:
 channel shuffle, flip / roll / cumsum over channels, a fixed index tensor, a non-persistent
 per-channel buffer, and weights tied between two layers.
 
@@ -229,7 +232,20 @@ def _attention(draw, pool):
     heads = draw(st.sampled_from([h for h in (1, 2) if v.c % h == 0]))
     fused = draw(st.booleans())
     how = draw(st.sampled_from(("sdpa", "manual", "sdpa_causal", "manual_causal")))
-    return Op("attn", (i,), (heads, fused, how), v)
+    flat = draw(st.booleans())  # q/k/v weights cut from one flat parameter
+    return Op("attn", (i,), (heads, fused, how, flat), v)
+
+
+FLAT_WAYS = ("view", "reshape", "unflatten", "matmul", "chunk", "conv", "conv3", "einsum")
+
+
+def _flat(draw, pool):
+    """A layer whose weight is a flat parameter viewed as a matrix (or a conv kernel)."""
+    i = _pick(draw, pool)
+    v = pool[i]
+    how = draw(st.sampled_from(FLAT_WAYS if _img(v) else FLAT_WAYS[:5] + FLAT_WAYS[7:]))
+    cout = draw(st.sampled_from(WIDTHS))
+    return Op("flat", (i,), (how, cout), Value(v.kind, cout, v.h))
 
 
 def _channel_attention(draw, pool):
@@ -278,12 +294,13 @@ _OPS = {
     "linear": _linear,
     "attn": _attention,
     "chan_attn": _channel_attention,
+    "flat": _flat,
     "chan_param": _channel_param,
     "block": _blocker,
     "tied": _tied,
 }
 # layers that make units come up more often than the ops that only move them
-_MENU = sorted(_OPS) + ["conv", "conv", "linear", "linear", "attn", "attn", "to_img", "tied"]
+_MENU = sorted(_OPS) + ["conv", "conv", "linear", "linear", "attn", "attn", "to_img", "tied", "flat", "gconv"]
 
 
 class GeneratedNet(nn.Module):
@@ -321,9 +338,22 @@ class GeneratedNet(nn.Module):
             elif op.kind == "linear":
                 self.layers[name] = nn.Linear(c, op.out.c)
             elif op.kind == "attn":
-                heads, fused, _ = op.opts
-                qkv = nn.Linear(c, 3 * c) if fused else nn.ModuleList(nn.Linear(c, c) for _ in range(3))
+                heads, fused, _, flat = op.opts
+                if flat:
+                    qkv = nn.ParameterList(
+                        [nn.Parameter(torch.randn(3 * c * c) / c), nn.Parameter(torch.randn(3 * c))]
+                    )
+                elif fused:
+                    qkv = nn.Linear(c, 3 * c)
+                else:
+                    qkv = nn.ModuleList(nn.Linear(c, c) for _ in range(3))
                 self.layers[name] = nn.ModuleDict({"qkv": qkv, "proj": nn.Linear(c, c)})
+            elif op.kind == "flat":
+                how, cout = op.opts
+                k = 9 if how == "conv3" else 1
+                n = cout * c * k * (2 if how == "chunk" else 1)
+                self.register_parameter(f"{name}_w", nn.Parameter(torch.randn(n) / math.sqrt(c * k)))
+                self.register_parameter(f"{name}_b", nn.Parameter(0.1 * torch.randn(cout)))
             elif op.kind == "chan_param":
                 how = op.opts[0]
                 shape = (c, 1, 1) if pool[op.inputs[0]].kind == "img" else (c,)
@@ -409,6 +439,8 @@ class GeneratedNet(nn.Module):
             return x.transpose(1, 2).reshape(-1, v.c, side, side)
         if op.kind == "attn":
             return self._attention(name, op, x)
+        if op.kind == "flat":
+            return self._flat(name, op, x, img)
         if op.kind == "chan_attn":
             h = x.flatten(2)
             if op.opts[0]:
@@ -433,13 +465,46 @@ class GeneratedNet(nn.Module):
             return x.view(-1, 2, c // 2, h, h).transpose(1, 2).reshape(-1, c, h, h)
         raise AssertionError(op.kind)
 
+    def _flat(self, name: str, op: Op, x, img: bool):
+        how, cout = op.opts
+        w, bias = getattr(self, f"{name}_w"), getattr(self, f"{name}_b")
+        c = self.pool[op.inputs[0]].c
+        if how in ("conv", "conv3"):
+            k = 3 if how == "conv3" else 1
+            return F.conv2d(x, w.view(cout, c, k, k), bias, padding=k // 2)
+        h = x.permute(0, 2, 3, 1) if img else x  # channels last
+        if how == "view":
+            y = F.linear(h, w.view(cout, c), bias)
+        elif how == "reshape":
+            y = F.linear(h, w.reshape(cout, c), bias)
+        elif how == "unflatten":
+            y = F.linear(h, w.unflatten(0, (cout, c)), bias)
+        elif how == "matmul":
+            y = h @ w.view(c, cout) + bias
+        elif how == "einsum":
+            y = torch.einsum("...i,oi->...o", h, w.view(cout, c)) + bias
+        else:  # chunk: a gated layer whose two weights are the halves of one parameter
+            wa, wb = w.chunk(2)
+            y = F.linear(h, wa.view(cout, c), bias) * torch.sigmoid(F.linear(h, wb.reshape(cout, c)))
+        return y.permute(0, 3, 1, 2) if img else y
+
     def _attention(self, name: str, op: Op, x):
-        heads, fused, how = op.opts
+        heads, fused, how, flat = op.opts
         t, c = op.out.h, op.out.c
         b = x.shape[0]
         d = c // heads
         mods = self.layers[name]
-        if fused:
+        if flat:
+            w, bias = mods["qkv"]
+            if fused:
+                qkv = F.linear(x, w.view(3 * c, c), bias)
+                q, k, v = qkv.reshape(b, t, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+            else:
+                q, k, v = (
+                    F.linear(x, wi.view(c, c), bi).view(b, t, heads, d).transpose(1, 2)
+                    for wi, bi in zip(w.chunk(3), bias.chunk(3))
+                )
+        elif fused:
             q, k, v = mods["qkv"](x).reshape(b, t, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             q, k, v = (m(x).view(b, t, heads, d).transpose(1, 2) for m in mods["qkv"])

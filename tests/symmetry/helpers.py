@@ -75,3 +75,19 @@ def assert_equivalent(
                     f"train outputs differ (seed {seed})"
                 )
     return spec
+
+
+def assert_no_group_moves_fixed_units(spec) -> None:
+    """No permutable group of units owns an index that another group of units owns along the
+    same axis of a tensor (a head group moves whole blocks, which may hold fixed units)."""
+    owners: dict[tuple[str, int, int], str] = {}
+    for g in spec:
+        if g.kind != "units":
+            continue
+        for s in g.slices:
+            for i in range(s.start, s.start + g.size * s.inner):
+                other = owners.setdefault((s.tensor, s.axis, i), g.name)
+                if other != g.name and (g.permutable or spec[other].permutable):
+                    raise AssertionError(
+                        f"{g.name} and {other} both own index {i} of {s.tensor} axis {s.axis}"
+                    )

@@ -25,6 +25,7 @@ def test_generated_nets_keep_their_function(data, generated, check):
     x = generated.inputs()
     spec = discover(model, x)
     check.assert_equivalent(model, x, seeds=(0, 1), spec=spec, require_permutable=False)
+    check.assert_no_group_moves_fixed_units(spec)
 
 
 @settings(

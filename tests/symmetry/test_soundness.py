@@ -450,3 +450,60 @@ def test_rules_never_raise_internal_errors_on_odd_forms():
 
     spec = discover(Odd(), torch.randn(2, 3, 4, 4), strict=True)
     assert spec["c"].permutable is False and spec["c"].fixes[0].kind == "output"
+
+
+# -- issue 32: a flat parameter viewed as a matrix whose rows are then folded ---------------------
+
+
+class _ViewedRows(nn.Module):
+    """A flat parameter ``w`` viewed as a (12, 6) linear weight, its 6 input channels fixed
+    (scaled by distinct constants) and its 12 output rows folded by the layer after it."""
+
+    def __init__(self, after: str):
+        super().__init__()
+        self.after = after
+        self.pre = nn.Conv2d(3, 6, 1)
+        self.w, self.b = nn.Parameter(0.5 * torch.randn(72)), nn.Parameter(torch.randn(12))
+        self.gconv = nn.Conv2d(12, 12, 3, padding=1, groups=2)
+        self.gn = nn.GroupNorm(2, 12)
+        self.proj = nn.Linear(12, 12)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        h = self.pre(x) * torch.arange(1.0, 7.0, dtype=x.dtype)[None, :, None, None]
+        if self.after == "heads":  # the rows cut into 2 attention heads of 6
+            t = F.linear(h.flatten(2).transpose(1, 2), self.w.view(12, 6), self.b)
+            n, length, _ = t.shape
+            q = t.view(n, length, 2, 6).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(n, length, 12)
+            return self.fc(torch.tanh(self.proj(o)).mean(1))
+        if self.after == "conv2d":  # the kernel of a convolution viewed from the flat parameter
+            y = F.conv2d(h, self.w.view(12, 6, 1, 1), self.b)
+        else:
+            w = self.w.unflatten(0, (12, 6)) if self.after == "unflatten" else self.w.view(12, 6)
+            y = F.linear(h.permute(0, 2, 3, 1), w, self.b).permute(0, 3, 1, 2)
+        y = self.gn(y) if self.after == "groupnorm" else self.gconv(y)
+        return self.fc(torch.tanh(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("after", ["gconv", "groupnorm", "heads", "conv2d", "unflatten"])
+def test_a_viewed_parameter_whose_rows_are_folded_keeps_its_function(after, check):
+    """The issue's reproducer (``gconv``) and its siblings: the rows' permutation moves whole
+    rows of ``w`` (blocks of 6 at stride 6); its fixed columns never move."""
+    torch.manual_seed(0)
+    model = check.randomize(_ViewedRows(after).double()).eval()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.double)
+    spec = check.assert_equivalent(model, x, seeds=(0, 1, 2), require_permutable=False)
+    check.assert_no_group_moves_fixed_units(spec)
+    rows = [g for g in spec.permutable if "w" in g.tensors]
+    columns = [g for g in spec if "w" in g.tensors and g.kind == "units"]
+    assert all(not g.permutable for g in columns), "the linear's input axis is fixed"
+    if after != "conv2d":
+        assert rows, "the rows of w move"
+        assert {s.inner for g in rows for s in g.slices if s.tensor == "w"} == {6}  # whole rows
+        b = permute(model, spec, spec.random_permutation(3))
+        for cost in ("weight_matching", "correlation"):
+            assert _recovers(model, b, spec, x, cost), cost
+    if after == "heads":  # heads whose units are the rows' heads: held, with the reason
+        outer = next(g for g in spec if g.kind == "heads" and "w" not in g.tensors)
+        assert not outer.permutable and "its heads hold other heads" in outer.reason
