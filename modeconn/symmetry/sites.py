@@ -30,7 +30,12 @@ def observe_pairs(
     root = nn.Module()
     root.add_module("a", gm_a)
     root.add_module("b", gm_b)
-    nodes = [[n for n in gm.graph.nodes if n.op != "output"] for gm in (gm_a, gm_b)]
+    # placeholders first: an exported graph may read parameters (get_attr) before its inputs
+    nodes = [
+        [n for n in gm.graph.nodes if n.op == "placeholder"]
+        + [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+        for gm in (gm_a, gm_b)
+    ]
     position = [{n.name: i for i, n in enumerate(ns)} for ns in nodes]
     envs: tuple[dict, dict] = ({}, {})
     done = [0, 0]

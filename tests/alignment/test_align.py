@@ -504,3 +504,25 @@ def test_site_options_are_checked(kwargs, message):
     a = modeconn.create_model("tinyten").eval()
     with pytest.raises(AlignmentError, match=message):
         align(a, a, torch.randn(4, 3, 32, 32), **kwargs)
+
+
+@pytest.mark.parametrize("cost", COSTS)
+def test_an_exported_spec_with_no_permutable_group_aligns_to_nothing(cost):
+    """Issue 30 (A): the lockstep graph of an exported model kept no inputs when it observed
+    nothing, and the activation costs crashed ("forward() takes 1 positional argument")."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(self.a(x) * torch.arange(8.0))  # every hidden unit scaled apart: fixed
+
+    model, x = Scaled().eval(), torch.randn(16, 4)
+    spec = discover(model, x, capture="export")
+    assert not spec.permutable
+    result = align(model, permute(model, spec, spec.random_permutation(0)), x, cost=cost, spec=spec)
+    assert result.perms == {} or all(torch.equal(p, torch.arange(len(p))) for p in result.perms.values())
+    with torch.no_grad():
+        assert torch.equal(result.model(x), model(x))
