@@ -77,6 +77,12 @@ class Curve(nn.Module):
         self.buffer_names = [n for n, _ in model_a.named_buffers() if n in sa]  # persistent ones
         self._aliases = tensor_aliases(model_a)
         dtypes = {sa[n].dtype for n in self.param_names}
+        dtypes_b = {sb[n].dtype for n in self.param_names}
+        if len(dtypes) == 1 and dtypes != dtypes_b:
+            raise InvalidArgumentError(
+                f"model_a's parameters are {min(map(str, dtypes))} and model_b's {min(map(str, dtypes_b))}: "
+                "a curve needs both in one dtype; convert one first, e.g. model_b.to(torch.float32)"
+            )
         if len(dtypes) > 1:
             raise InvalidArgumentError(
                 f"a curve needs all parameters in one dtype, got {sorted(map(str, dtypes))}; "
@@ -97,7 +103,12 @@ class Curve(nn.Module):
 
     # -- weights along the curve --------------------------------------------------------------
     def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
-        """The family's ``num_bends + 2`` coefficients at ``t`` (θ_A's first, θ_B's last)."""
+        """The family's ``num_bends + 2`` coefficients at ``t`` (θ_A's first, θ_B's last); ``t``
+        must lie in [0, 1] (a curve is not extrapolated)."""
+        if not 0.0 <= float(t) <= 1.0:
+            raise InvalidArgumentError(
+                f"t = {float(t)} is off the curve: t runs from 0 (model A) to 1 (model B)"
+            )
         return self._family_entry.invoke(self.family.coefficients, torch.as_tensor(float(t)), self.num_bends)
 
     def _rows(self) -> list[torch.Tensor]:

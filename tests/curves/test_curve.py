@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,3 +95,11 @@ def test_errors(pair):
         Curve(a, b, family="linear", num_bends=1)
     with pytest.raises(ModeconnError, match="differs from model_a"):
         Curve(a, modeconn.create_model("resnet20", width=8))
+    with pytest.raises(
+        ModeconnError, match="model_a's parameters are torch.float32 and model_b's torch.float64"
+    ):
+        Curve(a, copy.deepcopy(b).double())
+    curve = Curve(a, b)
+    for t in (-0.1, 1.5):  # a curve is not extrapolated
+        with pytest.raises(ModeconnError, match=f"t = {t} is off the curve"):
+            curve.model_at(t)
