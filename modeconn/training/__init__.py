@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from modeconn.training.fit import fit_curve, train_model
     from modeconn.training.loop import Callback, EpochRecord, History, TrainState
     from modeconn.training.settings import Constant, Cosine, Garipov, Settings, Step
-    from modeconn.training.trainer import AUX_WEIGHT, CurveOptimizer, Trainer, classification_loss
+    from modeconn.training.trainer import (
+        AUX_WEIGHT,
+        CurveOptimizer,
+        Trainer,
+        classification_loss,
+        optimizer_options,
+    )
 
 _HOMES = {
     **dict.fromkeys(("load_checkpoint", "save_checkpoint"), "modeconn.training.checkpoint"),
@@ -23,7 +29,8 @@ _HOMES = {
     **dict.fromkeys(("Callback", "EpochRecord", "History", "TrainState"), "modeconn.training.loop"),
     **dict.fromkeys(("Constant", "Cosine", "Garipov", "Settings", "Step"), "modeconn.training.settings"),
     **dict.fromkeys(
-        ("AUX_WEIGHT", "CurveOptimizer", "Trainer", "classification_loss"), "modeconn.training.trainer"
+        ("AUX_WEIGHT", "CurveOptimizer", "Trainer", "classification_loss", "optimizer_options"),
+        "modeconn.training.trainer",
     ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _HOMES)
@@ -38,6 +45,7 @@ __all__ = [
     "Constant",
     "Trainer",
     "CurveOptimizer",
+    "optimizer_options",
     "classification_loss",
     "AUX_WEIGHT",
     "Callback",

@@ -14,7 +14,7 @@ from modeconn.errors import InvalidArgumentError
 from modeconn.plugin_manager import direct_entry, get_plugin
 from modeconn.training.loop import Callback, History, as_loader, run_epochs
 from modeconn.training.settings import CURVES, END_POINTS, SETTING_NAMES, Settings
-from modeconn.training.trainer import CurveOptimizer, LossFn, Trainer
+from modeconn.training.trainer import CurveOptimizer, LossFn, Trainer, optimizer_options
 
 __all__ = ["train_model", "fit_curve"]
 
@@ -131,6 +131,7 @@ def fit_curve(
         entry = get_plugin("optimizer", optimizer)
     else:
         entry = direct_entry("optimizer", optimizer, "fit_curve")
+    optimizer_options(optimizer if isinstance(optimizer, str) else entry.obj, options)
     if loss_fn is not None:  # an optimizer built for the default loss need not take the keyword
         options["loss_fn"] = loss_fn
     device = distributed.current().device(device)

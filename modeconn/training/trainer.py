@@ -7,7 +7,8 @@ optimizers that plugins register (:class:`CurveOptimizer`) specialize it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from modeconn.errors import DataError, InvalidArgumentError
 from modeconn.predictions import logits_of, predictions, predicts_next_token
 from modeconn.training.settings import Settings
 
-__all__ = ["Trainer", "CurveOptimizer", "classification_loss", "AUX_WEIGHT"]
+__all__ = ["Trainer", "CurveOptimizer", "optimizer_options", "classification_loss", "AUX_WEIGHT"]
 
 AUX_WEIGHT = 0.3
 """Weight of each auxiliary head's cross-entropy (Szegedy et al. 2015, and the paper's GoogLeNet)."""
@@ -220,6 +221,42 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def optimizer_options(optimizer: str | type, given: Iterable[str] = ()) -> dict[str, Any]:
+    """The options an optimizer plugin (by name, or its class) takes from ``fit_curve(...,
+    **options)`` and ``--option``, with their defaults: the keyword parameters of its
+    ``__init__`` and of each base class it passes ``**kwargs`` on to, less what ``fit_curve``
+    passes itself. Raises :class:`~modeconn.InvalidArgumentError`, listing them, when ``given``
+    names one it does not take."""
+    from modeconn.plugin_manager import get_plugin
+
+    entry = get_plugin("optimizer", optimizer) if isinstance(optimizer, str) else None
+    cls = entry.obj if entry is not None else optimizer
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__ if isinstance(cls, type) else ():
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty):
+                out.setdefault(p.name, None if p.default is p.empty else p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    else:
+        if not isinstance(cls, type):  # a plugin that is not a class: its options are its own affair
+            return out
+    for internal in ("settings", "epochs", "curve", "module", "loss_fn"):
+        out.pop(internal, None)
+    unknown = sorted(set(given) - set(out))
+    if unknown:
+        name = entry.name if entry is not None else cls.__name__
+        raise InvalidArgumentError(
+            f"optimizer {name!r} takes no option(s) {', '.join(unknown)}; its options: "
+            + (", ".join(f"{k}={v!r}" for k, v in out.items()) or "none")
+        )
+    return out
 
 
 class CurveOptimizer(Trainer):

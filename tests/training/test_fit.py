@@ -114,6 +114,12 @@ def test_fit_curve_errors(tiny_resnet):
         fit_curve(Curve(a, b), _data(), optimizer="adamw", epochs=1, progress=False)
     with pytest.raises(TypeError, match="one-shot iterator"):
         fit_curve(Curve(a, b), iter([_data(8)]), epochs=1, progress=False)
+    with pytest.raises(
+        ModeconnError, match=r"'pam' takes no option\(s\) perm_epoch; its options: init=.*perm_epochs=20"
+    ):
+        fit_curve(Curve(a, b), _data(), optimizer="pam", epochs=1, progress=False, perm_epoch=2)
+    with pytest.raises(ModeconnError, match=r"'sgd' takes no option\(s\) foo; its options: aux_weight=0.3"):
+        fit_curve(Curve(a, b), _data(), epochs=1, progress=False, foo=1)
     with pytest.raises(ModeconnError, match=r"diverged in epoch 1, batch 1.*Lower the learning rate"):
         fit_curve(
             Curve(a, b),
