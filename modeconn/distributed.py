@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from modeconn.errors import InvalidArgumentError
+
 __all__ = ["Strategy", "Local", "Distributed", "current", "local", "under_torchrun"]
 
 
@@ -39,7 +41,21 @@ class Strategy:
         """The device to run on: ``requested``, or CUDA when available, else the CPU."""
         if requested is None:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, TypeError):
+            raise InvalidArgumentError(
+                f"device {requested!r} is not a device: name cpu, cuda, cuda:N or mps"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InvalidArgumentError(
+                f"device {requested!r}: there is no CUDA device here; leave the device out to use the CPU"
+            )
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidArgumentError(
+                f"device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return device
 
     def wrap(self, module: nn.Module, *, broadcast_buffers: bool = True) -> nn.Module:
         """``module`` as the training forward calls it (gradients averaged across ranks)."""
