@@ -42,11 +42,14 @@ def _is_line(report) -> bool:
     return "family" not in report.meta  # evaluate_curve records the curve's family; a line has none
 
 
-def _colour_key(label: str) -> str:
-    """Reports that differ only by being a line or a curve share a colour (e.g. "aligned line"
-    and "aligned curve")."""
-    words = [w for w in label.split() if w.lower() not in ("line", "curve")]
-    return " ".join(words) or label
+def _colour_key(report) -> str:
+    """Reports between the same two models share a colour, a line and a curve alike (the
+    models the evaluations record; else labels that differ only by "line" or "curve", e.g.
+    "aligned line" and "aligned curve")."""
+    if report.meta.get("a") and report.meta.get("b"):
+        return f"{report.meta['a']}\n{report.meta['b']}"
+    words = [w for w in report.label.split() if w.lower() not in ("line", "curve")]
+    return " ".join(words) or report.label
 
 
 def _zoom_band(reports, key: str) -> tuple[float, float] | None:
@@ -86,7 +89,7 @@ def plot_paths(reports, path: str | os.PathLike | None = None, *, title: str | N
     colours: dict[str, str] = {}
     for ax, (key, ylabel, band) in zip(axes[0], panels):
         for r in reports:
-            colour = colours.setdefault(_colour_key(r.label), PALETTE[len(colours) % len(PALETTE)])
+            colour = colours.setdefault(_colour_key(r), PALETTE[len(colours) % len(PALETTE)])
             ax.plot(
                 r.t, r.values(key), color=colour, linestyle="--" if _is_line(r) else "-",
                 marker="o", ms=3, label=r.label or None,
@@ -98,6 +101,12 @@ def plot_paths(reports, path: str | os.PathLike | None = None, *, title: str | N
         )
         if band is not None:
             ax.set_ylim(*band)
+            clipped = [r.label or "a path" for r in reports if min(r.values(key)) < band[0]]
+            if clipped:  # say what the zoom leaves out
+                ax.text(
+                    0.5, 0.02, "below this band: " + ", ".join(clipped), transform=ax.transAxes,
+                    ha="center", va="bottom", fontsize="small", color="0.3",
+                )  # fmt: skip
         ax.grid(alpha=0.3)
     if any(r.label for r in reports):
         handles, labels = axes[0][0].get_legend_handles_labels()
@@ -141,6 +150,9 @@ def plot_signature(signature, path: str | os.PathLike | None = None, *, title: s
     return finish(fig, path)
 
 
+MAX_STRETCH = 4  # a plane flatter than this is drawn square, and says so
+
+
 def plot_planes(
     reports, path: str | os.PathLike | None = None, *, value: str = "error", title: str | None = None
 ) -> Any:
@@ -175,10 +187,14 @@ def plot_planes(
                 xytext=(6, 6),
                 color="white",
             )
-        # square panels: the bend is often far closer to the line than the end points are apart
         ax.set(title=r.label or "plane", xlabel=r"along $\theta_B - \theta_A$")
-        ax.set_box_aspect(1)
-    axes[0][0].set_ylabel("orthogonal, towards the bend")
+        ax.set_ylabel("orthogonal, towards the bend")
+        width, height = np.ptp(r.x), np.ptp(r.y)
+        if height >= width / MAX_STRETCH:  # to scale: distances on the figure are distances in weight space
+            ax.set_aspect("equal", adjustable="box")
+        else:  # the bend is often far closer to the line than the end points are apart
+            ax.set_box_aspect(1)
+            ax.set_ylabel(f"orthogonal, towards the bend\n(not to scale: stretched ×{width / height:.0f})")
     bar = fig.colorbar(contour, ax=list(axes[0]), shrink=0.9)
     bar.set_ticks(levels[::3], labels=[f"{v:.3g}" for v in levels[::3]])
     bar.minorticks_off()
