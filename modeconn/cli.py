@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -28,7 +27,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     names = list_models(args.pattern)
     if not names:
-        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        print(
+            f"modeconn: error: no model matches {args.pattern!r} (`modeconn models` lists them all)",
+            file=sys.stderr,
+        )
         return 1
     print("\n".join(names))
     return 0
@@ -132,9 +134,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_TYPES = {"data_root": str, "device": str, "test_samples": int}
+_TYPES = {"data_root": str, "device": str, "test_samples": int, "train_samples": int, "data": str}
 _HELP = {
-    "data": "a built-in dataset (digits, cifar10, cifar100, tinyimagenet) or an ImageFolder path",
+    "data": "a built-in dataset (digits, cifar10, cifar100, tinyimagenet) or an ImageFolder path "
+    "(default for align, fit and evaluate: the one the input runs were made on)",
     "data_root": "the folder that holds a built-in dataset's files",
     "schedule": "step, cosine, garipov or constant",
     "num_samples": "training samples to align on",
@@ -144,6 +147,21 @@ _HELP = {
     "label": "the path's name in figures",
     "optimizer": "a curve optimizer plugin: sgd, pam, pgd, ...",
     "cost": "an alignment cost plugin: correlation, l2_preact, weight_matching, ...",
+    "verify": "check a built-in dataset's checksums (--no-verify reads a rebuilt or converted copy of CIFAR)",
+    "train_samples": "train on a random subset of this many training samples (default: all)",
+    "epochs": "training epochs (more than a finished run's continue it)",
+    "lr": "the learning rate of SGD",
+    "momentum": "SGD's momentum",
+    "nesterov": "Nesterov momentum",
+    "weight_decay": "L2 weight decay",
+    "batch_size": "samples per batch (under torchrun: over all ranks)",
+    "lr_step": "the step schedule's period in epochs",
+    "lr_gamma": "the step schedule's factor per period",
+    "seed": "the random seed (weights, data order, subsets)",
+    "device": "cpu, cuda, cuda:N or mps (default: CUDA when present)",
+    "family": "a curve family plugin: bezier, polychain, ...",
+    "num_bends": "the curve's bends (control points between the end points)",
+    "num_points": "evenly spaced t to evaluate, both ends included (at least 2)",
 }
 
 
@@ -194,17 +212,40 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _step_config(step: str, args: argparse.Namespace, positional: dict) -> dict:
+_TOP_LEVEL = {"command", "model", "data", "train", "align", "fit", "evaluate"}
+
+
+def _saved_config(step: str, path: str) -> dict:
+    """The ``[step]`` table of a config.toml, every top-level key checked."""
+    from modeconn.errors import InvalidArgumentError
     from modeconn.runs import read_config
 
+    saved = read_config(path)
+    unknown = sorted(set(saved) - _TOP_LEVEL)
+    if unknown:
+        raise InvalidArgumentError(
+            f"--config {path!r}: unknown key(s) or table(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_TOP_LEVEL))}"
+        )
+    table = saved.get(step)
+    if not isinstance(table, dict):
+        held = saved.get("command")
+        raise InvalidArgumentError(
+            f"--config {path!r} holds no [{step}] table"
+            + (f" (it is the config of a `{held}` run)" if held else "")
+            + f": name the folder or config.toml of a `{step}` run"
+        )
+    return dict(table)
+
+
+def _step_config(step: str, args: argparse.Namespace, positional: dict) -> dict:
     config: dict = {}
     if hasattr(args, "config"):
-        saved = read_config(args.config)
-        config = dict(saved.get(step, {}))
+        config = _saved_config(step, args.config)
     given = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("config", "out", "quiet", "json_out", "func", "command")
+        if k not in ("config", "out", "quiet", "json_out", "func", "command", "restart")
     }
     if "options" in given:
         given["options"] = {**config.get("options", {}), **dict(_option(o) for o in given["options"])}
@@ -223,7 +264,7 @@ def _run_step(step: str, args: argparse.Namespace, positional: dict) -> int:
         raise InvalidArgumentError(f"{step} needs --out FOLDER: the run folder it writes")
     config = _step_config(step, args, positional)
     quiet = args.quiet or args.json_out
-    results = getattr(workflow, step)(config, args.out, quiet=quiet)
+    results = getattr(workflow, step)(config, args.out, quiet=quiet, restart=args.restart)
     from modeconn import distributed
 
     if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
@@ -231,7 +272,7 @@ def _run_step(step: str, args: argparse.Namespace, positional: dict) -> int:
     if args.json_out:
         print(json.dumps(results))
     elif args.quiet:
-        print((Path(args.out) / "log.txt").read_text().splitlines()[-1])
+        print(results["summary"])
     return 0
 
 
@@ -255,11 +296,28 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     import json
 
     from modeconn import workflow
+    from modeconn.errors import InvalidArgumentError
 
-    results = workflow.plot(args.runs, args.out, quiet=args.quiet or args.json_out, title=args.title)
+    labels = {}
+    for text in args.label or []:
+        run, eq, name = text.rpartition("=")
+        if not eq or not run:
+            raise InvalidArgumentError(f"--label takes RUN=NAME, got {text!r}")
+        labels[run] = name
+    results = workflow.plot(
+        args.runs,
+        args.out,
+        quiet=args.quiet or args.json_out,
+        title=args.title,
+        labels=labels,
+        restart=args.restart,
+    )
     if args.json_out:
         print(json.dumps(results))
     return 0
+
+
+_STEPS = {"train": _cmd_train, "align": _cmd_align, "fit": _cmd_fit, "evaluate": _cmd_evaluate}
 
 
 def _step_parser(
@@ -269,10 +327,16 @@ def _step_parser(
     p = sub.add_parser(step, help=help_text)
     for name, text in positionals:
         p.add_argument(name, nargs="?", help=text)
-    p.add_argument("--out", help="the run folder")
+    p.add_argument("--out", help="the run folder (required)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="when --out holds a run with other settings, keep its contents aside (in OUT.restart-N) "
+        "and start over instead of refusing",
+    )
     _add_step_options(p, step)
     _output_options(p)
-    p.set_defaults(func=globals()[f"_cmd_{step}"])
+    p.set_defaults(func=_STEPS[step])
     return p
 
 
@@ -315,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help="a registry name (modeconn models) or package.module:callable",
+        help="(required) a registry name (modeconn models) or package.module:callable",
     )
     _step_parser(
         sub, "align", "permute B's units to match A's; writes the aligned B and the permutation",
@@ -335,8 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p = sub.add_parser("plot", help="accuracy and loss along t for saved evaluations (no recomputing)")
     p.add_argument("runs", nargs="+", help="run folders of `modeconn evaluate`")
-    p.add_argument("--out", required=True, help="the figure: a .png or .pdf file, or a name for both")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="a run folder (paths.png/.pdf, plane.png/.pdf, config, results), or one figure file "
+        "(.png, .pdf or .svg; the planes beside it as NAME-plane.SUFFIX)",
+    )
     p.add_argument("--title", help="the figure's title (default: the model and dataset the runs name)")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="RUN=NAME",
+        help="the name of one run's path in the legend (default: from the runs, e.g. 'aligned line'; repeatable)",
+    )
+    p.add_argument("--restart", action="store_true", help="keep an earlier plot folder's contents aside")
     _output_options(p)
     p.set_defaults(func=_cmd_plot)
     p = sub.add_parser(

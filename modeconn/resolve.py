@@ -118,8 +118,9 @@ def build_model(spec: ModelSpec) -> Any:
     return model.eval()
 
 
-def open_data(name: str, root: str | os.PathLike | None = None) -> Data:
-    """The dataset ``name`` (see the module docstring), both splits."""
+def open_data(name: str, root: str | os.PathLike | None = None, verify: bool = True) -> Data:
+    """The dataset ``name`` (see the module docstring), both splits; ``verify=False`` reads a
+    copy of CIFAR whose checksums differ from the originals (rebuilt or converted)."""
     from modeconn.data import DATASETS, load_dataset
 
     key = BUILTIN_DATASETS.get(name)
@@ -132,7 +133,9 @@ def open_data(name: str, root: str | os.PathLike | None = None) -> Data:
                 raise InvalidArgumentError(
                     f"dataset {name!r} needs --data-root FOLDER; only 'digits' is embedded"
                 )
-            train, test = load_dataset(key, root, train=True), load_dataset(key, root, train=False)
+            options = {} if key == "tiny_imagenet" else {"verify": verify}
+            train = load_dataset(key, root, train=True, **options)
+            test = load_dataset(key, root, train=False, **options)
         return Data(name, train, test, info.num_classes, info.in_chans)
     folder = Path(name)
     if not folder.is_dir():
@@ -145,6 +148,11 @@ def open_data(name: str, root: str | os.PathLike | None = None) -> Data:
     train_dir = split.get("train", folder)
     test_dir = split.get("test", split.get("val", train_dir))
     to_tensor = transforms.ToTensor()
-    train, test = datasets.ImageFolder(train_dir, to_tensor), datasets.ImageFolder(test_dir, to_tensor)
+    try:
+        train, test = datasets.ImageFolder(train_dir, to_tensor), datasets.ImageFolder(test_dir, to_tensor)
+    except (FileNotFoundError, RuntimeError) as e:  # no class folders, or classes without images
+        raise DatasetNotFoundError(
+            f"--data {name!r} is not an ImageFolder tree: {str(e).splitlines()[0]}"
+        ) from e
     in_chans = train[0][0].shape[0] if len(train) else 3
     return Data(os.fspath(folder), train, test, len(train.classes), in_chans)

@@ -12,8 +12,10 @@ import csv
 import json
 import math
 import os
+import socket
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["RunFolder", "read_config", "to_toml"]
+__all__ = ["RunFolder", "read_config", "to_toml", "run_folder_of", "run_state", "refuse_overwriting"]
 
 CONFIG = "config.toml"
+STATE = "state.json"
 
 
 def _toml_value(value: Any) -> str:
@@ -66,10 +69,84 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         path = path / CONFIG
     if not path.is_file():
         raise InvalidArgumentError(f"no config at {os.fspath(path)!r}: name a run folder or its config.toml")
+    if path.suffix != ".toml":
+        raise InvalidArgumentError(
+            f"{os.fspath(path)!r} is a file, not a run folder: name the folder that holds it "
+            f"({os.fspath(path.parent)!r}) or its config.toml"
+        )
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgumentError(f"{os.fspath(path)!r} is not valid TOML: {e}") from e
+
+
+def run_folder_of(text: str | os.PathLike) -> Path | None:
+    """The run folder a command-line argument names: the folder itself (one holding a
+    ``config.toml``), the folder of a checkpoint or config file inside one, or ``None``."""
+    path = Path(text)
+    if path.is_file():
+        path = path.parent
+    return path if (path / CONFIG).is_file() else None
+
+
+def refuse_overwriting(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Raise when the folder ``out`` is, lies inside or contains one of the run folders that
+    ``inputs`` (argument name -> value) name: writing there would damage an input."""
+    target = Path(out).resolve()
+    for name, value in inputs.items():
+        folder = run_folder_of(value) if value is not None else None
+        if folder is None:
+            continue
+        folder = folder.resolve()
+        if target == folder:
+            how = "is"
+        elif folder in target.parents:
+            how = "lies inside"
+        elif target in folder.parents:
+            how = "contains"
+        else:
+            continue
+        raise InvalidArgumentError(
+            f"--out {os.fspath(out)!r} {how} the input run {name} ({os.fspath(value)!r}): writing there "
+            "would damage it; name a new folder"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def run_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """What a run folder records of its progress: ``state`` (``"running"``, ``"interrupted"``,
+    ``"failed"`` or ``"complete"``) and, for training steps, ``epoch`` done of ``epochs``. A run
+    recorded as running whose process is gone (killed) reads as interrupted. A folder from
+    before states were recorded reads as complete when it holds its results."""
+    folder = Path(folder)
+    path = folder / STATE
+    if not path.is_file():
+        return {"state": "complete" if (folder / "results.json").is_file() else "unknown"}
+    state = json.loads(path.read_text())
+    if (
+        state.get("state") == "running"
+        and state.get("host") == socket.gethostname()
+        and not _pid_alive(int(state.get("pid", 0)))
+    ):
+        state["state"] = "interrupted"
+    return state
+
+
+def describe_state(state: Mapping[str, Any]) -> str:
+    """``"interrupted after epoch 2 of 5"`` and the like."""
+    text = str(state.get("state"))
+    if state.get("epochs"):
+        text += f" after epoch {state.get('epoch', 0)} of {state['epochs']}"
+    return text
 
 
 class RunFolder:
@@ -84,6 +161,62 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise InvalidArgumentError(f"--out {os.fspath(self.path)!r} is a file; name a folder")
         self.path.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def check(
+        path: str | os.PathLike,
+        command: str,
+        settings: Mapping[str, Any],
+        *,
+        mutable: Iterable[str] = (),
+        restart: bool = False,
+    ) -> list[str]:
+        """Whether ``path`` may hold this run, before anything is written: a new or empty
+        folder, or one holding a run of the same ``command`` whose settings differ in
+        ``mutable`` keys only (returned as ``"key old -> new"``: a resume that will say so).
+        Anything else is refused with the differences, unless ``restart``: the old contents
+        are then kept aside (``<path>.restart-N``) and the run starts over."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise InvalidArgumentError(f"--out {os.fspath(path)!r} is a file; name a folder")
+        if not path.is_dir() or not any(path.iterdir()):
+            return []
+        if restart:
+            aside = _aside(path)
+            os.replace(path, aside)
+            path.mkdir()
+            with open(path / "log.txt", "a") as f:
+                f.write(f"restarted: the previous contents are kept in {os.fspath(aside)}\n")
+            return []
+        again = f"name a new folder, or pass --restart to keep its contents aside (in {os.fspath(_aside(path))!r}) and start over"
+        if not (path / CONFIG).is_file():
+            raise InvalidArgumentError(f"--out {os.fspath(path)!r} is not empty and holds no run: {again}")
+        saved = read_config(path)
+        if saved.get("command") != command:
+            raise InvalidArgumentError(
+                f"--out {os.fspath(path)!r} holds a `{saved.get('command')}` run, not a `{command}` run: {again}"
+            )
+        old = saved.get(command, {})
+        changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        mutable = set(mutable)
+        fixed = [k for k in changed if k not in mutable]
+        if fixed:
+            diffs = "; ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in fixed)
+            raise InvalidArgumentError(
+                f"--out {os.fspath(path)!r} holds a {command} run with other settings ({diffs}): "
+                f"resuming would mix them; {again}"
+            )
+        return [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in changed]
+
+    def set_state(self, state: str, **info: Any) -> None:
+        """Record the run's progress (see :func:`run_state`)."""
+        from modeconn.training.checkpoint import atomic_write
+
+        if not self.main:
+            return
+        record = {"state": state, **info, "pid": os.getpid(), "host": socket.gethostname()}
+        text = json.dumps(record)
+        atomic_write(self / STATE, lambda tmp: Path(tmp).write_text(text + "\n"))
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -127,7 +260,16 @@ class RunFolder:
         return json.loads(path.read_text())
 
     def log(self, line: str) -> None:
+        """Append ``line`` to ``log.txt``, stamped with the time."""
         if not self.main:
             return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self / "log.txt", "a") as f:
-            f.write(line.rstrip("\n") + "\n")
+            f.write(f"[{stamp}] {line.rstrip()}\n")
+
+
+def _aside(path: Path) -> Path:
+    n = 1
+    while path.with_name(f"{path.name}.restart-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}.restart-{n}")

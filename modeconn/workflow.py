@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from modeconn.errors import InvalidArgumentError
-from modeconn.runs import RunFolder, read_config
-from modeconn.training.settings import CURVES, END_POINTS, Settings  # light: no torch
+from modeconn.runs import RunFolder, describe_state, read_config, refuse_overwriting, run_folder_of, run_state
+from modeconn.training.settings import CURVES, END_POINTS, SETTING_NAMES, Settings  # light: no torch
 
 __all__ = ["DEFAULTS", "train", "align", "fit", "evaluate", "plot"]
 
@@ -28,6 +28,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "data": "digits",
         "data_root": None,
+        "verify": True,
+        "train_samples": None,
+        "test_samples": None,
         "epochs": 10,
         "lr": END_POINTS.lr,
         **_FIT_SETTINGS,
@@ -35,8 +38,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": None,
     },
     "align": {
-        "data": "digits",
+        "data": None,
         "data_root": None,
+        "verify": True,
         "cost": "correlation",
         "num_samples": 2048,
         "batch_size": 256,
@@ -44,8 +48,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": None,
     },
     "fit": {
-        "data": "digits",
+        "data": None,
         "data_root": None,
+        "verify": True,
+        "train_samples": None,
         "optimizer": "sgd",
         "family": "bezier",
         "num_bends": 1,
@@ -57,6 +63,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "options": {},
     },
     "evaluate": {
+        "data": None,
+        "data_root": None,
+        "verify": True,
         "num_points": 11,
         "bn_samples": 2048,
         "test_samples": None,
@@ -66,24 +75,227 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": None,
     },
 }
-"""Every step's settings and their defaults (``a``, ``b``, ``model`` and ``run`` have none)."""
+"""Every step's settings and their defaults (``a``, ``b``, ``model`` and ``run`` have none). A
+``data`` of ``None`` is taken from the input runs (``digits`` when they record none)."""
+
+_TYPES: dict[str, type] = {"data": str, "data_root": str, "device": str, "model": str}
+_TYPES |= {"test_samples": int, "train_samples": int}
+_TYPES |= {"a": str, "b": str, "run": str, "line": list}
+_AT_LEAST = {"epochs": 0, "num_points": 2, "num_samples": 1, "bn_samples": 1, "test_samples": 1}
+_AT_LEAST |= {"train_samples": 1}
+_AT_LEAST |= {"batch_size": 1, "num_bends": 0}
+_KIND_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+_KIND_NAMES |= {dict: "a table", list: "a list"}
+# what may change when a run resumes into its folder (it says so); anything else changes the result
+MUTABLE = {"epochs", "device", "label", *SETTING_NAMES}
+
+
+def _check_value(step: str, key: str, value: Any) -> None:
+    """``value`` has the type of ``key``'s default and lies in its range: one line if not."""
+    default = DEFAULTS[step].get(key)
+    kind = _TYPES.get(key, type(default) if default is not None else None)
+    if value is None or kind is None:
+        return
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        raise InvalidArgumentError(f"{step} setting {key} = {value!r} must be {_KIND_NAMES[kind]}")
+    low = _AT_LEAST.get(key)
+    if low is not None and value < low:
+        raise InvalidArgumentError(f"{step} setting {key} = {value!r} must be at least {low}")
+    if key == "plane" and value != 0 and value < 2:
+        raise InvalidArgumentError(
+            f"{step} setting plane = {value!r} must be 0 (no plane) or a grid of at least 2"
+        )
 
 
 def resolved(step: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """``given`` over the step's defaults; an unknown key is an error that names the known ones."""
+    """``given`` over the step's defaults, each value checked (type and range); an unknown key
+    is an error that names the known ones."""
     known = set(DEFAULTS[step]) | {"model", "a", "b", "run", "line"}
     unknown = sorted(set(given) - known)
     if unknown:
         raise InvalidArgumentError(
             f"unknown setting(s) for {step}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
+    for key, value in given.items():
+        _check_value(step, key, value)
     out = {**DEFAULTS[step], **given}
     # models and runs named by a path are kept absolute: the config reruns from any folder
     for key in ("model", "a", "b", "run"):
         if isinstance(out.get(key), str) and os.path.exists(out[key]):
             out[key] = os.path.abspath(out[key])
     if out.get("line"):
+        if len(out["line"]) != 2 or not all(isinstance(v, str) for v in out["line"]):
+            raise InvalidArgumentError(f"{step} setting line must name two models, got {out['line']!r}")
         out["line"] = [os.path.abspath(v) if os.path.exists(v) else v for v in out["line"]]
+    return out
+
+
+def _inputs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The models and runs a step reads, by the name the user knows them by."""
+    named = {k: cfg.get(k) for k in ("a", "b", "run")}
+    if cfg.get("line"):
+        named |= {"A": cfg["line"][0], "B": cfg["line"][1]}
+    return {k: v for k, v in named.items() if v}
+
+
+def _recorded_data(folder: Any) -> tuple[str, str | None, bool] | None:
+    """The dataset (name, root, verify) a run folder was made with, following a fit's or an
+    align's own inputs; ``None`` when it records none."""
+    seen = set()
+    while folder is not None and folder not in seen:
+        seen.add(folder)
+        config = read_config(folder)
+        table = config.get(config.get("command", ""), {})
+        if not isinstance(table, Mapping):
+            return None
+        if table.get("data"):
+            return table["data"], table.get("data_root"), table.get("verify", True)
+        nxt = table.get("a") or table.get("run")
+        folder = run_folder_of(nxt) if isinstance(nxt, str) else None
+    return None
+
+
+def _with_data(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with its dataset: as given, else the one its input runs record (one error when
+    they disagree), else the embedded digits."""
+    if cfg.get("data"):
+        return cfg
+    found: dict[str, tuple[str, str | None, bool]] = {}
+    for name, value in _inputs(cfg).items():
+        folder = run_folder_of(value)
+        data = _recorded_data(folder) if folder is not None else None
+        if data is not None:
+            found[name] = data
+    if len({d[:2] for d in found.values()}) > 1:
+        said = ", ".join(f"{k} on {d[0]}" + (f" ({d[1]})" if d[1] else "") for k, d in found.items())
+        raise InvalidArgumentError(f"the input runs were made on different data ({said}): pass --data")
+    name, root, verify = next(iter(found.values()), ("digits", None, True))
+    return {
+        **cfg,
+        "data": name,
+        "data_root": cfg.get("data_root") or root,
+        "verify": cfg["verify"] and verify,
+    }
+
+
+def _open(cfg: Mapping[str, Any]) -> Any:
+    from modeconn.resolve import open_data
+
+    data = open_data(cfg["data"], cfg["data_root"], verify=cfg["verify"])
+    if cfg.get("train_samples"):
+        data.train = _subset(data.train, cfg["train_samples"], "train_samples", cfg.get("seed", 0))
+    if cfg.get("test_samples") and "num_points" not in cfg:  # evaluate subsamples its test set itself
+        data.test = _subset(data.test, cfg["test_samples"], "test_samples", 0)
+    return data
+
+
+def _subset(dataset: Any, n: int, key: str, seed: int) -> Any:
+    from modeconn.data import alignment_subset
+
+    if n > len(dataset):
+        raise InvalidArgumentError(f"{key} = {n}: the data has {len(dataset)} samples")
+    return alignment_subset(dataset, num_samples=n, seed=int(seed))
+
+
+def _model(text: str, data: Any, role: str) -> Any:
+    """The model ``text`` names, checked against ``data`` (classes, channels) and for an
+    unfinished run, with its weights loaded."""
+    from modeconn.resolve import build_model, model_spec
+
+    spec = model_spec(text, data)
+    for what, made, has in (
+        ("classes", spec.num_classes, data.num_classes),
+        ("input channels", spec.in_chans, data.in_chans),
+    ):
+        if made is not None and made != has:
+            raise InvalidArgumentError(
+                f"model {role} ({text!r}) is made for {made} {what} but {data.name} has {has}: "
+                "pass the --data it was trained on"
+            )
+    folder = run_folder_of(text)
+    if folder is not None:
+        state = run_state(folder)
+        if state["state"] not in ("complete", "unknown"):
+            import warnings
+
+            warnings.warn(
+                f"model {role} ({text!r}) is from a run that is {describe_state(state)}", stacklevel=2
+            )
+    model = build_model(spec)
+    _check_finite(model, f"model {role} ({text!r})")
+    return model
+
+
+def _pairing(cfg: Mapping[str, Any]) -> str:
+    """``"aligned"`` when model B is the output of ``modeconn align`` (of A), else ``"unaligned"``."""
+    folder = run_folder_of(cfg["b"])
+    return "aligned" if folder is not None and read_config(folder).get("command") == "align" else "unaligned"
+
+
+def _data_name(data: Any) -> str:
+    """A dataset's name for figures and reports: a built-in's name, or an ImageFolder's folder name."""
+    from modeconn.resolve import BUILTIN_DATASETS
+
+    return data.name if data.name in BUILTIN_DATASETS else Path(data.name).name
+
+
+def _check_finite(model: Any, what: str) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise InvalidArgumentError(f"{what} has non-finite weights (NaN or inf in {name!r})")
+
+
+def _prepare(
+    step: str, config: Mapping[str, Any], out: Any, restart: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The checks every step makes before it imports torch or writes anything: its settings,
+    its dataset, that ``out`` damages no input, and that ``out`` may hold this run."""
+    cfg = resolved(step, config)
+    if step != "train":
+        cfg = _with_data(cfg)
+    refuse_overwriting(out, _inputs(cfg))
+    changes = RunFolder.check(out, step, cfg, mutable=MUTABLE, restart=restart)
+    return cfg, changes
+
+
+def _progress(run: RunFolder, desc: str) -> Any:
+    """A callback that logs each epoch and records it as the run's state."""
+
+    def on_epoch_end(state: Any) -> None:
+        run.log(f"{desc} {state.history[-1]} (of {state.epochs})")
+        run.set_state("running", epoch=state.epoch, epochs=state.epochs)
+
+    return on_epoch_end
+
+
+def _training(run: RunFolder, epochs: int, changes: list[str], fn: Any) -> Any:
+    """Run ``fn()`` (a training call) with the run's state kept: running, then complete, or
+    interrupted / failed with the epoch reached, each in the log."""
+    before = run_state(run.path)
+    if before.get("epoch"):
+        run.log(
+            f"resuming after epoch {before['epoch']} ({describe_state(before)})"
+            + (f" with changed settings: {'; '.join(changes)}" if changes else "")
+        )
+    run.set_state("running", epoch=before.get("epoch", 0), epochs=epochs)
+    try:
+        out = fn()
+    except KeyboardInterrupt:
+        now = run_state(run.path)
+        run.set_state("interrupted", epoch=now.get("epoch", 0), epochs=epochs)
+        run.log(f"interrupted after epoch {now.get('epoch', 0)}; run the same command again to resume")
+        raise
+    except Exception as e:
+        now = run_state(run.path)
+        run.set_state("failed", epoch=now.get("epoch", 0), epochs=epochs)
+        run.log(
+            f"failed after epoch {now.get('epoch', 0)}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        )
+        raise
+    run.set_state("complete", epoch=epochs, epochs=epochs)
     return out
 
 
@@ -112,66 +324,77 @@ def _history_rows(history: Any) -> list[dict[str, Any]]:
     ]
 
 
-def train(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
-    """Train one end point: ``out/model.safetensors``, resumable from ``out/checkpoint.pt``."""
-    from modeconn.metrics import evaluate as measure_model
-    from modeconn.resolve import build_model, model_spec, open_data
-    from modeconn.training import save_checkpoint, train_model
-
-    cfg = resolved("train", config)
-    if not cfg.get("model"):
+def train(
+    config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
+) -> dict[str, Any]:
+    """Train one end point: ``out/model.safetensors``, resumable from ``out/checkpoint.pt``.
+    ``restart`` keeps a folder's earlier contents aside instead of resuming them."""
+    if not config.get("model"):
         raise InvalidArgumentError(
             "train needs a model: --model NAME (a registry name or package.module:callable)"
         )
-    data = open_data(cfg["data"], cfg["data_root"])
+    cfg, changes = _prepare("train", config, out, restart)
+    from modeconn import distributed
+    from modeconn.metrics import evaluate as measure_model
+    from modeconn.resolve import build_model, model_spec
+    from modeconn.training import save_checkpoint, train_model
+
+    device = distributed.current().device(cfg["device"])
+    data = _open(cfg)
     spec = model_spec(cfg["model"], data)
-    run = RunFolder(out)
     _seed(cfg)
     model = build_model(spec)
+    run = RunFolder(out)
     run.write_config(
         {"command": "train", "train": cfg, "model": {**spec.to_config(), "weights": "model.safetensors"}}
     )
-    history = train_model(
-        model,
-        data.train,
-        epochs=cfg["epochs"],
-        settings=_settings(cfg),
-        device=cfg["device"],
-        checkpoint=run / "checkpoint.pt",
-        progress=not quiet,
+    history = _training(
+        run,
+        cfg["epochs"],
+        changes,
+        lambda: train_model(
+            model,
+            data.train,
+            epochs=cfg["epochs"],
+            settings=_settings(cfg),
+            device=device,
+            checkpoint=run / "checkpoint.pt",
+            callbacks=[_progress(run, "train")],
+            progress=not quiet,
+        ),
     )
     if run.main:
         save_checkpoint(model, run / "model.safetensors")
     loss, accuracy = measure_model(model, data.test)
     results = {"test_loss": loss, "test_accuracy": accuracy, "history": _history_rows(history)}
+    results["summary"] = (
+        f"{spec.arch} on {_data_name(data)}: test accuracy {accuracy:.2f}%, loss {loss:.4f} -> {run.path}"
+    )
     run.write_json("results.json", results)
     run.write_csv("results.csv", results["history"])
-    _say(
-        run,
-        quiet,
-        f"{spec.arch} on {data.name}: test accuracy {accuracy:.2f}%, loss {loss:.4f} -> {run.path}",
-    )
+    _say(run, quiet, results["summary"])
     return results
 
 
-def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
+def align(
+    config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
+) -> dict[str, Any]:
     """Align B to A: ``out/aligned.safetensors`` (a model later steps can name by this folder),
     ``out/perms.json`` and the correlation signature."""
+    cfg, _ = _prepare("align", config, out, restart)
     from modeconn import distributed
     from modeconn.alignment import align as align_models
     from modeconn.data import alignment_subset
-    from modeconn.resolve import build_model, model_spec, open_data
+    from modeconn.resolve import model_spec
     from modeconn.training import save_checkpoint
 
-    cfg = resolved("align", config)
-    data = open_data(cfg["data"], cfg["data_root"])
-    spec_a, spec_b = model_spec(cfg["a"], data), model_spec(cfg["b"], data)
-    run = RunFolder(out)
-    a, b = build_model(spec_a), build_model(spec_b)
+    device = distributed.current().device(cfg["device"])  # CUDA when present; this rank's GPU
+    data = _open(cfg)
+    a, b = _model(cfg["a"], data, "A"), _model(cfg["b"], data, "B")
+    spec_b = model_spec(cfg["b"], data)
     _seed(cfg)
     n = min(int(cfg["num_samples"]), len(data.train))
     subset = alignment_subset(data.train, num_samples=n, seed=int(cfg["seed"]))
-    device = distributed.current().device(cfg["device"])  # CUDA when present; this rank's GPU
     result = align_models(
         a.to(device),
         b.to(device),
@@ -181,13 +404,19 @@ def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
         labels=True,
         progress=not quiet,
     )
+    run = RunFolder(out)
     run.write_config(
         {"command": "align", "align": cfg, "model": {**spec_b.to_config(), "weights": "aligned.safetensors"}}
     )
     if run.main:
         save_checkpoint(result.model, run / "aligned.safetensors")
-    run.write_json("perms.json", {g: p.tolist() for g, p in result.perms.items()})
-    results: dict[str, Any] = {"groups": len(result.perms), "notes": result.notes}
+    hidden = {g.name for g in result.spec if g.hidden}
+    perms = {
+        "hidden_units": {g: p.tolist() for g, p in result.perms.items() if g in hidden},
+        "other_axes": {g: p.tolist() for g, p in result.perms.items() if g not in hidden},  # outputs, tokens
+    }
+    run.write_json("perms.json", perms)
+    results: dict[str, Any] = {"groups": len(perms["hidden_units"]), "samples": n, "notes": result.notes}
     if result.signature is not None:
         before, after = result.signature.mean()
         results.update(
@@ -195,65 +424,95 @@ def align(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = Fa
         )
         if run.main:
             result.signature.plot(run / "correlation_signature.png")
-    run.write_json("results.json", results)
-    line = f"aligned {cfg['b']} to {cfg['a']} by {cfg['cost']} on {n} samples: {len(result.perms)} groups"
+    line = f"aligned {cfg['b']} to {cfg['a']} by {cfg['cost']} on {n} samples: {results['groups']} groups of hidden units"
     if result.signature is not None:
         line += f", mean matched correlation {results['correlation_before']:.3f} -> {results['correlation_after']:.3f}"
-    _say(run, quiet, line + f" -> {run.path}")
+    results["summary"] = line + f" -> {run.path}"
+    run.write_json("results.json", results)
+    run.set_state("complete")
+    _say(run, quiet, results["summary"])
     return results
 
 
 def _curve(cfg: Mapping[str, Any], data: Any) -> Any:
     from modeconn.curves import Curve
-    from modeconn.resolve import build_model, model_spec
 
-    a, b = build_model(model_spec(cfg["a"], data)), build_model(model_spec(cfg["b"], data))
+    a, b = _model(cfg["a"], data, "A"), _model(cfg["b"], data, "B")
     return Curve(a, b, family=cfg["family"], num_bends=cfg["num_bends"])
 
 
-def fit(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
+def fit(
+    config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
+) -> dict[str, Any]:
     """Fit a curve between A and B with an optimizer plugin: ``out/curve.pt`` (resumable)."""
-    from modeconn.resolve import open_data
-    from modeconn.training import fit_curve
+    cfg, changes = _prepare("fit", config, out, restart)
+    from modeconn import distributed
+    from modeconn.training import fit_curve, optimizer_options
 
-    cfg = resolved("fit", config)
-    data = open_data(cfg["data"], cfg["data_root"])
+    optimizer_options(cfg["optimizer"], cfg["options"])
+
+    device = distributed.current().device(cfg["device"])
+    data = _open(cfg)
     _seed(cfg)
     curve = _curve(cfg, data)
     settings = _settings(cfg)
     run = RunFolder(out)
     run.write_config({"command": "fit", "fit": cfg})
-    history = fit_curve(
-        curve,
-        data.train,
-        optimizer=cfg["optimizer"],
-        epochs=cfg["epochs"],
-        settings=settings,
-        device=cfg["device"],
-        checkpoint=run / "curve.pt",
-        progress=not quiet,
-        **dict(cfg["options"]),
+    history = _training(
+        run,
+        cfg["epochs"],
+        changes,
+        lambda: fit_curve(
+            curve,
+            data.train,
+            optimizer=cfg["optimizer"],
+            epochs=cfg["epochs"],
+            settings=settings,
+            device=device,
+            checkpoint=run / "curve.pt",
+            callbacks=[_progress(run, "fit")],
+            progress=not quiet,
+            **dict(cfg["options"]),
+        ),
     )
     results: dict[str, Any] = {"history": _history_rows(history)}
     if "perms" in history.summary:  # pam
         results["perms"] = {g: p.tolist() for g, p in history.summary["perms"].items()}
-    run.write_json("results.json", results)
-    run.write_csv("results.csv", results["history"])
     last = history[-1] if history else None
-    _say(
-        run,
-        quiet,
+    results["summary"] = (
         f"fitted a {cfg['family']} curve ({cfg['optimizer']}, {cfg['epochs']} epoch{'s' * (cfg['epochs'] != 1)})"
         + (f": training loss {last.loss:.4f}, accuracy {last.accuracy:.2f}%" if last else "")
-        + f" -> {run.path}",
+        + f" -> {run.path}"
     )
+    run.write_json("results.json", results)
+    run.write_csv("results.csv", results["history"])
+    _say(run, quiet, results["summary"])
     return results
 
 
-def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False) -> dict[str, Any]:
+def evaluate(
+    config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
+) -> dict[str, Any]:
     """Evaluate the curve of a ``fit`` run folder (``run``), or the straight line between the
     models ``a`` and ``b`` (``line``), with BatchNorm recomputed at each t: ``evaluation.json``
-    and ``.csv`` and ``path.png``; with ``plane`` (a grid size), ``plane.json`` and ``plane.png``."""
+    and ``.csv`` and ``path.png``; with ``plane`` (a grid size), ``plane.json`` and ``plane.png``.
+    A fit that is not complete is evaluated as of its last saved epoch, with a warning; the
+    epoch is recorded."""
+    if config.get("run"):
+        source = read_config(config["run"])
+        if source.get("command") != "fit":
+            raise InvalidArgumentError(
+                f"{config['run']!r} is not a `modeconn fit` run folder; to evaluate a line pass --line A B"
+            )
+    elif not config.get("line"):
+        raise InvalidArgumentError("evaluate needs a fit run folder (RUN) or --line A B")
+    cfg, _ = _prepare("evaluate", config, out, restart)
+    if cfg.get("run") and cfg.get("line"):
+        raise InvalidArgumentError("evaluate takes a fit run folder (RUN) or --line A B, not both")
+    if cfg.get("line") and cfg["plane"]:
+        raise InvalidArgumentError(
+            "--plane needs a curve (a `modeconn fit` run folder): a line spans no plane"
+        )
     import torch
 
     from modeconn import distributed
@@ -261,31 +520,16 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
     from modeconn.data import alignment_subset
     from modeconn.metrics import Classification
     from modeconn.paths import PathReport, interpolate
-    from modeconn.resolve import build_model, model_spec, open_data
+    from modeconn.resolve import model_spec
     from modeconn.training import load_checkpoint
 
-    cfg = resolved("evaluate", config)
+    data_cfg = {k: cfg[k] for k in ("data", "data_root")}
     if cfg.get("run"):
-        source = read_config(cfg["run"])
-        if source.get("command") != "fit":
-            raise InvalidArgumentError(
-                f"{cfg['run']!r} is not a `modeconn fit` run folder; to evaluate a line pass --line A B"
-            )
-        fit_cfg = resolved("fit", source["fit"])
-    elif cfg.get("line"):
-        fit_cfg = resolved(
-            "fit",
-            {
-                **{k: v for k, v in cfg.items() if k in ("data", "data_root")},
-                "a": cfg["line"][0],
-                "b": cfg["line"][1],
-            },
-        )
+        fit_cfg = resolved("fit", source["fit"]) | data_cfg
     else:
-        raise InvalidArgumentError("evaluate needs a fit run folder (RUN) or --line A B")
-    data = open_data(fit_cfg["data"], fit_cfg["data_root"])
+        fit_cfg = resolved("fit", {"a": cfg["line"][0], "b": cfg["line"][1]}) | data_cfg
     device = distributed.current().device(cfg["device"])
-    run = RunFolder(out)
+    data = _open(cfg)
     torch.manual_seed(0)
     bn = alignment_subset(data.train, num_samples=min(int(cfg["bn_samples"]), len(data.train)), seed=0)
     test = data.test
@@ -294,13 +538,25 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
     loader = torch.utils.data.DataLoader(test, batch_size=cfg["batch_size"])
     bn_loader = torch.utils.data.DataLoader(bn, batch_size=cfg["batch_size"])
     metrics: list[Any] = [Classification()]
+    source_state: dict[str, Any] = {}
     if cfg.get("run"):
         from modeconn.curves import evaluate_curve
 
+        source_state = run_state(cfg["run"])
         curve = _curve(fit_cfg, data)
-        load_checkpoint(curve, Path(cfg["run"]) / "curve.pt")
+        saved = load_checkpoint(curve, Path(cfg["run"]) / "curve.pt")
+        source_state["epoch"] = int(saved.get("epoch", 0)) if isinstance(saved, Mapping) else None
+        if source_state["state"] not in ("complete", "unknown"):
+            import warnings
+
+            warnings.warn(
+                f"{cfg['run']!r} is {describe_state(run_state(cfg['run']))}: evaluating its curve as of "
+                f"epoch {source_state['epoch']}",
+                stacklevel=2,
+            )
+        _check_finite(curve, f"the curve of {cfg['run']!r}")
         curve.to(device)
-        label = cfg["label"] or f"{fit_cfg['family']} curve ({fit_cfg['optimizer']})"
+        label = cfg["label"] or f"{_pairing(fit_cfg)} {fit_cfg['family']} curve ({fit_cfg['optimizer']})"
         bn_data = bn_loader if has_batchnorm(curve.base) else None
         report = evaluate_curve(
             curve,
@@ -311,80 +567,126 @@ def evaluate(config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool =
             metrics=metrics,
             progress=not quiet,
         )
-        if cfg["plane"]:
-            from modeconn.plane import plane
-            from modeconn.plotting import plot_planes
-
-            grid = plane(curve, loader, bn_data, grid=int(cfg["plane"]), label=label, progress=not quiet)
-            grid.meta.update(data=data.name, model=model_spec(fit_cfg["a"], data).arch)
-            if run.main:
-                grid.save(run / "plane.json")
-                plot_planes([grid], run / "plane.png", title=f"{grid.meta['model']} on {data.name}")
     else:
-        a, b = (build_model(model_spec(fit_cfg[k], data)).to(device) for k in ("a", "b"))
-        if cfg["plane"]:
-            raise InvalidArgumentError(
-                "--plane needs a curve (a `modeconn fit` run folder): a line spans no plane"
-            )
+        a, b = (_model(fit_cfg[k], data, k.upper()).to(device) for k in ("a", "b"))
         report = interpolate(
             a,
             b,
             cfg["num_points"],
             loader,
             bn_loader if has_batchnorm(a) else None,
-            label=cfg["label"] or "line",
+            label=cfg["label"] or f"{_pairing(fit_cfg)} line",
             metrics=metrics,
             progress=not quiet,
         )
-    arch = model_spec(fit_cfg["a"], data).arch
-    report.meta.update(data=data.name, model=arch, a=fit_cfg["a"], b=fit_cfg["b"])
+    run = RunFolder(out)
     run.write_config({"command": "evaluate", "evaluate": cfg})
+    if cfg.get("run") and cfg["plane"]:
+        from modeconn.plane import plane
+        from modeconn.plotting import plot_planes
+
+        grid = plane(curve, loader, bn_data, grid=int(cfg["plane"]), label=label, progress=not quiet)
+        grid.meta.update(data=_data_name(data), model=model_spec(fit_cfg["a"], data).arch)
+        if run.main:
+            grid.save(run / "plane.json")
+            plot_planes([grid], run / "plane.png", title=f"{grid.meta['model']} on {grid.meta['data']}")
+    arch = model_spec(fit_cfg["a"], data).arch
+    report.meta.update(data=_data_name(data), model=arch, a=fit_cfg["a"], b=fit_cfg["b"])
+    if source_state:
+        report.meta.update(run=cfg["run"], run_state=source_state["state"], curve_epoch=source_state["epoch"])
     if run.main:
         report.save(run / "evaluation.json")
         report.save(run / "evaluation.csv")
         PathReport.plot([report], run / "path.png")
     results = report.to_dict()
-    _say(
-        run,
-        quiet,
+    recomputed = report.meta.get("bn_recomputed") or report.meta.get("bn_data", "none") != "none"
+    results["summary"] = (
         f"{report.label}: accuracy {report.accuracy[0]:.2f}% -> min {report.min_accuracy:.2f}% -> "
-        f"{report.accuracy[-1]:.2f}%, loss barrier {report.barrier:.4f} -> {run.path}",
+        f"{report.accuracy[-1]:.2f}%, loss barrier {report.barrier:.4f}"
+        + (
+            f" (BatchNorm statistics recomputed at each t on {len(bn)} training samples)"
+            if recomputed
+            else ""
+        )
+        + f" -> {run.path}"
     )
+    run.write_json("results.json", results)
+    run.set_state("complete")
+    _say(run, quiet, results["summary"])
     return results
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def plot(
-    runs: list[str], out: str | os.PathLike, *, quiet: bool = False, title: str | None = None
+    runs: list[str],
+    out: str | os.PathLike,
+    *,
+    quiet: bool = False,
+    title: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Figures of what the ``evaluate`` run folders ``runs`` saved, without recomputing: the
-    paths on one figure, ``out`` (a ``.png`` or ``.pdf`` file; both when it has no suffix), and,
-    when runs hold a plane (``evaluate --plane``), the planes side by side in ``<out>-plane``."""
+    paths on one figure and, when runs hold a plane (``evaluate --plane``), the planes side by
+    side. ``out`` is a run folder (``paths.png`` and ``.pdf``, ``plane.png`` and ``.pdf``,
+    ``config.toml``, ``results.json``, ``log.txt``) or, with a figure suffix (``.png``,
+    ``.pdf``, ``.svg``), one file (the planes beside it as ``<name>-plane<suffix>``).
+    ``labels`` renames paths in the legend: ``{run as given: name}``."""
     from modeconn.paths import PathReport
     from modeconn.plane import PlaneReport
     from modeconn.plotting import plot_planes
 
-    reports, planes = [], []
-    for folder in runs:
-        path = Path(folder) / "evaluation.json" if Path(folder).is_dir() else Path(folder)
-        if not path.is_file():
-            raise InvalidArgumentError(
-                f"{folder!r} holds no evaluation.json: run `modeconn evaluate` into it first"
-            )
-        reports.append(PathReport.from_dict(json.loads(path.read_text())))
-        if (path.parent / "plane.json").is_file():
-            planes.append(PlaneReport.from_dict(json.loads((path.parent / "plane.json").read_text())))
+    labels = dict(labels or {})
+    unknown = sorted(set(labels) - set(runs))
+    if unknown:
+        raise InvalidArgumentError(
+            f"--label names {', '.join(map(repr, unknown))}, which is not one of the runs plotted"
+        )
     out = Path(out)
-    known = out.suffix in (".png", ".pdf")
-    stem, suffixes = (out.with_suffix(""), [out.suffix]) if known else (out, [".png", ".pdf"])
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    folder = out.suffix.lower() not in FIGURE_SUFFIXES
+    inputs = {f"{i + 1}": r for i, r in enumerate(runs)}
+    refuse_overwriting(out, inputs)
+    config = {"runs": [os.path.abspath(r) for r in runs], "title": title, "labels": labels}
+    if folder:
+        RunFolder.check(out, "plot", config, restart=restart)
+    reports, planes = [], []
+    for given in runs:
+        path = Path(given) / "evaluation.json" if Path(given).is_dir() else Path(given)
+        if not path.is_file() or path.suffix != ".json":
+            raise InvalidArgumentError(
+                f"{given!r} holds no evaluation.json: run `modeconn evaluate` into it first"
+            )
+        report = PathReport.from_dict(json.loads(path.read_text()))
+        report.label = labels.get(given, report.label)
+        reports.append(report)
+        if (path.parent / "plane.json").is_file():
+            plane = PlaneReport.from_dict(json.loads((path.parent / "plane.json").read_text()))
+            plane.label = labels.get(given, plane.label)
+            planes.append(plane)
+    if folder:
+        run = RunFolder(out)
+        run.write_config({"command": "plot", "plot": config})
+        targets = [(run / "paths", s) for s in (".png", ".pdf")]
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        targets = [(out.with_suffix(""), out.suffix)]
     figures = []
-    for suffix in suffixes:
+    for stem, suffix in targets:
         figures.append(stem.with_name(stem.name + suffix))
         PathReport.plot(reports, figures[-1], title=title)
         if planes:
-            figures.append(stem.with_name(stem.name + "-plane" + suffix))
+            name = "plane" if folder else stem.name + "-plane"
+            figures.append(stem.with_name(name + suffix))
             names = (planes[0].meta.get("model"), planes[0].meta.get("data"))
             plot_planes(planes, figures[-1], title=title or " on ".join(x for x in names if x))
+    results = {"figures": [os.fspath(f) for f in figures], "paths": len(reports), "planes": len(planes)}
+    summary = f"{len(reports)} path(s), {len(planes)} plane(s) -> {', '.join(os.fspath(f) for f in figures)}"
+    if folder:
+        run.write_json("results.json", results)
+        run.set_state("complete")
+        run.log(summary)
     if not quiet:
-        print(f"{len(reports)} path(s), {len(planes)} plane(s) -> {', '.join(os.fspath(f) for f in figures)}")
-    return {"figures": [os.fspath(f) for f in figures], "paths": len(reports), "planes": len(planes)}
+        print(summary)
+    return results

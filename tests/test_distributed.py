@@ -220,7 +220,8 @@ def test_the_command_line_runs_under_torchrun(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mlp on digits: test accuracy"), done.stdout
-    assert len((tmp_path / "run" / "log.txt").read_text().splitlines()) == 1
+    log = [line.split("] ", 1)[1] for line in (tmp_path / "run" / "log.txt").read_text().splitlines()]
+    assert len(log) == 2 and log[0].startswith("train epoch 1:") and log[1] == lines[0]  # rank 0's alone
     model = modeconn.create_model("mlp", num_classes=10, in_chans=1)
     modeconn.load_checkpoint(model, tmp_path / "run" / "model.safetensors")
 

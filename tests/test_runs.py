@@ -4,6 +4,7 @@ settings), and the files a run folder writes."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -52,7 +53,9 @@ def test_a_run_folder_writes_atomically_and_reads_its_config(tmp_path):
     assert (tmp_path / "run" / "rows.csv").read_text().splitlines() == ["t,loss", "0.0,1.0", "1.0,0.5"]
     run.log("one")
     run.log("two\n")
-    assert (tmp_path / "run" / "log.txt").read_text() == "one\ntwo\n"
+    lines = (tmp_path / "run" / "log.txt").read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["one", "two"]
+    assert all(re.fullmatch(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] .*", line) for line in lines)
     assert [
         p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")
     ] == []  # no temporary files left

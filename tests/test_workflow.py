@@ -67,14 +67,22 @@ def test_every_step_writes_its_run_folder(runs):
     }.items():
         for name in files:
             assert (runs / folder / name).is_file(), f"{folder}/{name}"
-    for name in ("figure.png", "figure.pdf", "figure-plane.png", "figure-plane.pdf"):
-        assert (runs / name).stat().st_size > 10_000, name
+    for name in ("paths.png", "paths.pdf", "plane.png", "plane.pdf"):
+        assert (runs / "figure" / name).stat().st_size > 10_000, name
+    assert read_config(runs / "figure")["plot"]["runs"] == [str(runs / "eval"), str(runs / "line")]
+    for folder in ("a", "ab", "curve", "eval", "line", "figure"):
+        assert json.loads((runs / folder / "state.json").read_text())["state"] == "complete", folder
+    log = (runs / "a" / "log.txt").read_text().splitlines()
+    assert [line.split("] ", 1)[1].split(":")[0] for line in log[:2]] == ["train epoch 1", "train epoch 2"]
     config = read_config(runs / "curve")
     assert (
         config["command"] == "fit" and config["fit"]["a"] == str(runs / "a") and config["fit"]["epochs"] == 2
     )
     align = json.loads((runs / "ab" / "results.json").read_text())
     assert align["correlation_after"] > align["correlation_before"]
+    perms = json.loads((runs / "ab" / "perms.json").read_text())  # the output layer's axis apart
+    assert (set(perms["hidden_units"]), set(perms["other_axes"])) == ({"net.1", "net.3"}, {"net.5"})
+    assert align["groups"] == 2 and align["samples"] == 512
 
 
 def test_the_plane_holds_the_control_points_and_the_curve(runs):
@@ -94,6 +102,8 @@ def test_the_aligned_line_joins_the_end_points(runs):
     # both paths start at A (t = 0); the curve's ends are A and the aligned B
     assert line["accuracy"][0] == curve["accuracy"][0] and line["accuracy"][-1] == curve["accuracy"][-1]
     assert line["meta"]["data"] == "digits" and a["test_accuracy"] > 50
+    # default labels say what each path is: the line and the curve join A to the aligned B
+    assert (line["label"], curve["label"]) == ("aligned line", "aligned bezier curve (sgd)")
 
 
 def test_a_rerun_from_the_saved_config_gives_the_same_numbers(runs):
@@ -204,3 +214,219 @@ def test_a_model_by_callable():
     assert type(model).__name__ == "ResNet" and not model.training
     with pytest.raises(modeconn_errors.InvalidArgumentError, match="cannot import 'nosuch.module:fn'"):
         build_model(model_spec("nosuch.module:fn"))
+
+
+# -- run folders a user's mistakes cannot damage (issue 27) --------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        os.fspath(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _one_error(capsys, code: int) -> str:
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("modeconn: error: ")]
+    assert len(errors) == 1 and not [x for x in lines if not x.startswith("modeconn: ")], lines
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["align", "a", "b", "--out", "a"], "--out 'a' is the input run a"),
+        (["align", "a", "b", "--out", "b/aligned"], "lies inside the input run b"),
+        (["align", "a/model.safetensors", "b", "--out", "."], "--out '.' contains the input run a"),
+        (["fit", "a", "ab", "--out", "ab"], "is the input run b"),
+        (["evaluate", "curve", "--out", "curve"], "is the input run run"),
+        (["evaluate", "--line", "a", "ab", "--out", "a"], "is the input run A"),
+        (["train", "--model", "resnet20", "--out", "a"], "model 'mlp' -> 'resnet20'"),
+        (["train", "--model", "mlp", *TINY, "--seed", "99", "--out", "a"], "seed 1 -> 99"),
+        (
+            ["align", "a", "b", "--cost", "weight_matching", "--out", "ab"],
+            "cost 'correlation' -> 'weight_matching'",
+        ),
+        (["fit", "a", "ab", "--out", "a"], "is the input run a"),
+        (["fit", "a", "ab", "--out", "eval"], "holds a `evaluate` run, not a `fit` run"),
+        (
+            ["evaluate", "--line", "a", "ab", "--num-points", "1", "--out", "x"],
+            "num_points = 1 must be at least 2",
+        ),
+        (
+            ["evaluate", "--line", "a", "ab", "--num-points", "0", "--out", "x"],
+            "num_points = 0 must be at least 2",
+        ),
+        (["evaluate", "curve", "--test-samples", "-5", "--out", "x"], "test_samples = -5 must be at least 1"),
+        (["evaluate", "--line", "a", "ab", "--data", "images", "--out", "x"], "unknown dataset 'images'"),
+        (["train", "--model", "mlp", "--device", "gpu0", "--out", "x"], "device 'gpu0' is not a device"),
+        (["fit", "--config", "a", "--out", "x"], "holds no [fit] table (it is the config of a `train` run)"),
+        (
+            ["fit", "a", "ab", "--option", "foo=1", "--out", "x"],
+            "takes no option(s) foo; its options: aux_weight",
+        ),
+        (["models", "zzz*"], "no model matches 'zzz*'"),
+        (["evaluate", "a/model.safetensors", "--out", "x"], "is a file, not a run folder"),
+        (["plot", "a/model.safetensors", "--out", "x"], "holds no evaluation.json"),
+        (["fit", "--config", "a/model.safetensors", "--out", "x"], "is a file, not a run folder"),
+    ],
+)
+def test_a_mistake_is_one_line_and_changes_no_folder(runs, args, message, monkeypatch, capsys):
+    monkeypatch.chdir(runs)
+    before = _snapshot(runs)
+    code = main(args)
+    line = _one_error(capsys, code if args[0] != "models" else 2 * code)
+    assert message in line, line
+    assert _snapshot(runs) == before, "a folder changed"
+    assert not (runs / "x").exists()
+
+
+def test_a_cuda_device_where_there_is_none_is_one_line(runs, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(runs)
+    line = _one_error(capsys, main(["evaluate", "--line", "a", "ab", "--device", "cuda", "--out", "x"]))
+    assert "there is no CUDA device here" in line and not (runs / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: "bogus = 1\n" + t, "unknown key(s) or table(s) bogus"),
+        (lambda t: t.replace("[fit]", "[fitt]"), "unknown key(s) or table(s) fitt"),
+        (
+            lambda t: t.replace("epochs = 2", 'epochs = "two"'),
+            "fit setting epochs = 'two' must be an integer",
+        ),
+        (lambda t: t.replace("lr = 0.05", 'lr = "fast"'), "fit setting lr = 'fast' must be a number"),
+    ],
+)
+def test_a_broken_config_is_one_line(runs, tmp_path, edit, message, monkeypatch, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text(edit((runs / "curve" / "config.toml").read_text()))
+    monkeypatch.chdir(runs)
+    assert message in _one_error(capsys, main(["fit", "--config", os.fspath(config), "--out", "x"]))
+    assert not (runs / "x").exists()
+
+
+def test_restart_keeps_the_old_run_aside(runs, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    shutil.copytree(runs / "a", tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model", "mlp", "--epochs", "1", "--batch-size", "64", "--seed", "5", "--quiet"]
+    assert main([*args, "--out", "a", "--restart"]) == 0
+    assert read_config(tmp_path / "a")["train"]["seed"] == 5
+    assert read_config(tmp_path / "a.restart-1")["train"]["seed"] == 1  # the old run, whole
+    assert _snapshot(tmp_path / "a.restart-1") == _snapshot(runs / "a")
+    log = (tmp_path / "a" / "log.txt").read_text()
+    assert "restarted: the previous contents are kept in" in log and "train epoch 1:" in log
+    assert json.loads((tmp_path / "a" / "state.json").read_text())["state"] == "complete"
+
+
+def test_an_unfinished_fit_is_evaluated_with_a_warning_and_its_epoch_recorded(
+    runs, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    shutil.copytree(runs / "curve", tmp_path / "curve")
+    state = json.loads((tmp_path / "curve" / "state.json").read_text())
+    state.update(state="running", pid=2**22 + 17, epoch=2, epochs=5)  # a fit killed with -9
+    (tmp_path / "curve" / "state.json").write_text(json.dumps(state))
+    monkeypatch.chdir(tmp_path)
+    points = ["--num-points", "2", "--test-samples", "50", "--bn-samples", "50", "--quiet"]
+    assert main(["evaluate", "curve", *points, "--out", "e"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"modeconn: warning: '{tmp_path / 'curve'}' is interrupted after epoch 2 of 5: "
+        "evaluating its curve as of epoch 2" in err
+    )
+    meta = json.loads((tmp_path / "e" / "evaluation.json").read_text())["meta"]
+    assert (meta["run_state"], meta["curve_epoch"]) == ("interrupted", 2)
+
+
+def test_non_finite_weights_are_one_line(runs, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(runs / "ab", tmp_path / "nan")
+    weights = load_file(tmp_path / "nan" / "aligned.safetensors")
+    next(iter(weights.values()))[0] = float("nan")
+    save_file(weights, tmp_path / "nan" / "aligned.safetensors")
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(capsys, main(["evaluate", "--line", os.fspath(runs / "a"), "nan", "--out", "e"]))
+    assert f"model B ('{tmp_path / 'nan'}') has non-finite weights (NaN or inf in" in line
+    assert not (tmp_path / "e").exists()
+
+
+def test_the_dataset_travels_with_the_runs(runs, tmp_path, monkeypatch, capsys):
+    """Runs on an ImageFolder: align, fit and evaluate take it from their input runs; digits
+    models on it, or runs of two datasets together, are one error each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for label in ("cat", "dog", "emu"):
+            (tmp_path / "pics" / split / label).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "pics" / split / label / f"{i}.png"
+                )
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--model", "mlp", "--data", "pics", "--epochs", "1", "--batch-size", "4", "--quiet"]
+    assert main(["train", *tiny, "--seed", "1", "--out", "p1"]) == 0
+    assert main(["train", *tiny, "--seed", "2", "--out", "p2"]) == 0
+    assert (
+        main(["align", "p1", "p2", "--num-samples", "12", "--batch-size", "4", "--out", "p12", "--quiet"])
+        == 0
+    )
+    assert read_config(tmp_path / "p12")["align"]["data"] == "pics"
+    line = ["--num-points", "2", "--bn-samples", "12", "--quiet"]
+    assert main(["evaluate", "--line", "p1", "p12", *line, "--out", "pe"]) == 0
+    assert json.loads((tmp_path / "pe" / "evaluation.json").read_text())["meta"]["data"] == "pics"
+    capsys.readouterr()
+    a = os.fspath(runs / "a")
+    assert "were made on different data (A on digits, B on pics)" in _one_error(
+        capsys, main(["evaluate", "--line", a, "p12", *line, "--out", "x"])
+    )
+    assert "is made for 10 classes but pics has 3: pass the --data it was trained on" in _one_error(
+        capsys, main(["evaluate", "--line", a, os.fspath(runs / "ab"), "--data", "pics", *line, "--out", "x"])
+    )
+
+
+def test_plot_keeps_its_suffix_and_takes_labels(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(runs)
+    out = tmp_path / "fig.svg"
+    assert main(["plot", "eval", "line", "--out", os.fspath(out), "--label", "line=straight", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["figures"] == [
+        os.fspath(out),
+        os.fspath(tmp_path / "fig-plane.svg"),
+    ]
+    assert "straight" in out.read_text() and "aligned line" not in out.read_text()  # svg text is searchable
+    assert "is not one of the runs plotted" in _one_error(
+        capsys, main(["plot", "eval", "--out", os.fspath(tmp_path / "g.png"), "--label", "nowhere=x"])
+    )
+
+
+def test_a_mistake_is_reported_before_torch_is_imported(runs):
+    """Checks of arguments, paths and configs come first: the error in a fraction of a second."""
+    code = (
+        "import sys; from modeconn.cli import main; "
+        "code = main(['align', 'a', 'b', '--out', 'a']); "
+        "assert code == 2 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=runs, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("modeconn: error: --out 'a' is the input run a")
+
+
+def test_an_empty_imagefolder_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty" / "cat").mkdir(parents=True)  # a class folder with no images
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(capsys, main(["train", "--model", "mlp", "--data", "empty", "--out", "x"]))
+    assert "--data 'empty' is not an ImageFolder tree: " in line and not (tmp_path / "x").exists()

@@ -89,9 +89,10 @@ def _cifar(cls, label: str, root, train, augment, download, verify, normalize=Tr
     except RuntimeError as e:
         folder = Path(root) / cls.base_folder
         raise DatasetNotFoundError(
-            f"{label} was not found (or failed its md5 check) in {folder}. Pass download=True to "
-            f"fetch it, put torchvision's '{cls.base_folder}' folder under {root}, or pass "
-            f"verify=False to read a local copy whose checksums differ from the originals."
+            f"{label} was not found (or failed its md5 check) in {folder}: put torchvision's "
+            f"'{cls.base_folder}' folder under {root}; to read a copy whose checksums differ from "
+            f"the originals (rebuilt or converted), pass --no-verify (verify=False in Python); in "
+            f"Python, download=True fetches it."
         ) from e
 
 
