@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from modeconn.errors import ArchitectureMismatchError
+from modeconn.errors import ArchitectureMismatchError, InvalidArgumentError
 
 __all__ = ["architecture_difference", "check_same_architecture", "lerp_state"]
 
@@ -37,6 +37,13 @@ def check_same_architecture(
         raise ArchitectureMismatchError(
             f"{what} differs from {of} at {where}; they must be of one architecture"
         )
+    for name, state in ((of, a), (what, b)):
+        empty = next((k for k, v in state.items() if v.is_meta), None)
+        if empty is not None:
+            raise InvalidArgumentError(
+                f"{name}'s {empty!r} is on the meta device: it holds no values. Load its weights first "
+                "(load_state_dict(..., assign=True), or to_empty() then load_state_dict)"
+            )
 
 
 def lerp_state(

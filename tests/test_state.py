@@ -55,3 +55,22 @@ def test_user_errors_subclass_the_builtin_and_are_all_exported():
         )
     with pytest.raises(TypeError, match="a batch must be"):
         modeconn.evaluate(torch.nn.Linear(2, 2), [3.0])
+
+
+def test_a_model_on_the_meta_device_is_one_clear_error():
+    """Issue 27: align and Curve crashed deep inside on a model that holds no values."""
+    import torch.nn as nn
+
+    def mlp():
+        return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    a = mlp()
+    with torch.device("meta"):
+        b = mlp()
+    for call in (
+        lambda: modeconn.Curve(a, b),
+        lambda: modeconn.align(a, b, torch.randn(8, 3)),
+        lambda: modeconn.align(b, a, cost="weight_matching"),
+    ):
+        with pytest.raises(modeconn.InvalidArgumentError, match=r"'0.weight' is on the meta device"):
+            call()
