@@ -170,7 +170,9 @@ def plot_planes(
     low, high = max(float(finite.min()), 1e-3), float(finite.max())
     levels = np.geomspace(low, max(high, low * 1.01), 16)
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(reports), figsize=(4.8 * len(reports) + 0.8, 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(reports), figsize=(5.2 * len(reports) + 0.8, 4.4), squeeze=False, layout="constrained"
+    )  # constrained: every panel's y label clear of its neighbour
     for ax, r, g in zip(axes[0], reports, grids):
         contour = ax.contourf(
             r.x, r.y, np.clip(g, low, None), levels=levels, cmap="viridis", norm=LogNorm(low, levels[-1])
