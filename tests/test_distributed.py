@@ -200,11 +200,14 @@ def test_the_global_batch_must_split_evenly_between_ranks(monkeypatch):
 
 
 def test_the_command_line_runs_under_torchrun(tmp_path):
-    """`torchrun -m modeconn.cli train ...`: every rank trains, rank 0 alone writes and speaks."""
+    """`torchrun --no-python modeconn train ...` (the documented form): every rank trains, rank 0
+    alone writes and speaks."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    script = Path(sys.executable).with_name("modeconn")  # the console script of this environment
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     command += [
-        "modeconn.cli",
+        "--no-python",
+        os.fspath(script),
         "train",
         "--model",
         "mlp",
