@@ -179,6 +179,8 @@ class RunFolder:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise InvalidArgumentError(f"--out {os.fspath(path)!r} is a file; name a folder")
+        if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 checks (and restarts) alone
+            return []
         if not path.is_dir() or not any(path.iterdir()):
             return []
         if restart:

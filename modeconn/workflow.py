@@ -187,8 +187,6 @@ def _open(cfg: Mapping[str, Any]) -> Any:
     data = open_data(cfg["data"], cfg["data_root"], verify=cfg["verify"])
     if cfg.get("train_samples"):
         data.train = _subset(data.train, cfg["train_samples"], "train_samples", cfg.get("seed", 0))
-    if cfg.get("test_samples") and "num_points" not in cfg:  # evaluate subsamples its test set itself
-        data.test = _subset(data.test, cfg["test_samples"], "test_samples", 0)
     return data
 
 
@@ -341,6 +339,8 @@ def train(
 
     device = distributed.current().device(cfg["device"])
     data = _open(cfg)
+    if cfg["test_samples"]:
+        data.test = _subset(data.test, cfg["test_samples"], "test_samples", 0)
     spec = model_spec(cfg["model"], data)
     _seed(cfg)
     model = build_model(spec)
