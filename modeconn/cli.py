@@ -134,7 +134,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_TYPES = {"data_root": str, "device": str, "test_samples": int, "train_samples": int, "data": str}
 _HELP = {
     "data": "a built-in dataset (digits, cifar10, cifar100, tinyimagenet) or an ImageFolder path "
     "(default for align, fit and evaluate: the one the input runs were made on)",
@@ -181,7 +180,7 @@ def _option(text: str) -> tuple[str, object]:
 
 
 def _add_step_options(p: argparse.ArgumentParser, step: str) -> None:
-    from modeconn.workflow import DEFAULTS
+    from modeconn.workflow import DEFAULTS, setting_type
 
     for key, default in DEFAULTS[step].items():
         flag = "--" + key.replace("_", "-")
@@ -196,7 +195,7 @@ def _add_step_options(p: argparse.ArgumentParser, step: str) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
             )
         else:
-            kind = _TYPES.get(key, type(default) if default is not None else str)
+            kind = setting_type(step, key) or str
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
     p.add_argument(
         "--config",

@@ -19,7 +19,7 @@ from modeconn.errors import InvalidArgumentError
 from modeconn.runs import RunFolder, describe_state, read_config, refuse_overwriting, run_folder_of, run_state
 from modeconn.training.settings import CURVES, END_POINTS, SETTING_NAMES, Settings  # light: no torch
 
-__all__ = ["DEFAULTS", "train", "align", "fit", "evaluate", "plot"]
+__all__ = ["DEFAULTS", "setting_type", "train", "align", "fit", "evaluate", "plot"]
 
 # the training settings and their defaults are Settings' own (lr: each step's default)
 _FIT_SETTINGS = {k: v for k, v in asdict(END_POINTS).items() if k != "lr"}
@@ -90,10 +90,16 @@ _KIND_NAMES |= {dict: "a table", list: "a list"}
 MUTABLE = {"epochs", "device", "label", *SETTING_NAMES}
 
 
+def setting_type(step: str, key: str) -> type | None:
+    """The type a setting of ``step`` takes: its default's, or the declared one where the
+    default is ``None``."""
+    default = DEFAULTS[step].get(key)
+    return _TYPES.get(key, type(default) if default is not None else None)
+
+
 def _check_value(step: str, key: str, value: Any) -> None:
     """``value`` has the type of ``key``'s default and lies in its range: one line if not."""
-    default = DEFAULTS[step].get(key)
-    kind = _TYPES.get(key, type(default) if default is not None else None)
+    kind = setting_type(step, key)
     if value is None or kind is None:
         return
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
@@ -542,16 +548,16 @@ def evaluate(
     if cfg.get("run"):
         from modeconn.curves import evaluate_curve
 
-        source_state = run_state(cfg["run"])
+        recorded = run_state(cfg["run"])
         curve = _curve(fit_cfg, data)
         saved = load_checkpoint(curve, Path(cfg["run"]) / "curve.pt")
-        source_state["epoch"] = int(saved.get("epoch", 0)) if isinstance(saved, Mapping) else None
-        if source_state["state"] not in ("complete", "unknown"):
+        epoch = int(saved.get("epoch", 0)) if isinstance(saved, Mapping) else None
+        source_state = {"state": recorded["state"], "epoch": epoch}  # the checkpoint's epoch
+        if recorded["state"] not in ("complete", "unknown"):
             import warnings
 
             warnings.warn(
-                f"{cfg['run']!r} is {describe_state(run_state(cfg['run']))}: evaluating its curve as of "
-                f"epoch {source_state['epoch']}",
+                f"{cfg['run']!r} is {describe_state(recorded)}: evaluating its curve as of epoch {epoch}",
                 stacklevel=2,
             )
         _check_finite(curve, f"the curve of {cfg['run']!r}")
