@@ -170,12 +170,14 @@ class RunFolder:
         *,
         mutable: Iterable[str] = (),
         restart: bool = False,
+        defaults: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """Whether ``path`` may hold this run, before anything is written: a new or empty
         folder, or one holding a run of the same ``command`` whose settings differ in
         ``mutable`` keys only (returned as ``"key old -> new"``: a resume that will say so).
         Anything else is refused with the differences, unless ``restart``: the old contents
-        are then kept aside (``<path>.restart-N``) and the run starts over."""
+        are then kept aside (``<path>.restart-N``) and the run starts over. A setting the
+        folder does not record (it predates the setting) counts as its value in ``defaults``."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise InvalidArgumentError(f"--out {os.fspath(path)!r} is a file; name a folder")
@@ -198,7 +200,7 @@ class RunFolder:
             raise InvalidArgumentError(
                 f"--out {os.fspath(path)!r} holds a `{saved.get('command')}` run, not a `{command}` run: {again}"
             )
-        old = saved.get(command, {})
+        old = {**(defaults or {}), **saved.get(command, {})}
         changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
         mutable = set(mutable)
         fixed = [k for k in changed if k not in mutable]

@@ -261,7 +261,7 @@ def _prepare(
     if step != "train":
         cfg = _with_data(cfg)
     refuse_overwriting(out, _inputs(cfg))
-    changes = RunFolder.check(out, step, cfg, mutable=MUTABLE, restart=restart)
+    changes = RunFolder.check(out, step, cfg, mutable=MUTABLE, restart=restart, defaults=DEFAULTS[step])
     return cfg, changes
 
 

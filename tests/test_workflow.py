@@ -430,3 +430,17 @@ def test_an_empty_imagefolder_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     line = _one_error(capsys, main(["train", "--model", "mlp", "--data", "empty", "--out", "x"]))
     assert "--data 'empty' is not an ImageFolder tree: " in line and not (tmp_path / "x").exists()
+
+
+def test_a_folder_from_before_a_setting_existed_still_resumes(runs, tmp_path, monkeypatch, capsys):
+    """A setting a folder does not record counts as its default, not as a difference."""
+    import shutil
+
+    shutil.copytree(runs / "a", tmp_path / "a")
+    config = tmp_path / "a" / "config.toml"
+    config.write_text("\n".join(x for x in config.read_text().splitlines() if not x.startswith("verify")))
+    assert "verify" not in read_config(tmp_path / "a")["train"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "mlp", *TINY, "--seed", "1", "--out", "a", "--quiet"]) == 0
+    assert main(["train", "--model", "mlp", *TINY, "--seed", "9", "--out", "a", "--quiet"]) == 2
+    assert "seed 1 -> 9" in capsys.readouterr().err
