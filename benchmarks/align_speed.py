@@ -164,10 +164,10 @@ def cross_product_share(model, spec, x, kind: str, options: dict) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from modeconn.alignment.heads import head_view
+    from modeconn.alignment.attention_heads import head_view
     from modeconn.alignment.stats import choose_sites, paired_sites
-    from modeconn.symmetry.discovery import model_inputs, trace_model
-    from modeconn.symmetry.sites import observe_pairs
+    from modeconn.capture import model_inputs, observe_pairs
+    from modeconn.symmetry.discovery import trace_model
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)

@@ -48,7 +48,7 @@ def main() -> None:
     sets = cifar_subsets(args)
     a, b = train(1, sets.train, args.epochs), train(2, sets.train, args.epochs)
     align_loader = DataLoader(sets.align, batch_size=256)
-    unaligned = modeconn.interpolate(a, b, args.points, sets.test, bn_data=sets.bn, label="unaligned")
+    unaligned = modeconn.evaluate_line(a, b, args.points, sets.test, bn_data=sets.bn, label="unaligned")
     print(
         f"end points {unaligned.accuracy[0]:.1f}% / {unaligned.accuracy[-1]:.1f}%, unaligned barrier {unaligned.barrier:.3f}"
     )
@@ -61,7 +61,7 @@ def main() -> None:
         reference = reference or result.perms
         same = sum(int((result.perms[g] == reference[g]).sum()) for g in reference)
         total = sum(len(p) for p in reference.values())
-        line = modeconn.interpolate(
+        line = modeconn.evaluate_line(
             a, result.model, args.points, sets.test, bn_data=sets.bn, label=f"{sites}/{stride}"
         )
         rows.append(

@@ -53,8 +53,10 @@ def main() -> None:
         b = train(2 * pair + 2, train_set, args.epochs, args.lr)
         t_train = time.time() - t0
         result = modeconn.align(a, b, DataLoader(align_set, batch_size=256))
-        unaligned = modeconn.interpolate(a, b, args.points, test_loader, bn_data=bn_loader, label="unaligned")
-        aligned = modeconn.interpolate(
+        unaligned = modeconn.evaluate_line(
+            a, b, args.points, test_loader, bn_data=bn_loader, label="unaligned"
+        )
+        aligned = modeconn.evaluate_line(
             a, result.model, args.points, test_loader, bn_data=bn_loader, label="aligned"
         )
         corr_before, corr_after = result.signature.mean()

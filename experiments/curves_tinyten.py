@@ -114,7 +114,7 @@ def main() -> None:
             reports[name] = modeconn.evaluate_curve(
                 curve, sets.test, bn_data=sets.bn, num_points=args.points, label=f"{name} curve"
             )
-            reports[name + "_line"] = modeconn.interpolate(
+            reports[name + "_line"] = modeconn.evaluate_line(
                 a, end_b, args.points, sets.test, sets.bn, label=f"{name} line"
             )
             print(reports[name], flush=True)

@@ -129,7 +129,7 @@ def main() -> None:
     reports = []
     curve_settings = modeconn.Settings(lr=args.lr / 2, schedule="cosine", batch_size=args.batch_size)
     for label, other in (("unaligned", b), *aligned.items()):
-        reports.append(modeconn.interpolate(a, other, args.points, test, label=f"{label} line"))
+        reports.append(modeconn.evaluate_line(a, other, args.points, test, label=f"{label} line"))
         curve = modeconn.Curve(a, other, "bezier", num_bends=1)
         modeconn.fit_curve(curve, train, epochs=args.curve_epochs, settings=curve_settings, progress=False)
         reports.append(modeconn.evaluate_curve(curve, test, num_points=args.points, label=f"{label} curve"))

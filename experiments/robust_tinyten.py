@@ -102,7 +102,7 @@ def main() -> None:
         ("aligned", aligned["own"].model),
         ("aligned_shared", aligned["shared"].model),
     ):
-        reports[f"{name} line"] = modeconn.interpolate(
+        reports[f"{name} line"] = modeconn.evaluate_line(
             a,
             end_b,
             args.points,

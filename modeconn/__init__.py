@@ -10,26 +10,27 @@ from typing import TYPE_CHECKING
 
 from modeconn import errors
 from modeconn.errors import *  # noqa: F403  (the whole hierarchy, listed in errors.__all__)
-from modeconn.lazy import lazy_exports
+from modeconn.lazy import lazy_exports, type_checking_imports
 
+# The public API, listed once: these imports run only for type checkers; at run time each name
+# is imported on first use (modeconn.lazy reads this block), so `modeconn --help` and
+# `import modeconn.errors` import no torch.
 if TYPE_CHECKING:
-    from modeconn import attacks, distributed
+    from modeconn import attacks, plugin
     from modeconn.alignment import (
         ActivationCost,
         AlignResult,
         CorrelationSignature,
+        PairStats,
         WeightCost,
         align,
         collect_statistics,
-        cost_matrices,
-        solve_groups,
     )
     from modeconn.batchnorm import update_bn
     from modeconn.curves import Curve, CurveFamily, evaluate_curve
-    from modeconn.data.batches import call_model
     from modeconn.metrics import Classification, Metric, evaluate, measure
-    from modeconn.paths import PathReport, interpolate
-    from modeconn.plugin_manager import get_plugin, hookimpl, list_plugins, register_plugin, reset_plugins
+    from modeconn.path_report import PathReport, evaluate_line
+    from modeconn.plugin import get_plugin, list_plugins, register_plugin
     from modeconn.registry import create_model, is_model, list_models, register_model, unregister_model
     from modeconn.symmetry import (
         PermutationSpec,
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
         Constant,
         Cosine,
         CurveOptimizer,
-        Garipov,
         History,
+        HoldThenLinear,
         Settings,
         Step,
         fit_curve,
@@ -53,121 +54,19 @@ if TYPE_CHECKING:
         train_model,
     )
 
-# Where each public name lives. Importing modeconn imports none of them (nor torch): the first
-# use of a name imports its module, so `modeconn --help` and `import modeconn.errors` stay fast.
-_HOMES = {
-    "attacks": "modeconn.attacks",
-    "distributed": "modeconn.distributed",
-    "ActivationCost": "modeconn.alignment",
-    "AlignResult": "modeconn.alignment",
-    "CorrelationSignature": "modeconn.alignment",
-    "WeightCost": "modeconn.alignment",
-    "align": "modeconn.alignment",
-    "collect_statistics": "modeconn.alignment",
+# Names that were public and are not any more: they still work, with a DeprecationWarning.
+_MOVED = {
+    "hookimpl": "modeconn.plugin",
+    "reset_plugins": "modeconn.plugin",
+    "call_model": "modeconn.data.batches",
     "cost_matrices": "modeconn.alignment",
     "solve_groups": "modeconn.alignment",
-    "update_bn": "modeconn.batchnorm",
-    "Curve": "modeconn.curves",
-    "CurveFamily": "modeconn.curves",
-    "evaluate_curve": "modeconn.curves",
-    "call_model": "modeconn.data.batches",
-    "Classification": "modeconn.metrics",
-    "Metric": "modeconn.metrics",
-    "evaluate": "modeconn.metrics",
-    "measure": "modeconn.metrics",
-    "PathReport": "modeconn.paths",
-    "interpolate": "modeconn.paths",
-    "get_plugin": "modeconn.plugin_manager",
-    "hookimpl": "modeconn.plugin_manager",
-    "list_plugins": "modeconn.plugin_manager",
-    "register_plugin": "modeconn.plugin_manager",
-    "reset_plugins": "modeconn.plugin_manager",
-    "create_model": "modeconn.registry",
-    "is_model": "modeconn.registry",
-    "list_models": "modeconn.registry",
-    "register_model": "modeconn.registry",
-    "unregister_model": "modeconn.registry",
-    "PermutationSpec": "modeconn.symmetry",
-    "discover": "modeconn.symmetry",
-    "permutation_matrix": "modeconn.symmetry",
-    "permute": "modeconn.symmetry",
-    "permute_state_dict": "modeconn.symmetry",
-    "soft_permute_state_dict": "modeconn.symmetry",
-    "Constant": "modeconn.training",
-    "Cosine": "modeconn.training",
-    "CurveOptimizer": "modeconn.training",
-    "Garipov": "modeconn.training",
-    "History": "modeconn.training",
-    "Settings": "modeconn.training",
-    "Step": "modeconn.training",
-    "fit_curve": "modeconn.training",
-    "load_checkpoint": "modeconn.training",
-    "save_checkpoint": "modeconn.training",
-    "train_model": "modeconn.training",
+    "Garipov": "modeconn.training.settings:HoldThenLinear",
+    "interpolate": "modeconn.path_report:evaluate_line",
 }
 
-
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _HOMES)
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), moved=_MOVED)
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "__version__",
-    "attacks",
-    "distributed",
-    # model registry
-    "register_model",
-    "unregister_model",
-    "create_model",
-    "list_models",
-    "is_model",
-    # symmetry
-    "discover",
-    "permute",
-    "permute_state_dict",
-    "soft_permute_state_dict",
-    "permutation_matrix",
-    "PermutationSpec",
-    # alignment
-    "align",
-    "AlignResult",
-    "CorrelationSignature",
-    "collect_statistics",
-    "cost_matrices",
-    "solve_groups",
-    # curves and training
-    "Curve",
-    "train_model",
-    "fit_curve",
-    "Settings",
-    "Step",
-    "Cosine",
-    "Garipov",
-    "Constant",
-    "History",
-    "evaluate_curve",
-    "save_checkpoint",
-    "load_checkpoint",
-    # evaluation
-    "evaluate",
-    "measure",
-    "Metric",
-    "Classification",
-    "update_bn",
-    "interpolate",
-    "PathReport",
-    "call_model",
-    # plugins: the kinds' base classes and the manager (everything else in modeconn.plugin)
-    "hookimpl",
-    "ActivationCost",
-    "WeightCost",
-    "CurveFamily",
-    "CurveOptimizer",
-    "get_plugin",
-    "list_plugins",
-    "register_plugin",
-    "reset_plugins",
-    # errors
-    *errors.__all__,
-]
+__all__ = ["__version__", *type_checking_imports(__file__, __name__), *errors.__all__]

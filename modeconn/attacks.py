@@ -170,7 +170,7 @@ start). ``"eval"``: the usual robust evaluation (L∞, ε = 8/255, 10 steps of �
 class RobustClassification(Metric):
     """Cross-entropy and accuracy (%) on ``attack``'s examples against the model in eval mode:
     ``"robust_loss"`` and ``"robust_accuracy"`` (a metric for :func:`modeconn.measure`,
-    :func:`modeconn.evaluate_curve` and :func:`modeconn.interpolate`). ``seed`` fixes the
+    :func:`modeconn.evaluate_curve` and :func:`modeconn.evaluate_line`). ``seed`` fixes the
     attacks' random starts, batch by batch, so two models see the same starts."""
 
     keys = ("robust_loss", "robust_accuracy")

@@ -37,10 +37,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from modeconn.plugin_manager import KINDS, list_plugins
+    from modeconn.plugin import list_plugins
 
     plugins = list_plugins()
-    kinds = [args.kind] if args.kind else list(KINDS)
+    kinds = [args.kind] if args.kind else list(plugins)
     for kind in kinds:
         entries = plugins[kind]
         print(f"{kind}s ({len(entries)}):")
@@ -138,7 +138,7 @@ _HELP = {
     "data": "a built-in dataset (digits, cifar10, cifar100, tinyimagenet) or an ImageFolder path "
     "(default for align, fit and evaluate: the one the input runs were made on)",
     "data_root": "the folder that holds a built-in dataset's files",
-    "schedule": "step, cosine, garipov or constant",
+    "schedule": "step, cosine, hold_then_linear (alias garipov) or constant",
     "num_samples": "training samples to align on",
     "bn_samples": "training samples BatchNorm statistics are recomputed on at each t",
     "test_samples": "evaluate on this many test samples (default: all)",

@@ -19,7 +19,7 @@ from modeconn.alignment import AlignResult, align
 from modeconn.curves import Curve, evaluate_curve
 from modeconn.data import DATASETS, alignment_subset, digits
 from modeconn.metrics import evaluate
-from modeconn.paths import PathReport, interpolate
+from modeconn.path_report import PathReport, evaluate_line
 from modeconn.registry import create_model
 from modeconn.training import fit_curve, save_checkpoint, train_model
 
@@ -101,7 +101,7 @@ def run_demo(
             curve, test, bn_data=bn, num_points=s.num_points, label=f"{name} curve", progress=progress
         )
     for name, end_b in (("unaligned", b), ("aligned", result.model)):
-        reports[f"{name} line"] = interpolate(
+        reports[f"{name} line"] = evaluate_line(
             a, end_b, s.num_points, test, bn, label=f"{name} line", progress=progress
         )
     PathReport.plot(list(reports.values()), out / "curves.png", title=f"{s.model} on the embedded digits")

@@ -7,6 +7,10 @@ process group the user initialized, it is :class:`Distributed`: PyTorch's own pr
 and collectives for what must agree across ranks. Otherwise it is :class:`Local`, which does
 nothing. Every rank must make the same calls of modeconn in the same order (a collective
 waits for all of them); :func:`local` runs a block as one process on one rank.
+
+Asking is free of side effects: :func:`current` and the strategy's rank, world size and
+device read torchrun's variables. The process group is opened only when it is needed, by
+:meth:`Distributed.connect`: DDP's wrapping of a model for training, and the first collective.
 """
 
 from __future__ import annotations
@@ -93,19 +97,48 @@ class Local(Strategy):
 
 
 class Distributed(Strategy):
-    """The ranks of an initialized ``torch.distributed`` process group."""
+    """The ranks of a ``torch.distributed`` process group: the initialized one, or, before it
+    is, the one torchrun's variables describe, opened by :meth:`connect` when first needed."""
 
     def __init__(self) -> None:
         import torch.distributed as dist
 
         self.dist = dist
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if dist.is_initialized():
+            self._adopt_group()
+        else:  # torchrun's ranks; the group is not opened here (see connect)
+            self.opened = False
+            self.rank, self.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            self._set_backend("nccl" if torch.cuda.is_available() else "gloo")
+
+    def _adopt_group(self) -> None:
+        """Take rank, world size and backend from the initialized process group."""
+        self.opened = True
+        self.rank, self.world_size = self.dist.get_rank(), self.dist.get_world_size()
+        self._set_backend(self.dist.get_backend())
+
+    def _set_backend(self, backend: str) -> None:
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank % max(torch.cuda.device_count(), 1)))
-        self.backend = dist.get_backend()
+        self.backend = backend
         # NCCL communicates CUDA tensors only; gloo communicates CPU ones
         self.comm_device = (
             torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
         )
+
+    def connect(self) -> None:
+        """Open the process group, if no one has (under torchrun: NCCL when CUDA is present,
+        else gloo; destroyed at exit); a group opened meanwhile by the user's script is used."""
+        if self.opened:
+            return
+        if not self.dist.is_initialized():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(self.local_rank)
+            self.dist.init_process_group(self.backend)
+            # A group left to interpreter teardown can abort the process: gloo's worker threads
+            # still hold tensors whose release needs the GIL ("terminate called without an
+            # active exception", SIGABRT). atexit runs while the interpreter is whole.
+            atexit.register(_close_group)
+        self._adopt_group()
 
     def __repr__(self) -> str:
         return f"Distributed(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
@@ -119,6 +152,7 @@ class Distributed(Strategy):
     def wrap(self, module: nn.Module, *, broadcast_buffers: bool = True) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
+        self.connect()
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         # torch >= 2.14 names the per-forward buffer sync forward_sync_buffers
         sync = "forward_sync_buffers" if "forward_sync_buffers" in _ddp_arguments() else "broadcast_buffers"
@@ -127,6 +161,7 @@ class Distributed(Strategy):
         )
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.connect()
         moved = tensor.to(self.comm_device)
         self.dist.all_reduce(moved)
         if moved is not tensor:
@@ -134,16 +169,19 @@ class Distributed(Strategy):
         return tensor
 
     def broadcast(self, obj: Any) -> Any:
+        self.connect()
         box = [obj]
         self.dist.broadcast_object_list(box, src=0, device=self.comm_device)
         return box[0]
 
     def gather(self, obj: Any) -> list[Any]:
+        self.connect()
         out: list[Any] = [None] * self.world_size
         self.dist.all_gather_object(out, obj)
         return out
 
     def barrier(self) -> None:
+        self.connect()
         self.dist.barrier()
 
 
@@ -168,8 +206,9 @@ def under_torchrun() -> bool:
 
 def current() -> Strategy:
     """The strategy of this process: :class:`Distributed` under ``torchrun`` or in an
-    initialized process group (initializing it on first use: NCCL when CUDA is present, else
-    gloo), :class:`Local` otherwise or inside :func:`local`."""
+    initialized process group, :class:`Local` otherwise or inside :func:`local`. Asking opens
+    no process group: under torchrun the strategy opens it when first needed
+    (:meth:`Distributed.connect`)."""
     global _chosen
     if _forced:
         return _forced[-1]
@@ -177,25 +216,17 @@ def current() -> Strategy:
 
     if not dist.is_available():
         return _LOCAL
-    if dist.is_initialized():
+    if dist.is_initialized() or under_torchrun():
         if not isinstance(_chosen, Distributed):
             _chosen = Distributed()
-        return _chosen
-    if under_torchrun():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        # A group left to interpreter teardown can abort the process: gloo's worker threads
-        # still hold tensors whose release needs the GIL ("terminate called without an active
-        # exception", SIGABRT). atexit runs while the interpreter is whole.
-        atexit.register(_close_group)
-        _chosen = Distributed()
+        elif dist.is_initialized() and not _chosen.opened:
+            _chosen._adopt_group()  # opened since by the user's script
         return _chosen
     return _LOCAL
 
 
 def _close_group() -> None:
-    """Destroy the process group :func:`current` initialized, if it is still there."""
+    """Destroy the process group :meth:`Distributed.connect` opened, if it is still there."""
     global _chosen
     import torch.distributed as dist
 

@@ -1,7 +1,7 @@
 """The plugin contract: every hook modeconn calls, documented for plugin authors.
 
 A plugin is a module (or object) whose functions are named like the hooks below; decorate them
-with :data:`modeconn.hookimpl`. A ``modeconn_*`` function that is not a hook (a typo such as
+with :data:`modeconn.plugin.hookimpl`. A ``modeconn_*`` function that is not a hook (a typo such as
 ``modeconn_register_cost``) is an error that names the hook it probably meant. Publish the
 plugin in your distribution's ``pyproject.toml``::
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 __all__ = [
     "unwrap",
+    "unknown_hooks",
     "modes_restored",
     "device_of",
     "float_dtype_of",
@@ -87,3 +88,17 @@ class Normalize(nn.Module):
 def normalized(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
     """``model`` with :class:`Normalize` in front (submodules ``normalize`` and ``model``)."""
     return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), model=model))
+
+
+def _known_hook_types() -> tuple[type, ...]:
+    from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return (WeightNorm, SpectralNorm, SpectralNormLoadStateDictPreHook)
+
+
+def unknown_hooks(module: nn.Module) -> list[str]:
+    """The forward (pre-)hooks of ``module`` whose effect discovery cannot follow."""
+    known = _known_hook_types()
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    return [getattr(h, "__qualname__", type(h).__name__) for h in hooks if not isinstance(h, known)]

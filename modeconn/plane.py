@@ -20,7 +20,7 @@ import torch
 
 from modeconn.errors import InvalidArgumentError
 from modeconn.metrics import Classification, Metric
-from modeconn.paths import evaluate_path
+from modeconn.path_report import evaluate_path
 
 __all__ = ["PlaneReport", "plane"]
 

@@ -15,7 +15,8 @@
   the helpers built-in rules use (:func:`elementwise`, :func:`activation`, :func:`passthrough`,
   :func:`broadcast`, :func:`channel_axis`, :func:`metadata`, :func:`axis_index`);
 * the plugin manager: :func:`register_plugin`, :func:`reset_plugins`, :func:`get_plugin`,
-  :func:`list_plugins`; and :mod:`modeconn.testing` to check a plugin in your own CI.
+  :func:`get_registry`, :func:`list_plugins` (importing this module declares every kind of
+  plugin: ``"cost"``, ``"curve"``, ``"optimizer"``, ``"rule"``); and :mod:`modeconn.testing` to check a plugin in your own CI.
 
 The hooks themselves, with what each must do, are documented in :mod:`modeconn.hookspecs`.
 """
@@ -35,13 +36,14 @@ from modeconn.curves.family import CurveFamily, check_family_law
 from modeconn.plugin_manager import (
     PluginRegistry,
     get_plugin,
+    get_registry,
     hookimpl,
     list_plugins,
     register_plugin,
     reset_plugins,
 )
 from modeconn.symmetry.context import RuleContext, Unsupported
-from modeconn.symmetry.permute import permutation_matrix, permute_state_dict, soft_permute_state_dict
+from modeconn.symmetry.permutation import permutation_matrix, permute_state_dict, soft_permute_state_dict
 from modeconn.symmetry.rules import builtin_rules
 from modeconn.symmetry.rules.common import (
     activation,
@@ -53,7 +55,7 @@ from modeconn.symmetry.rules.common import (
     passthrough,
 )
 from modeconn.symmetry.spaces import Layout, TensorLayout
-from modeconn.symmetry.spec import PermutationSpec
+from modeconn.symmetry.spec import Perms, PermutationSpec
 from modeconn.training.settings import Settings
 from modeconn.training.trainer import CurveOptimizer, classification_loss
 
@@ -63,12 +65,14 @@ __all__ = [
     "register_plugin",
     "reset_plugins",
     "get_plugin",
+    "get_registry",
     "list_plugins",
     # costs
     "ActivationCost",
     "WeightCost",
     "PairStats",
     "PermutationSpec",
+    "Perms",
     "solve_assignment",
     "match_weights",
     "signature_matching",

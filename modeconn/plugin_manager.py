@@ -25,23 +25,24 @@ from typing import Any
 
 import pluggy
 
+import modeconn
 from modeconn import hookspecs
 from modeconn.errors import InvalidArgumentError, ModeconnError, PluginError, UnknownPluginError
 
 __all__ = [
     "hookimpl",
-    "KINDS",
     "BUILTIN_PLUGINS",
+    "PluginKind",
     "PluginEntry",
     "PluginRegistry",
+    "declare_kind",
+    "declared_kinds",
     "get_plugin_manager",
     "get_registry",
     "get_plugin",
-    "direct_entry",
     "list_plugins",
     "register_plugin",
     "reset_plugins",
-    "key_name",
 ]
 
 hookimpl = pluggy.HookimplMarker("modeconn")
@@ -50,14 +51,6 @@ ENTRY_POINT_GROUP = "modeconn"
 DISABLE_AUTOLOAD_ENV = "MODECONN_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "MODECONN_BLOCK_PLUGINS"
 TRACE_ENV = "MODECONN_TRACE_PLUGINS"
-
-KINDS: dict[str, str] = {
-    "cost": "modeconn_register_costs",
-    "curve": "modeconn_register_curves",
-    "optimizer": "modeconn_register_optimizers",
-    "rule": "modeconn_register_rules",
-}
-"""Plugin kinds and the hook that fills each kind's registry."""
 
 BUILTIN_PLUGINS: dict[str, str] = {
     "symmetry_rules": "modeconn.plugins.symmetry_rules",
@@ -76,29 +69,94 @@ def _tracing() -> bool:
     return os.environ.get(TRACE_ENV, "") not in ("", "0")
 
 
-def key_name(key: Hashable) -> str:
-    """A readable name for a registry key: a string as it is, a class or function by its
-    public import path (``torch.nn.functional.relu``, not ``boolean_dispatch.<locals>.fn``)."""
+def _default_key_name(key: Hashable) -> str:
     if isinstance(key, str):
         return key
-    from modeconn.symmetry.context import op_name
+    module = getattr(key, "__module__", None)
+    name = getattr(key, "__qualname__", None) or getattr(key, "__name__", None) or repr(key)
+    return f"{module}.{name}" if module else name
 
-    return op_name(key)
+
+@dataclass(frozen=True)
+class PluginKind:
+    """One kind of plugin: its name, the hook that fills its registry, the check every entry
+    must pass, and how its keys read. Declared with :func:`declare_kind` by the module that
+    owns the kind's base class."""
+
+    name: str
+    hook: str
+    validate: Callable[[PluginEntry], None]
+    key_name: Callable[[Hashable], str] = _default_key_name
+
+    def registry(self) -> PluginRegistry:
+        """This kind's registry, built on first use (see :func:`get_registry`)."""
+        return get_registry(self.name)
+
+    def get(self, key: Hashable) -> PluginEntry:
+        """The registered entry for ``key``; an unknown key raises an error listing what is
+        available."""
+        return self.registry().get(key)
+
+    def entry(self, obj: Any, where: str) -> PluginEntry:
+        """An object passed to modeconn directly rather than registered (``Curve(a, b,
+        family=MyFamily())``), checked against this kind's contract as a registry would."""
+        name = getattr(obj, "__name__", None) or type(obj).__name__
+        entry = PluginEntry(self.name, name, obj, "<direct>", f"passed to {where}", name)
+        self.validate(entry)
+        return entry
+
+    def resolve(self, obj: Any, where: str) -> PluginEntry:
+        """A registered entry when ``obj`` is a name (a string), else :meth:`entry` of it."""
+        return self.get(obj) if isinstance(obj, str) else self.entry(obj, where)
+
+
+_kinds: dict[str, PluginKind] = {}
+
+
+def declare_kind(
+    name: str,
+    hook: str,
+    validate: Callable[[PluginEntry], None],
+    key_name: Callable[[Hashable], str] | None = None,
+) -> PluginKind:
+    """Declare a plugin kind: ``hook`` (a hook of :mod:`modeconn.hookspecs`) fills its registry,
+    and ``validate`` raises :class:`PluginError` for an entry that breaks the kind's contract.
+    Declaring a kind again (a module reloaded) replaces it."""
+    if not hasattr(hookspecs, hook):
+        raise InvalidArgumentError(f"plugin kind {name!r}: {hook!r} is not a hook of modeconn.hookspecs")
+    kind = PluginKind(name, hook, validate, key_name or _default_key_name)
+    _kinds[name] = kind
+    _registry.cache_clear()
+    return kind
+
+
+def declared_kinds() -> dict[str, PluginKind]:
+    """The plugin kinds declared so far, by name (importing :mod:`modeconn.plugin` declares
+    all of modeconn's)."""
+    return dict(_kinds)
+
+
+def _kind(kind: str | PluginKind) -> PluginKind:
+    if isinstance(kind, PluginKind):
+        return _kinds.setdefault(kind.name, kind)
+    if kind not in _kinds:
+        raise InvalidArgumentError(
+            f"unknown plugin kind {kind!r}; kinds are {', '.join(_kinds) or '(none declared yet)'}"
+        )
+    return _kinds[kind]
 
 
 @dataclass(frozen=True)
 class PluginEntry:
-    """One registered thing: its kind, key, the object, and the plugin that added it."""
+    """One registered thing: its kind, key, the object, the plugin that added it, and the key's
+    readable name."""
 
     kind: str
     key: Hashable
     obj: Any
     plugin: str
     source: str
-
-    @property
-    def name(self) -> str:
-        return key_name(self.key)
+    name: str
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the registered object; an exception is re-raised naming the plugin."""
@@ -118,14 +176,24 @@ class PluginEntry:
                 f"raised {type(e).__name__} in {what}: {e}"
             ) from e
 
+    def refuse(self, what: str) -> PluginError:
+        """The error for an entry that breaks its kind's contract: what it is, and ``what`` the
+        contract asks."""
+        kind = (
+            f"the class {self.obj.__name__}" if isinstance(self.obj, type) else f"a {type(self.obj).__name__}"
+        )
+        return PluginError(
+            f"plugin {self.plugin!r} ({self.source}) registered {self.kind} {self.name!r} as {kind}; {what}"
+        )
+
 
 class PluginRegistry:
     """What one hook fills: ``key -> object`` for one plugin kind. Plugins call :meth:`add`,
     which checks the object against the kind's contract; modeconn looks entries up with :meth:`get`."""
 
-    def __init__(self, kind: str, validate: Callable[[PluginEntry], None] | None = None):
-        self.kind = kind
-        self._validate = validate or _VALIDATORS.get(kind)
+    def __init__(self, kind: PluginKind):
+        self.kind = kind.name
+        self._spec = kind
         self._entries: dict[Hashable, PluginEntry] = {}
         self._current_plugin = "<direct>"
 
@@ -140,15 +208,15 @@ class PluginRegistry:
             raise PluginError(
                 f"plugin {plugin!r} ({source}) added an unhashable {self.kind} key {key!r}"
             ) from None
+        name = self._spec.key_name(key)
         if taken:
             other = self._entries[key]
             raise PluginError(
-                f"{self.kind} {key_name(key)!r} is registered twice: by plugin {other.plugin!r} "
+                f"{self.kind} {name!r} is registered twice: by plugin {other.plugin!r} "
                 f"({other.source}) and by plugin {plugin!r} ({source}); rename one of them."
             )
-        entry = PluginEntry(self.kind, key, obj, plugin, source)
-        if self._validate is not None:
-            self._validate(entry)
+        entry = PluginEntry(self.kind, key, obj, plugin, source, name)
+        self._spec.validate(entry)
         self._entries[key] = entry
         if _tracing():
             print(f"modeconn: plugin {plugin!r} registered {self.kind} {entry.name!r}", file=sys.stderr)
@@ -160,10 +228,11 @@ class PluginRegistry:
         except (KeyError, TypeError):
             pass
         names = sorted(self.names())
-        close = difflib.get_close_matches(key_name(key), names, n=3)
+        wanted = key if isinstance(key, str) else self._spec.key_name(key)
+        close = difflib.get_close_matches(wanted, names, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise UnknownPluginError(
-            f"no {self.kind} plugin named {key_name(key)!r}.{hint} Available: "
+            f"no {self.kind} plugin named {wanted!r}.{hint} Available: "
             f"{', '.join(names) or '(none)'}. `modeconn plugins` lists installed plugins."
         )
 
@@ -178,68 +247,6 @@ class PluginRegistry:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-# -- what each kind accepts ------------------------------------------------------------------
-
-
-def _refuse(entry: PluginEntry, what: str) -> PluginError:
-    return PluginError(
-        f"plugin {entry.plugin!r} ({entry.source}) registered {entry.kind} {entry.name!r} as "
-        f"{_describe(entry.obj)}; {what}"
-    )
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, type):
-        return f"the class {obj.__name__}"
-    return f"a {type(obj).__name__}"
-
-
-def _validate_cost(entry: PluginEntry) -> None:
-    from modeconn.alignment.costs import ActivationCost, WeightCost
-
-    if not isinstance(entry.obj, (ActivationCost, WeightCost)):
-        raise _refuse(entry, "a cost is an instance of ActivationCost or WeightCost (modeconn.plugin)")
-
-
-def _validate_curve(entry: PluginEntry) -> None:
-    from modeconn.curves.family import CurveFamily, check_family_law
-
-    if not isinstance(entry.obj, CurveFamily):
-        raise _refuse(entry, "a curve family is an instance of CurveFamily (modeconn.plugin)")
-    problem = entry.invoke(check_family_law, entry.obj)
-    if problem:
-        raise _refuse(entry, f"its coefficients break the curve law: {problem}")
-
-
-def _validate_optimizer(entry: PluginEntry) -> None:
-    from modeconn.training.trainer import CurveOptimizer
-
-    if not (isinstance(entry.obj, type) and issubclass(entry.obj, CurveOptimizer)):
-        raise _refuse(entry, "an optimizer is a subclass of CurveOptimizer (the class, not an instance)")
-
-
-def _validate_rule(entry: PluginEntry) -> None:
-    import torch.nn as nn
-
-    key = entry.key
-    key_ok = (isinstance(key, type) and issubclass(key, nn.Module)) or (
-        isinstance(key, str) and key.startswith("method:")
-    )
-    key_ok = key_ok or (callable(key) and not isinstance(key, type))
-    if not key_ok:
-        raise _refuse(entry, "a rule's key is an nn.Module class, a function, or 'method:<name>'")
-    if not callable(entry.obj) or isinstance(entry.obj, type):
-        raise _refuse(entry, "a rule is a function of one RuleContext")
-
-
-_VALIDATORS: dict[str, Callable[[PluginEntry], None]] = {
-    "cost": _validate_cost,
-    "curve": _validate_curve,
-    "optimizer": _validate_optimizer,
-    "rule": _validate_rule,
-}
 
 
 # -- the manager -------------------------------------------------------------------------------
@@ -312,8 +319,6 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def _version() -> str:
-    import modeconn
-
     return modeconn.__version__
 
 
@@ -356,24 +361,28 @@ def reset_plugins(keep_direct: bool = False) -> None:
     if not keep_direct:
         _direct_plugins.clear()
     get_plugin_manager.cache_clear()
-    get_registry.cache_clear()
+    _registry.cache_clear()
+
+
+def get_registry(kind: str | PluginKind) -> PluginRegistry:
+    """The registry of one plugin kind (a :class:`PluginKind` or its name: ``"cost"``,
+    ``"curve"``, ``"optimizer"``, ``"rule"`` once their modules are imported), built on first
+    use from every plugin that implements the kind's hook."""
+    return _registry(_kind(kind).name)
 
 
 @functools.cache
-def get_registry(kind: str) -> PluginRegistry:
-    """The registry of one plugin kind (``"cost"``, ``"curve"``, ``"optimizer"``, ``"rule"``)."""
-    if kind not in KINDS:
-        raise InvalidArgumentError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
+def _registry(name: str) -> PluginRegistry:
+    kind = _kinds[name]
     pm = get_plugin_manager()
     registry = PluginRegistry(kind)
-    hook_name = KINDS[kind]
-    implementing = {impl.plugin_name for impl in getattr(pm.hook, hook_name).get_hookimpls()}
+    implementing = {impl.plugin_name for impl in getattr(pm.hook, kind.hook).get_hookimpls()}
     names = [n for n in pm.modeconn_order if n in implementing]  # built-ins first
     for plugin in names:
         # through pluggy (so tracing and monitoring see it), one plugin at a time, so that what
         # is added and what fails carries the plugin's name
         others = [pm.get_plugin(n) for n in names if n != plugin]
-        caller = pm.subset_hook_caller(hook_name, remove_plugins=others)
+        caller = pm.subset_hook_caller(kind.hook, remove_plugins=others)
         registry._current_plugin = plugin
         try:
             caller(registry=registry)
@@ -381,26 +390,17 @@ def get_registry(kind: str) -> PluginRegistry:
             raise
         except Exception as e:
             raise PluginError(
-                f"plugin {plugin!r} ({_sources.get(plugin, '?')}) raised in {hook_name}: {type(e).__name__}: {e}"
+                f"plugin {plugin!r} ({_sources.get(plugin, '?')}) raised in {kind.hook}: {type(e).__name__}: {e}"
             ) from e
     registry._current_plugin = "<direct>"
     return registry
 
 
-def direct_entry(kind: str, obj: Any, where: str) -> PluginEntry:
-    """An object passed to modeconn directly rather than registered (``Curve(a, b, family=
-    MyFamily())``), checked against its kind's contract as a registry would."""
-    name = getattr(obj, "__name__", None) or type(obj).__name__
-    entry = PluginEntry(kind, name, obj, "<direct>", f"passed to {where}")
-    _VALIDATORS[kind](entry)
-    return entry
-
-
-def get_plugin(kind: str, name: Hashable) -> PluginEntry:
+def get_plugin(kind: str | PluginKind, name: Hashable) -> PluginEntry:
     """Look up one plugin by kind and name; unknown names raise :class:`UnknownPluginError`."""
     return get_registry(kind).get(name)
 
 
 def list_plugins() -> dict[str, list[PluginEntry]]:
-    """Every registered entry, by kind."""
-    return {kind: list(get_registry(kind)) for kind in KINDS}
+    """Every registered entry, by kind (of the kinds declared so far)."""
+    return {name: list(get_registry(name)) for name in _kinds}

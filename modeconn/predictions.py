@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from modeconn.errors import DataError
+from modeconn.modules import unwrap
 
 __all__ = ["IGNORE_INDEX", "logits_of", "predictions", "predicts_next_token"]
 
@@ -61,11 +62,10 @@ def predictions(
 def predicts_next_token(model: nn.Module) -> bool:
     """Whether ``model`` (or the base model of a curve) is a Hugging Face causal language
     model, whose output at token t predicts token t + 1."""
-    from modeconn.curves.curve import Curve
-    from modeconn.modules import unwrap
-
     model = unwrap(model)
-    if isinstance(model, Curve):
+    # a Curve evaluates its `base` architecture; asked by attribute so that predictions, which
+    # the training loop imports, need not import curves
+    if isinstance(getattr(model, "base", None), nn.Module):
         model = model.base
     if not type(model).__module__.startswith("transformers."):
         return False

@@ -1,7 +1,8 @@
 """The plugin contract kit: what a third party runs in its own CI (modeconn runs it over every
 plugin of every kind it registers).
 
-Each check raises ``AssertionError`` with a message saying what is broken:
+Each check raises ``AssertionError`` with a message saying what is broken (explicitly, not by
+``assert`` statements: ``python -O`` strips those, and a broken plugin would pass):
 
 * :func:`check_cost` — a cost returns well-formed matrices (or permutations) and recovers a
   planted permutation (``align(A, permute(A, π))`` gives back A) on small reference models;
@@ -25,16 +26,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from modeconn.plugin_manager import (
-    direct_entry,
-    get_plugin,
-    get_registry,
-    hookimpl,
-    register_plugin,
-    reset_plugins,
-)
+from modeconn.alignment.costs import COSTS
+from modeconn.curves.family import CURVE_FAMILIES
+from modeconn.plugin_manager import hookimpl, register_plugin, reset_plugins
+from modeconn.symmetry.context import RULES
 
 __all__ = ["check_cost", "check_curve_family", "check_optimizer", "check_rule", "reference_models"]
+
+
+def _require(ok: Any, message: str) -> None:
+    """Raise ``AssertionError(message)`` unless ``ok``; unlike ``assert``, kept under ``python -O``."""
+    if not ok:
+        raise AssertionError(message)
 
 
 class _Residual(nn.Module):
@@ -79,13 +82,13 @@ def reference_models(seed: int = 0) -> list[tuple[str, nn.Module, torch.Tensor]]
 
 
 def _cost_entry(cost: Any):
-    return get_plugin("cost", cost) if isinstance(cost, str) else direct_entry("cost", cost, "check_cost")
+    return COSTS.resolve(cost, "check_cost")
 
 
 def check_cost(cost: Any, *, recovery: bool = True) -> None:
     """Check an alignment cost (a registered name, or an ``ActivationCost``/``WeightCost``)."""
-    from modeconn.alignment.align import cost_matrices, solve_groups
     from modeconn.alignment.costs import ActivationCost
+    from modeconn.alignment.pipeline import cost_matrices, solve_groups
     from modeconn.alignment.stats import collect_statistics
     from modeconn.symmetry import discover, permute
 
@@ -97,23 +100,24 @@ def check_cost(cost: Any, *, recovery: bool = True) -> None:
         b = permute(a, spec, perms)
         state_a, state_b = a.state_dict(), b.state_dict()
         if isinstance(obj, ActivationCost):
-            assert obj.site_kind in ("pre", "post"), f"{entry.name}: site_kind must be 'pre' or 'post'"
-            assert isinstance(obj.maximize, bool), f"{entry.name}: maximize must be a bool"
+            _require(obj.site_kind in ("pre", "post"), f"{entry.name}: site_kind must be 'pre' or 'post'")
+            _require(isinstance(obj.maximize, bool), f"{entry.name}: maximize must be a bool")
             stats = collect_statistics(a, b, x, spec, kind=obj.site_kind)
             matrices = cost_matrices(obj, stats)
             for g in spec.permutable:
                 if g.name not in matrices:
                     continue
                 m = matrices[g.name]
-                assert m.shape == (g.size, g.size), (
-                    f"{entry.name}: {g.name}: matrix {tuple(m.shape)}, not {(g.size,) * 2}"
+                _require(
+                    m.shape == (g.size, g.size),
+                    f"{entry.name}: {g.name}: matrix {tuple(m.shape)}, not {(g.size,) * 2}",
                 )
-                assert torch.isfinite(m).all(), f"{entry.name}: {g.name}: the matrix has NaN or Inf"
+                _require(torch.isfinite(m).all(), f"{entry.name}: {g.name}: the matrix has NaN or Inf")
             found = solve_groups(spec, matrices, maximize=obj.maximize, state_a=state_a, state_b=state_b)
         else:
             found = entry.invoke(obj.solve, spec, state_a, state_b)
             missing = [g.name for g in spec.permutable if g.name not in found]
-            assert not missing, f"{entry.name}: solve() returned no permutation for {missing}"
+            _require(not missing, f"{entry.name}: solve() returned no permutation for {missing}")
             found = {**spec.identity(), **{k: torch.as_tensor(v, dtype=torch.long) for k, v in found.items()}}
         try:
             spec.check(found)
@@ -122,7 +126,9 @@ def check_cost(cost: Any, *, recovery: bool = True) -> None:
         if recovery:
             got = permute(b, spec, found).state_dict()
             wrong = [k for k, v in state_a.items() if not torch.equal(v, got[k])]
-            assert not wrong, f"{entry.name} on {name}: a planted permutation was not recovered ({wrong[:3]})"
+            _require(
+                not wrong, f"{entry.name} on {name}: a planted permutation was not recovered ({wrong[:3]})"
+            )
 
 
 def check_curve_family(family: Any) -> None:
@@ -130,13 +136,9 @@ def check_curve_family(family: Any) -> None:
     from modeconn.curves.curve import Curve
     from modeconn.curves.family import check_family_law
 
-    entry = (
-        get_plugin("curve", family)
-        if isinstance(family, str)
-        else direct_entry("curve", family, "check_curve_family")
-    )
+    entry = CURVE_FAMILIES.resolve(family, "check_curve_family")
     problem = check_family_law(entry.obj)
-    assert problem is None, f"{entry.name}: {problem}"
+    _require(problem is None, f"{entry.name}: {problem}")
     _, a, x = reference_models(0)[1]
     _, b, _ = reference_models(1)[1]
     counts = [entry.obj.fixed_bends] if entry.obj.fixed_bends is not None else [entry.obj.default_bends, 2]
@@ -144,20 +146,26 @@ def check_curve_family(family: Any) -> None:
         curve = Curve(a, b, family=entry.obj, num_bends=k).eval()
         with torch.no_grad():
             for t, end in ((0.0, a), (1.0, b)):
-                assert torch.equal(curve(x, t), end(x)), f"{entry.name}: r({t}) is not exactly the end point"
+                _require(
+                    torch.equal(curve(x, t), end(x)), f"{entry.name}: r({t}) is not exactly the end point"
+                )
             for bend, s in zip(curve.bends, entry.invoke(entry.obj.bend_times, k)):
                 expected = torch.lerp(curve.ends[0], curve.ends[1], s)
-                assert torch.allclose(bend, expected), (
-                    f"{entry.name}: a bend does not start on the segment at {s}"
+                _require(
+                    torch.allclose(bend, expected),
+                    f"{entry.name}: a bend does not start on the segment at {s}",
                 )
         if k == 0:
             continue
         curve.train()
         curve(x, 0.37).square().mean().backward()
         trainable = [n for n, p in curve.named_parameters() if p.requires_grad]
-        assert trainable == ["bends"], f"{entry.name}: trainable tensors are {trainable}, not just the bends"
-        assert curve.bends.grad is not None and curve.bends.grad.abs().sum() > 0, (
-            f"{entry.name}: no gradient reaches the bends"
+        _require(
+            trainable == ["bends"], f"{entry.name}: trainable tensors are {trainable}, not just the bends"
+        )
+        _require(
+            curve.bends.grad is not None and curve.bends.grad.abs().sum() > 0,
+            f"{entry.name}: no gradient reaches the bends",
         )
 
 
@@ -195,24 +203,27 @@ def check_optimizer(optimizer: Any, **options: Any) -> None:
     curve, history = run(2)
     name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", repr(optimizer))
     start, _ = _tiny_curve_task()
-    assert torch.equal(curve.ends, start.ends), f"{name}: the end points moved"
-    assert not torch.equal(curve.bends, start.bends), f"{name}: the bends did not move"
-    assert all(torch.isfinite(torch.tensor(r.loss)) for r in history), f"{name}: a non-finite loss"
+    _require(torch.equal(curve.ends, start.ends), f"{name}: the end points moved")
+    _require(not torch.equal(curve.bends, start.bends), f"{name}: the bends did not move")
+    _require(all(torch.isfinite(torch.tensor(r.loss)) for r in history), f"{name}: a non-finite loss")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "fit.pt"
         run(1, ckpt)  # an interrupted run: one epoch, then a second call resumes to two
         resumed, resumed_history = run(2, ckpt)
-    assert [r.epoch for r in resumed_history] == [1, 2], f"{name}: the resumed history is {resumed_history}"
-    assert torch.equal(resumed.bends, curve.bends), (
+    _require(
+        [r.epoch for r in resumed_history] == [1, 2], f"{name}: the resumed history is {resumed_history}"
+    )
+    _require(
+        torch.equal(resumed.bends, curve.bends),
         f"{name}: a resumed run does not end where an uninterrupted one does (state_dict/load_state_dict "
-        f"must keep everything the optimizer needs)"
+        f"must keep everything the optimizer needs)",
     )
 
 
 @contextlib.contextmanager
 def _rule_installed(key: Any, rule: Any) -> Iterator[None]:
     if rule is None:
-        get_registry("rule").get(key)  # a registered rule: nothing to install
+        RULES.get(key)  # a registered rule: nothing to install
         yield
         return
 
@@ -233,10 +244,11 @@ def check_rule(
 ) -> None:
     """Check a permutation rule on ``examples`` (``(model, example_inputs)`` pairs that call the
     op ``key``): the rule registered for ``key``, or ``rule`` installed for the check."""
+    from modeconn.capture import model_inputs
     from modeconn.symmetry import discover, permute
-    from modeconn.symmetry.discovery import model_inputs, trace_model
+    from modeconn.symmetry.discovery import trace_model
 
-    assert examples, "check_rule needs at least one example model that calls the op"
+    _require(examples, "check_rule needs at least one example model that calls the op")
     with _rule_installed(key, rule):
         for i, (model, x) in enumerate(examples):
             inputs = model_inputs(model, x)
@@ -250,7 +262,7 @@ def check_rule(
                         called.add(f"method:{n.target}")
                     elif n.op == "call_function":
                         called.add(n.target)
-            assert key in called, f"example {i} never calls {key!r}: it cannot test its rule"
+            _require(key in called, f"example {i} never calls {key!r}: it cannot test its rule")
             spec = discover(model, x)
             for mode in (False, True):
                 reference = _set_mode(copy.deepcopy(model), mode)
@@ -262,9 +274,10 @@ def check_rule(
                         yp = _flat(inputs.call(permuted))
                         scale = max(float(y.abs().max()), 1e-30)
                         err = float((y - yp).abs().max()) / scale
-                        assert err <= 1e-6, (
+                        _require(
+                            err <= 1e-6,
                             f"example {i} ({'train' if mode else 'eval'} mode, seed {seed}): a permutation the "
-                            f"rule for {key!r} allowed changed the function (relative error {err:.2e})"
+                            f"rule for {key!r} allowed changed the function (relative error {err:.2e})",
                         )
 
 

@@ -8,9 +8,12 @@ take the step's defaults in :data:`DEFAULTS`) and returns what it prints as a re
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -307,7 +310,43 @@ def _settings(cfg: Mapping[str, Any]) -> Settings:
     return Settings(lr=cfg["lr"], **{k: cfg[k] for k in _FIT_SETTINGS})
 
 
+_RNG_SCOPE: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar(
+    "modeconn_workflow_rng_scope", default=None
+)
+
+
+def _keeps_caller_rng(step: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``step`` with a scope that :func:`_fork_rng` forks torch's global generators into, given
+    back as they were when the step ends (however it ends): a step seeds them from its ``seed``
+    (same seed, same results) without reseeding the caller's."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        with contextlib.ExitStack() as scope:
+            token = _RNG_SCOPE.set(scope)
+            try:
+                return step(*args, **kwargs)
+            finally:
+                _RNG_SCOPE.reset(token)
+
+    return run
+
+
+def _fork_rng() -> None:
+    """From here to the end of the step, torch's global generators (the CPU's and every CUDA
+    device's) are a fork of the caller's. Called once the step's checks pass, not before: a
+    mistake is reported before torch is imported."""
+    import torch
+
+    scope = _RNG_SCOPE.get()
+    if scope is None:
+        raise RuntimeError("_fork_rng() outside a step decorated with _keeps_caller_rng")
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    scope.enter_context(torch.random.fork_rng(devices=devices))
+
+
 def _seed(cfg: Mapping[str, Any]) -> None:
+    """Seed the step's fork of torch's global generators (see :func:`_fork_rng`)."""
     import torch
 
     torch.manual_seed(int(cfg["seed"]))
@@ -328,6 +367,7 @@ def _history_rows(history: Any) -> list[dict[str, Any]]:
     ]
 
 
+@_keeps_caller_rng
 def train(
     config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
 ) -> dict[str, Any]:
@@ -338,6 +378,7 @@ def train(
             "train needs a model: --model NAME (a registry name or package.module:callable)"
         )
     cfg, changes = _prepare("train", config, out, restart)
+    _fork_rng()
     from modeconn import distributed
     from modeconn.metrics import evaluate as measure_model
     from modeconn.resolve import build_model, model_spec
@@ -382,12 +423,14 @@ def train(
     return results
 
 
+@_keeps_caller_rng
 def align(
     config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
 ) -> dict[str, Any]:
     """Align B to A: ``out/aligned.safetensors`` (a model later steps can name by this folder),
     ``out/perms.json`` and the correlation signature."""
     cfg, _ = _prepare("align", config, out, restart)
+    _fork_rng()
     from modeconn import distributed
     from modeconn.alignment import align as align_models
     from modeconn.data import alignment_subset
@@ -447,11 +490,13 @@ def _curve(cfg: Mapping[str, Any], data: Any) -> Any:
     return Curve(a, b, family=cfg["family"], num_bends=cfg["num_bends"])
 
 
+@_keeps_caller_rng
 def fit(
     config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
 ) -> dict[str, Any]:
     """Fit a curve between A and B with an optimizer plugin: ``out/curve.pt`` (resumable)."""
     cfg, changes = _prepare("fit", config, out, restart)
+    _fork_rng()
     from modeconn import distributed
     from modeconn.training import fit_curve, optimizer_options
 
@@ -496,6 +541,145 @@ def fit(
     return results
 
 
+def _fit_run_config(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The config of the ``fit`` run folder that ``config`` evaluates (its ``run``), or ``None``
+    for a line (its ``line``); one error when it names neither, or a folder no fit made."""
+    if config.get("run"):
+        source = read_config(config["run"])
+        if source.get("command") != "fit":
+            raise InvalidArgumentError(
+                f"{config['run']!r} is not a `modeconn fit` run folder; to evaluate a line pass --line A B"
+            )
+        return source
+    if not config.get("line"):
+        raise InvalidArgumentError("evaluate needs a fit run folder (RUN) or --line A B")
+    return None
+
+
+def _check_evaluated(cfg: Mapping[str, Any]) -> None:
+    """``cfg`` evaluates a curve or a line, not both, and a plane only of a curve."""
+    if cfg.get("run") and cfg.get("line"):
+        raise InvalidArgumentError("evaluate takes a fit run folder (RUN) or --line A B, not both")
+    if cfg.get("line") and cfg["plane"]:
+        raise InvalidArgumentError(
+            "--plane needs a curve (a `modeconn fit` run folder): a line spans no plane"
+        )
+
+
+def _fit_settings(cfg: Mapping[str, Any], source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The fit settings of what ``cfg`` evaluates, on its data: those of the fit run whose
+    config is ``source``, or for a line fit's defaults with its two models as A and B."""
+    data_cfg = {k: cfg[k] for k in ("data", "data_root")}
+    if cfg.get("run"):
+        return resolved("fit", source["fit"]) | data_cfg
+    return resolved("fit", {"a": cfg["line"][0], "b": cfg["line"][1]}) | data_cfg
+
+
+def _evaluation_loaders(cfg: Mapping[str, Any], data: Any) -> tuple[Any, Any]:
+    """Loaders of what a path is measured on (the test set, or ``test_samples`` of it) and of
+    the ``bn_samples`` training samples its BatchNorm statistics are recomputed on."""
+    import torch
+
+    from modeconn.data import alignment_subset
+
+    bn = alignment_subset(data.train, num_samples=min(int(cfg["bn_samples"]), len(data.train)), seed=0)
+    test = data.test
+    if cfg["test_samples"]:
+        test = alignment_subset(test, num_samples=min(int(cfg["test_samples"]), len(test)), seed=0)
+    loader = torch.utils.data.DataLoader(test, batch_size=cfg["batch_size"])
+    bn_loader = torch.utils.data.DataLoader(bn, batch_size=cfg["batch_size"])
+    return loader, bn_loader
+
+
+def _saved_curve(folder: str, fit_cfg: Mapping[str, Any], data: Any) -> tuple[Any, dict[str, Any]]:
+    """The curve the fit run ``folder`` saved, as of its last saved epoch (with a warning when
+    the run is not complete), and what the evaluation records of the run: its folder, its state
+    and that epoch."""
+    from modeconn.training import load_checkpoint
+
+    recorded = run_state(folder)
+    curve = _curve(fit_cfg, data)
+    saved = load_checkpoint(curve, Path(folder) / "curve.pt")
+    epoch = int(saved.get("epoch", 0)) if isinstance(saved, Mapping) else None
+    if recorded["state"] not in ("complete", "unknown"):
+        import warnings
+
+        warnings.warn(
+            f"{folder!r} is {describe_state(recorded)}: evaluating its curve as of epoch {epoch}",
+            stacklevel=3,
+        )
+    _check_finite(curve, f"the curve of {folder!r}")
+    return curve, {"run": folder, "run_state": recorded["state"], "curve_epoch": epoch}
+
+
+def _save_plane(
+    run: RunFolder,
+    curve: Any,
+    loader: Any,
+    bn_data: Any,
+    label: str,
+    cfg: Mapping[str, Any],
+    fit_cfg: Mapping[str, Any],
+    data: Any,
+    quiet: bool,
+) -> None:
+    """The plane of ``curve`` on a grid of ``cfg["plane"]``: ``plane.json`` and ``plane.png``."""
+    from modeconn.plane import plane
+    from modeconn.plotting import plot_planes
+    from modeconn.resolve import model_spec
+
+    grid = plane(curve, loader, bn_data, grid=int(cfg["plane"]), label=label, progress=not quiet)
+    grid.meta.update(data=_data_name(data), model=model_spec(fit_cfg["a"], data).arch)
+    if run.main:
+        grid.save(run / "plane.json")
+        plot_planes([grid], run / "plane.png", title=f"{grid.meta['model']} on {grid.meta['data']}")
+
+
+def _evaluation_summary(report: Any, bn_samples: int, path: Any) -> str:
+    """The line ``evaluate`` ends with: the path's accuracy and loss barrier."""
+    recomputed = report.meta.get("bn_recomputed") or report.meta.get("bn_data", "none") != "none"
+    return (
+        f"{report.label}: accuracy {report.accuracy[0]:.2f}% -> min {report.min_accuracy:.2f}% -> "
+        f"{report.accuracy[-1]:.2f}%, loss barrier {report.barrier:.4f}"
+        + (
+            f" (BatchNorm statistics recomputed at each t on {bn_samples} training samples)"
+            if recomputed
+            else ""
+        )
+        + f" -> {path}"
+    )
+
+
+def _save_evaluation(
+    run: RunFolder,
+    report: Any,
+    fit_cfg: Mapping[str, Any],
+    data: Any,
+    fit_run: Mapping[str, Any],
+    bn_samples: int,
+    quiet: bool,
+) -> dict[str, Any]:
+    """``report`` with what was evaluated (data, model, A and B, and ``fit_run``: the fit run's
+    folder, state and epoch), saved (``evaluation.json`` and ``.csv``, ``path.png``,
+    ``results.json``) and summarized; the results."""
+    from modeconn.path_report import PathReport
+    from modeconn.resolve import model_spec
+
+    arch = model_spec(fit_cfg["a"], data).arch
+    report.meta.update(data=_data_name(data), model=arch, a=fit_cfg["a"], b=fit_cfg["b"], **fit_run)
+    if run.main:
+        report.save(run / "evaluation.json")
+        report.save(run / "evaluation.csv")
+        PathReport.plot([report], run / "path.png")
+    results = report.to_dict()
+    results["summary"] = _evaluation_summary(report, bn_samples, run.path)
+    run.write_json("results.json", results)
+    run.set_state("complete")
+    _say(run, quiet, results["summary"])
+    return results
+
+
+@_keeps_caller_rng
 def evaluate(
     config: Mapping[str, Any], out: str | os.PathLike, *, quiet: bool = False, restart: bool = False
 ) -> dict[str, Any]:
@@ -504,63 +688,28 @@ def evaluate(
     and ``.csv`` and ``path.png``; with ``plane`` (a grid size), ``plane.json`` and ``plane.png``.
     A fit that is not complete is evaluated as of its last saved epoch, with a warning; the
     epoch is recorded."""
-    if config.get("run"):
-        source = read_config(config["run"])
-        if source.get("command") != "fit":
-            raise InvalidArgumentError(
-                f"{config['run']!r} is not a `modeconn fit` run folder; to evaluate a line pass --line A B"
-            )
-    elif not config.get("line"):
-        raise InvalidArgumentError("evaluate needs a fit run folder (RUN) or --line A B")
+    source = _fit_run_config(config)
     cfg, _ = _prepare("evaluate", config, out, restart)
-    if cfg.get("run") and cfg.get("line"):
-        raise InvalidArgumentError("evaluate takes a fit run folder (RUN) or --line A B, not both")
-    if cfg.get("line") and cfg["plane"]:
-        raise InvalidArgumentError(
-            "--plane needs a curve (a `modeconn fit` run folder): a line spans no plane"
-        )
+    _check_evaluated(cfg)
+    _fork_rng()
     import torch
 
     from modeconn import distributed
     from modeconn.batchnorm import has_batchnorm
-    from modeconn.data import alignment_subset
     from modeconn.metrics import Classification
-    from modeconn.paths import PathReport, interpolate
-    from modeconn.resolve import model_spec
-    from modeconn.training import load_checkpoint
+    from modeconn.path_report import evaluate_line
 
-    data_cfg = {k: cfg[k] for k in ("data", "data_root")}
-    if cfg.get("run"):
-        fit_cfg = resolved("fit", source["fit"]) | data_cfg
-    else:
-        fit_cfg = resolved("fit", {"a": cfg["line"][0], "b": cfg["line"][1]}) | data_cfg
+    fit_cfg = _fit_settings(cfg, source)
     device = distributed.current().device(cfg["device"])
     data = _open(cfg)
     torch.manual_seed(0)
-    bn = alignment_subset(data.train, num_samples=min(int(cfg["bn_samples"]), len(data.train)), seed=0)
-    test = data.test
-    if cfg["test_samples"]:
-        test = alignment_subset(test, num_samples=min(int(cfg["test_samples"]), len(test)), seed=0)
-    loader = torch.utils.data.DataLoader(test, batch_size=cfg["batch_size"])
-    bn_loader = torch.utils.data.DataLoader(bn, batch_size=cfg["batch_size"])
+    loader, bn_loader = _evaluation_loaders(cfg, data)
     metrics: list[Any] = [Classification()]
-    source_state: dict[str, Any] = {}
+    fit_run: dict[str, Any] = {}
     if cfg.get("run"):
         from modeconn.curves import evaluate_curve
 
-        recorded = run_state(cfg["run"])
-        curve = _curve(fit_cfg, data)
-        saved = load_checkpoint(curve, Path(cfg["run"]) / "curve.pt")
-        epoch = int(saved.get("epoch", 0)) if isinstance(saved, Mapping) else None
-        source_state = {"state": recorded["state"], "epoch": epoch}  # the checkpoint's epoch
-        if recorded["state"] not in ("complete", "unknown"):
-            import warnings
-
-            warnings.warn(
-                f"{cfg['run']!r} is {describe_state(recorded)}: evaluating its curve as of epoch {epoch}",
-                stacklevel=2,
-            )
-        _check_finite(curve, f"the curve of {cfg['run']!r}")
+        curve, fit_run = _saved_curve(cfg["run"], fit_cfg, data)
         curve.to(device)
         label = cfg["label"] or f"{_pairing(fit_cfg)} {fit_cfg['family']} curve ({fit_cfg['optimizer']})"
         bn_data = bn_loader if has_batchnorm(curve.base) else None
@@ -575,7 +724,7 @@ def evaluate(
         )
     else:
         a, b = (_model(fit_cfg[k], data, k.upper()).to(device) for k in ("a", "b"))
-        report = interpolate(
+        report = evaluate_line(
             a,
             b,
             cfg["num_points"],
@@ -588,38 +737,8 @@ def evaluate(
     run = RunFolder(out)
     run.write_config({"command": "evaluate", "evaluate": cfg})
     if cfg.get("run") and cfg["plane"]:
-        from modeconn.plane import plane
-        from modeconn.plotting import plot_planes
-
-        grid = plane(curve, loader, bn_data, grid=int(cfg["plane"]), label=label, progress=not quiet)
-        grid.meta.update(data=_data_name(data), model=model_spec(fit_cfg["a"], data).arch)
-        if run.main:
-            grid.save(run / "plane.json")
-            plot_planes([grid], run / "plane.png", title=f"{grid.meta['model']} on {grid.meta['data']}")
-    arch = model_spec(fit_cfg["a"], data).arch
-    report.meta.update(data=_data_name(data), model=arch, a=fit_cfg["a"], b=fit_cfg["b"])
-    if source_state:
-        report.meta.update(run=cfg["run"], run_state=source_state["state"], curve_epoch=source_state["epoch"])
-    if run.main:
-        report.save(run / "evaluation.json")
-        report.save(run / "evaluation.csv")
-        PathReport.plot([report], run / "path.png")
-    results = report.to_dict()
-    recomputed = report.meta.get("bn_recomputed") or report.meta.get("bn_data", "none") != "none"
-    results["summary"] = (
-        f"{report.label}: accuracy {report.accuracy[0]:.2f}% -> min {report.min_accuracy:.2f}% -> "
-        f"{report.accuracy[-1]:.2f}%, loss barrier {report.barrier:.4f}"
-        + (
-            f" (BatchNorm statistics recomputed at each t on {len(bn)} training samples)"
-            if recomputed
-            else ""
-        )
-        + f" -> {run.path}"
-    )
-    run.write_json("results.json", results)
-    run.set_state("complete")
-    _say(run, quiet, results["summary"])
-    return results
+        _save_plane(run, curve, loader, bn_data, label, cfg, fit_cfg, data, quiet)
+    return _save_evaluation(run, report, fit_cfg, data, fit_run, len(bn_loader.dataset), quiet)
 
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
@@ -640,7 +759,7 @@ def plot(
     ``config.toml``, ``results.json``, ``log.txt``) or, with a figure suffix (``.png``,
     ``.pdf``, ``.svg``), one file (the planes beside it as ``<name>-plane<suffix>``).
     ``labels`` renames paths in the legend: ``{run as given: name}``."""
-    from modeconn.paths import PathReport
+    from modeconn.path_report import PathReport
     from modeconn.plane import PlaneReport
     from modeconn.plotting import plot_planes
 

@@ -30,6 +30,7 @@ import modeconn
 from modeconn.plugin import (
     PROJECTIONS,
     CurveOptimizer,
+    Perms,
     birkhoff_decomposition,
     distance_from_doubly_stochastic,
     hookimpl,
@@ -42,7 +43,6 @@ from modeconn.plugin import (
 
 __all__ = ["PAM"]
 
-Perms = dict[str, torch.Tensor]
 INITS = ("identity", "alignment")
 
 

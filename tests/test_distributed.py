@@ -187,6 +187,30 @@ def test_torchrun_detection_needs_its_variables(monkeypatch):
         assert isinstance(distributed.current(), distributed.Local)
 
 
+def test_asking_for_the_strategy_under_torchrun_opens_no_process_group(monkeypatch):
+    """current() and what only reads it (rank, world size, device, splitting the data) open no
+    process group: that is left to the first collective or DDP wrap."""
+    from modeconn.data.batches import batches
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a process group was opened")
+
+    monkeypatch.setattr(dist, "init_process_group", refuse)
+    monkeypatch.setattr(distributed, "_chosen", None)
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    for k, v in {**torchrun, "MASTER_PORT": "29511"}.items():
+        monkeypatch.setenv(k, v)
+    strategy = distributed.current()
+    assert isinstance(strategy, distributed.Distributed) and distributed.current() is strategy
+    assert (strategy.rank, strategy.world_size, strategy.local_rank) == (1, 2, 1)
+    assert not strategy.is_main and strategy.where() == " on rank 1 of 2"
+    assert strategy.device("cpu") == torch.device("cpu")
+    x, y = torch.arange(16.0).unsqueeze(1), torch.zeros(16, dtype=torch.long)
+    shard = [batch.x.flatten().tolist() for batch in batches((x, y), batch_size=4, shard=True)]
+    assert shard == [[4.0, 5.0, 6.0, 7.0], [12.0, 13.0, 14.0, 15.0]]  # rank 1's whole batches
+    assert not dist.is_initialized()
+
+
 def test_the_global_batch_must_split_evenly_between_ranks(monkeypatch):
     from modeconn.data.batches import batches
 

@@ -7,16 +7,17 @@ import torch.nn as nn
 from modeconn.plugins.curves import Bezier
 
 import modeconn
-from modeconn import testing
+from modeconn import plugin_manager, testing
 from modeconn.errors import PluginError, UnknownPluginError
-from modeconn.plugin import ActivationCost, CurveOptimizer
-from modeconn.plugin_manager import (
+from modeconn.plugin import (
+    ActivationCost,
+    CurveOptimizer,
     get_plugin,
-    get_plugin_manager,
     get_registry,
     list_plugins,
     register_plugin,
 )
+from modeconn.plugin_manager import get_plugin_manager
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
@@ -41,7 +42,7 @@ FANCY = """
         def matrix(self, stats):
             return stats.correlation()
 
-    @modeconn.hookimpl
+    @modeconn.plugin.hookimpl
     def modeconn_register_costs(registry):
         registry.add("fancy", Fancy())
 """
@@ -61,19 +62,19 @@ def test_autoload_switch_and_block_list(tmp_path, monkeypatch):
     _install_fake_distribution(tmp_path, "modeconn-fancy", "modeconn_fancy", FANCY, entry="fancy")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MODECONN_DISABLE_PLUGIN_AUTOLOAD", "1")
-    modeconn.reset_plugins()
+    modeconn.plugin.reset_plugins()
     assert "fancy" not in get_registry("cost")
     assert len(get_registry("rule")) > 0  # built-ins still load
     monkeypatch.delenv("MODECONN_DISABLE_PLUGIN_AUTOLOAD")
     monkeypatch.setenv("MODECONN_BLOCK_PLUGINS", "fancy")
-    modeconn.reset_plugins()
+    modeconn.plugin.reset_plugins()
     assert "fancy" not in get_registry("cost")
 
 
 def test_builtins_need_no_package_metadata(monkeypatch):
     """A vendored copy or a zipapp has no entry points: the built-ins are registered by name."""
     monkeypatch.setattr(md, "entry_points", lambda **kw: [])
-    modeconn.reset_plugins()
+    modeconn.plugin.reset_plugins()
     assert {e.name for e in get_registry("cost")} == {"correlation", "l2_preact", "weight_matching"}
     assert get_plugin("optimizer", "sgd").obj is CurveOptimizer
     assert get_plugin("curve", "bezier").plugin == "curves"
@@ -85,7 +86,7 @@ class _Bezier2(Bezier):
 
 def test_unknown_name_lists_available():
     class Plugin:
-        @modeconn.hookimpl
+        @modeconn.plugin.hookimpl
         def modeconn_register_curves(self, registry):
             registry.add("bezier_test", _Bezier2())
             registry.add("polychain_test", _Bezier2())
@@ -109,7 +110,7 @@ def test_a_misspelled_hook_is_an_error(decorated):
         pass
 
     Plugin.modeconn_register_cost = staticmethod(
-        modeconn.hookimpl(modeconn_register_cost) if decorated else modeconn_register_cost
+        modeconn.plugin.hookimpl(modeconn_register_cost) if decorated else modeconn_register_cost
     )
     register_plugin(Plugin(), name="typo_plugin")
     with pytest.raises(
@@ -154,7 +155,9 @@ class _OffStart(Bezier):
 )
 def test_registries_check_what_is_added(kind, hook, obj, why):
     plugin = type(
-        "P", (), {hook: staticmethod(modeconn.hookimpl(lambda registry: registry.add(_key(kind), obj)))}
+        "P",
+        (),
+        {hook: staticmethod(modeconn.plugin.hookimpl(lambda registry: registry.add(_key(kind), obj)))},
     )
     register_plugin(plugin(), name="bad_adder")
     with pytest.raises(PluginError, match=rf"plugin 'bad_adder' .*registered {kind} .*{why}"):
@@ -171,7 +174,7 @@ def _key(kind):
 
 def test_plugin_raising_on_registration_is_named():
     class Broken:
-        @modeconn.hookimpl
+        @modeconn.plugin.hookimpl
         def modeconn_register_optimizers(self, registry):
             raise RuntimeError("boom")
 
@@ -210,11 +213,11 @@ class _Hooking(CurveOptimizer):
 
 def test_every_kind_of_plugin_is_named_when_it_fails_in_use():
     class Plugin:
-        @modeconn.hookimpl
+        @modeconn.plugin.hookimpl
         def modeconn_register_curves(self, registry):
             registry.add("dividing", _Dividing())
 
-        @modeconn.hookimpl
+        @modeconn.plugin.hookimpl
         def modeconn_register_optimizers(self, registry):
             registry.add("perturbing", _Perturbing)
             registry.add("hooking", _Hooking)
@@ -240,7 +243,7 @@ def test_every_kind_of_plugin_is_named_when_it_fails_in_use():
 def test_duplicate_names_name_both_plugins():
     def make():
         class P:
-            @modeconn.hookimpl
+            @modeconn.plugin.hookimpl
             def modeconn_register_curves(self, registry):
                 registry.add("same", _Bezier2())
 
@@ -256,13 +259,42 @@ def test_hooks_are_called_through_pluggy_and_can_be_traced(monkeypatch, capfd):
     calls = []
     pm = get_plugin_manager()
     undo = pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append(name), lambda *a: None)
-    get_registry.cache_clear()
+    plugin_manager._registry.cache_clear()  # the registries alone, the manager and its monitor kept
     get_registry("cost")
     undo()
     assert calls == ["modeconn_register_costs"] * 1  # one pluggy call per implementing plugin
     monkeypatch.setenv("MODECONN_TRACE_PLUGINS", "1")
-    modeconn.reset_plugins()
+    modeconn.plugin.reset_plugins()
     get_registry("curve")
     err = capfd.readouterr().err
     assert "modeconn: plugin 'curves' registered curve 'bezier'" in err
     assert "modeconn_register_curves" in err  # pluggy's own trace of the hook call
+
+
+def test_a_kind_is_declared_by_its_owner_and_named_either_way():
+    from modeconn.alignment.costs import COSTS
+    from modeconn.plugin_manager import declare_kind, declared_kinds
+
+    assert declared_kinds()["cost"] is COSTS
+    assert get_registry(COSTS) is get_registry("cost") is COSTS.registry()
+    assert COSTS.get("correlation") is get_plugin("cost", "correlation")
+    with pytest.raises(modeconn.errors.InvalidArgumentError, match="not a hook of modeconn.hookspecs"):
+        declare_kind("colour", "modeconn_register_colours", lambda entry: None)
+    with pytest.raises(modeconn.errors.InvalidArgumentError, match="unknown plugin kind 'colour'.*cost"):
+        get_registry("colour")
+
+
+@pytest.mark.parametrize(
+    "owner, kind, obj, why",
+    [
+        ("modeconn.alignment.costs", "COSTS", object(), "an instance of ActivationCost or WeightCost"),
+        ("modeconn.curves.family", "CURVE_FAMILIES", _OffStart(), "does not select the end point exactly"),
+        ("modeconn.training.trainer", "OPTIMIZERS", object, "a subclass of CurveOptimizer"),
+    ],
+)
+def test_an_object_passed_directly_is_checked_as_a_registry_would(owner, kind, obj, why):
+    import importlib
+
+    plugin_kind = getattr(importlib.import_module(owner), kind)
+    with pytest.raises(PluginError, match=rf"passed to here.*{why}"):
+        plugin_kind.resolve(obj, "here")

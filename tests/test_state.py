@@ -17,7 +17,7 @@ def test_the_same_mistake_raises_one_type_everywhere(tmp_path):
     modeconn.save_checkpoint(b, tmp_path / "b.pt")
     for attempt in (
         lambda: modeconn.align(a, b, x),
-        lambda: modeconn.interpolate(a, b, 3, [(x, y)]),
+        lambda: modeconn.evaluate_line(a, b, 3, [(x, y)]),
         lambda: modeconn.Curve(a, b),
         lambda: modeconn.load_checkpoint(a, tmp_path / "b.pt"),
     ):

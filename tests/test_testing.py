@@ -9,8 +9,15 @@ import torch.nn as nn
 
 from modeconn import testing
 from modeconn.attacks import PGD
-from modeconn.plugin import ActivationCost, CurveFamily, CurveOptimizer, PairStats, WeightCost, passthrough
-from modeconn.plugin_manager import get_registry
+from modeconn.plugin import (
+    ActivationCost,
+    CurveFamily,
+    CurveOptimizer,
+    PairStats,
+    WeightCost,
+    get_registry,
+    passthrough,
+)
 
 
 @pytest.mark.parametrize("name", ["correlation", "l2_preact", "weight_matching"])
@@ -137,3 +144,64 @@ def test_an_unsound_rule_fails_and_a_sound_one_passes():
     testing.check_rule(Shuffle, [(_shuffle_model(), x)], rule=flip_rule)
     with pytest.raises(AssertionError, match="never calls"):
         testing.check_rule(Shuffle, [(nn.Sequential(nn.Linear(3, 2)).double(), x)], rule=flip_rule)
+
+
+_BROKEN_UNDER_O = """
+import sys
+
+import torch
+import torch.nn as nn
+
+from modeconn import testing
+from modeconn.plugin import WeightCost, passthrough
+
+
+class Identity(WeightCost):
+    def solve(self, spec, state_a, state_b):
+        return {g.name: torch.arange(g.size) for g in spec.permutable}
+
+
+class Shuffle(nn.Module):
+    def forward(self, x):
+        return x.flip(1)
+
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(3, 4), Shuffle(), nn.ReLU(), nn.Linear(4, 2)).double()
+x = torch.randn(5, 3, dtype=torch.double)
+print("optimize", sys.flags.optimize)
+for name, check in (
+    ("cost", lambda: testing.check_cost(Identity())),
+    ("rule", lambda: testing.check_rule(Shuffle, [(model, x)], rule=passthrough)),
+):
+    try:
+        check()
+    except AssertionError as e:
+        print(name, "fails:", str(e).splitlines()[0])
+    else:
+        print(name, "passes")
+"""
+
+
+def test_broken_plugins_fail_under_python_O(tmp_path):
+    """``python -O`` strips ``assert`` statements: the kit's checks must fail a broken plugin there too."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "broken.py"
+    script.write_text(_BROKEN_UNDER_O)
+    done = subprocess.run(
+        [sys.executable, "-O", str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "optimize 1"
+    assert len(lines) == 3, done.stdout
+    for line, (name, message) in zip(
+        lines[1:],
+        [
+            ("cost", "a planted permutation was not recovered"),
+            ("rule", "changed the function"),
+        ],
+    ):
+        assert line.startswith(f"{name} fails:") and message in line, line

@@ -444,3 +444,31 @@ def test_a_folder_from_before_a_setting_existed_still_resumes(runs, tmp_path, mo
     assert main(["train", "--model", "mlp", *TINY, "--seed", "1", "--out", "a", "--quiet"]) == 0
     assert main(["train", "--model", "mlp", *TINY, "--seed", "9", "--out", "a", "--quiet"]) == 2
     assert "seed 1 -> 9" in capsys.readouterr().err
+
+
+def test_a_step_keeps_the_callers_global_rng_and_its_seed_decides_the_results(tmp_path):
+    """A step seeds torch's global generator from its ``seed`` for its own work only: the
+    caller's generator is as it was, and one seed gives the same results twice."""
+    import torch
+
+    import modeconn as package
+    from modeconn import workflow
+
+    def train(seed: int, out: str) -> tuple[dict, dict]:
+        config = {"model": "mlp", "epochs": 1, "batch_size": 64, "seed": seed}
+        config.update(train_samples=128, test_samples=64)
+        before = torch.get_rng_state()
+        results = workflow.train(config, tmp_path / out, quiet=True)
+        assert torch.equal(torch.get_rng_state(), before)  # not reseeded, and nothing drawn from it
+        model = package.create_model("mlp", num_classes=10, in_chans=1)
+        package.load_checkpoint(model, tmp_path / out / "model.safetensors")
+        return results, model.state_dict()
+
+    torch.manual_seed(1234)
+    first, weights = train(3, "first")
+    second, again = train(3, "second")
+    _, different = train(4, "other")
+    assert first["test_loss"] == second["test_loss"]
+    assert first["history"][0]["loss"] == second["history"][0]["loss"]
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert not all(torch.equal(weights[k], different[k]) for k in weights)  # the seed is used

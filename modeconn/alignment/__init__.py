@@ -1,8 +1,8 @@
 """Neuron alignment: ``align(model_a, model_b, data)``, its parts, the cost plugin API, and
 relaxed (doubly stochastic) permutations."""
 
-from modeconn.alignment.align import align, cost_matrices, solve_groups
 from modeconn.alignment.assignment import solve_assignment
+from modeconn.alignment.attention_heads import HeadView, head_view
 from modeconn.alignment.costs import ActivationCost, WeightCost
 from modeconn.alignment.doubly_stochastic import (
     PROJECTIONS,
@@ -11,9 +11,9 @@ from modeconn.alignment.doubly_stochastic import (
     nearest_permutation,
     project_doubly_stochastic,
 )
-from modeconn.alignment.heads import HeadView, head_view
+from modeconn.alignment.pipeline import align, cost_matrices, solve_groups
 from modeconn.alignment.result import AlignResult, CorrelationSignature
-from modeconn.alignment.stats import PairStats, collect_statistics
+from modeconn.alignment.stats import PairStats, collect_statistics, graphs_for
 from modeconn.alignment.weight_matching import (
     WeightSimilarity,
     match_weights,
@@ -26,6 +26,7 @@ __all__ = [
     "AlignResult",
     "CorrelationSignature",
     "collect_statistics",
+    "graphs_for",
     "cost_matrices",
     "solve_groups",
     "head_view",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -54,12 +53,8 @@ def solve_assignments(matrices: Sequence[torch.Tensor], maximize: bool = False) 
         return [solve_assignment(m, maximize) for m in matrices]
     # the largest first, so that no thread is left with a big one at the end
     order = sorted(range(len(matrices)), key=lambda i: -matrices[i].numel())
-    solved = dict(zip(order, _pool(workers).map(lambda i: solve_assignment(matrices[i], maximize), order)))
+    # the call's own pool, shut down (its threads joined) before it returns: no thread outlives
+    # the call, in this process or in a fork of it
+    with ThreadPoolExecutor(workers, thread_name_prefix="modeconn-assignment") as pool:
+        solved = dict(zip(order, pool.map(lambda i: solve_assignment(matrices[i], maximize), order)))
     return [solved[i] for i in range(len(matrices))]
-
-
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """One pool per size, kept: weight matching solves a few matrices at a time, many times,
-    and starting threads each time cost ~0.2 s of a 2.8 s run (mobilenetv3_large_100)."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="modeconn-assignment")

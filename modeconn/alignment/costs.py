@@ -17,9 +17,10 @@ from collections.abc import Mapping
 import torch
 
 from modeconn.alignment.stats import PairStats
+from modeconn.plugin_manager import PluginEntry, declare_kind
 from modeconn.symmetry.spec import PermutationSpec
 
-__all__ = ["ActivationCost", "WeightCost"]
+__all__ = ["ActivationCost", "WeightCost", "COSTS"]
 
 
 class ActivationCost:
@@ -52,3 +53,12 @@ class WeightCost:
         """Permutations of model B's groups, ``perms[g][i]`` = the unit of B that moves to
         position ``i``, for the permutable groups of ``spec``."""
         raise NotImplementedError
+
+
+def _validate(entry: PluginEntry) -> None:
+    if not isinstance(entry.obj, (ActivationCost, WeightCost)):
+        raise entry.refuse("a cost is an instance of ActivationCost or WeightCost (modeconn.plugin)")
+
+
+COSTS = declare_kind("cost", "modeconn_register_costs", _validate)
+"""The alignment costs: instances of :class:`ActivationCost` or :class:`WeightCost`."""

@@ -11,11 +11,9 @@ import torch
 import torch.nn as nn
 
 from modeconn.alignment.stats import PairStats
-from modeconn.symmetry.spec import Group, PermutationSpec
+from modeconn.symmetry.spec import Group, Perms, PermutationSpec
 
 __all__ = ["AlignResult", "CorrelationSignature"]
-
-Perms = dict[str, torch.Tensor]
 
 
 @dataclass

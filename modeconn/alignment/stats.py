@@ -10,20 +10,22 @@ Memory is O(units²) whatever the number of samples.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from modeconn import distributed
 from modeconn.alignment.derived import derive, derived_sites
+from modeconn.capture import ModelInputs, model_inputs, observe_pairs
 from modeconn.data.batches import Batch, batches
 from modeconn.errors import AlignmentError
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
-from modeconn.symmetry.discovery import model_inputs, trace_model
-from modeconn.symmetry.sites import observe_pairs
+from modeconn.symmetry.discovery import capture_graph
 from modeconn.symmetry.spec import Group, PermutationSpec, Site, unit_view
 
 __all__ = [
@@ -32,6 +34,9 @@ __all__ = [
     "site_view",
     "site_matrix",
     "collect_statistics",
+    "check_statistics_options",
+    "first_batch",
+    "graphs_for",
     "choose_sites",
     "paired_sites",
     "spatial_subsample",
@@ -240,6 +245,44 @@ def _rejected(e: Exception) -> bool:
     return isinstance(e, _REJECTIONS) and not isinstance(e, torch.OutOfMemoryError)
 
 
+def check_statistics_options(adversarial: Any, sites: Any, spatial_stride: Any) -> None:
+    """Raise :class:`AlignmentError` unless the options of :func:`collect_statistics` are valid."""
+    if adversarial not in ADVERSARIAL:
+        raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
+    check_site_options(sites, spatial_stride)
+
+
+def first_batch(stream: Iterator[Batch]) -> tuple[Batch, Iterator[Batch]]:
+    """The first batch of ``stream`` and the whole stream again; no batch is an error."""
+    first = next(stream, None)
+    if first is None:
+        raise _no_data()
+    return first, itertools.chain([first], stream)
+
+
+def _no_data() -> AlignmentError:
+    return AlignmentError(f"no data{distributed.current().where()}: the data iterable yielded no batch")
+
+
+def graphs_for(
+    spec: PermutationSpec, model_a: nn.Module, model_b: nn.Module, inputs: ModelInputs
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """The eval-mode graphs of both models whose nodes ``spec``'s sites name, for ``inputs``:
+    the spec's own capture where it fits model A (:attr:`PermutationSpec.graph`), else a new
+    one, captured as the spec was; model B runs the same graph with its own tensors where that
+    fits it (the same architecture), else is captured on its own. So each model is captured at
+    most once, and a spec from :func:`~modeconn.discover` on model A needs no capture at all."""
+    captured = spec.graph
+    if captured is None or captured.fits(model_a, inputs) is not None:
+        captured = capture_graph(model_a, inputs, how=spec.capture)
+    graph_b = (
+        captured.graph_for(model_b)
+        if captured.fits(model_b, inputs) is None
+        else capture_graph(model_b, inputs, how=spec.capture).graph
+    )
+    return captured.graph_for(model_a), graph_b
+
+
 def collect_statistics(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -255,6 +298,7 @@ def collect_statistics(
     adversarial: str = "own",
     sites: str | int = "all",
     spatial_stride: int = 1,
+    progress: bool = False,
 ) -> dict[str, list[PairStats]]:
     """:class:`PairStats` of both models' units at the sites of every group (default: the
     permutable groups that have sites where both models see the same samples,
@@ -262,163 +306,154 @@ def collect_statistics(
     is any form :func:`modeconn.data.batches` reads; ``kind`` picks the sites to observe and
     ``sites`` how many of them (:data:`SITES`); ``spatial_stride`` > 1 keeps every
     ``spatial_stride``-th row and column of feature maps (the paper's code takes every second
-    above 32x32). The models are left unchanged.
+    above 32x32); ``progress`` shows a bar over the batches. The models are left unchanged.
 
     With ``adversary`` (a :class:`modeconn.attacks.PGD`; models in eval mode) the statistics
     are taken on adversarial examples of each labelled batch: each model's own
     (``adversarial="own"``, the paper's code for robust models) or those against model A, fed
-    to both (``"shared"``: both models see the same inputs, as in clean alignment)."""
-    if adversarial not in ADVERSARIAL:
-        raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
-    check_site_options(sites, spatial_stride)
+    to both (``"shared"``: both models see the same inputs, as in clean alignment).
+
+    Both models run in lockstep (:func:`~modeconn.capture.observe_pairs`) through the graphs
+    of :func:`graphs_for`: each site's statistics are taken as soon as both models have
+    computed it, so no observed value outlives its use. Sites that an eval-mode BatchNorm
+    computes from another observed site are derived from its statistics
+    (:mod:`modeconn.alignment.derived`), not observed."""
+    check_statistics_options(adversarial, sites, spatial_stride)
     model_a, model_b = unwrap(model_a), unwrap(model_b)
-    stream = iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples, shard=True))
-    first = next(stream, None)
-    if first is None:
-        raise AlignmentError(f"no data{distributed.current().where()}: the data iterable yielded no batch")
+    first, stream = first_batch(
+        iter(batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples, shard=True))
+    )
     paired = paired_sites(spec)
     groups = [g for g in spec.permutable if paired[g.name]] if groups is None else list(groups)
     groups = [replace(g, sites=paired.get(g.name, g.sites)) for g in groups]
     with modes_restored(model_a, model_b):
         model_a.eval()
         model_b.eval()
-        return _collect(
-            model_a,
-            model_b,
-            groups,
-            kind,
-            itertools.chain([first], stream),
-            first,
-            adversary,
-            adversarial,
-            sites=sites,
-            spatial_stride=spatial_stride,
-            capture=spec.capture,
-        )
+        probe = model_inputs(model_a, first.inputs)
+        graphs = graphs_for(spec, model_a, model_b, probe)
+        observation = _Observation(graphs, groups, kind, sites, probe)
+        runner = observation.runner(spatial_stride)
+        device, dtype = device_of(model_a), float_dtype_of(model_a)
+        with torch.no_grad():
+            bar = tqdm(stream, desc="align: statistics", unit="batch", leave=False, disable=not progress)
+            for batch in bar:
+                batch = batch.to(device, dtype)
+                inputs = model_inputs(model_a, batch.inputs)
+                per_model = [inputs.values, inputs.values]
+                if adversary is not None:
+                    per_model = _attacked(model_a, model_b, batch, inputs.values, adversary, adversarial)
+                observation.inputs = inputs
+                _run(runner, per_model, observation, spec.capture, probe)
+                observation.first = False
+    return observation.results()
 
 
-def _collect(
-    model_a: nn.Module,
-    model_b: nn.Module,
-    groups: list[Group],
-    kind: str,
-    data: Iterable[Batch],
-    first: Batch,
-    adversary: Any = None,
-    adversarial: str = "own",
-    progress: bool = False,
-    sites: str | int = "all",
-    spatial_stride: int = 1,
-    capture: str = "fx",
-) -> dict[str, list[PairStats]]:
-    """One eval forward pass of each model per batch, through the graph ``capture`` gives (the
-    spec's); statistics for every site of every group
-    (on adversarial examples when ``adversary`` is given: see :func:`collect_statistics`);
-    ``progress`` shows a bar over the batches.
+class _Observation:
+    """What one statistics pass observes: for each group, the sites ``kind`` and ``sites``
+    choose; an accumulator per observed site, none for a site derived from another."""
 
-    Both models run in lockstep (:func:`observe_pairs`): each site's statistics are taken as
-    soon as both models have computed it, so no observed value outlives its use. Sites that an
-    eval-mode BatchNorm computes from another observed site are derived from its statistics
-    (:mod:`modeconn.alignment.derived`), not observed."""
-    device, dtype = device_of(model_a), float_dtype_of(model_a)
-    plan = {g.name: choose_sites(g, kind, sites) for g in groups}
-    probe = model_inputs(model_a, first.inputs)
-    traced = [trace_model(m, probe, capture=capture) for m in (model_a, model_b)]
-    known = {n.name for n in traced[0].graph.nodes} & {n.name for n in traced[1].graph.nodes}
-    missing = sorted({s.node for sites in plan.values() for s in sites} - known)
-    if missing:
-        raise AlignmentError(
-            f"the spec observes node(s) {', '.join(map(repr, missing[:3]))}, which the models' graphs on the "
-            f"data ({probe.describe()}) do not have: the spec was discovered on other inputs or another "
-            f"model. Give align batches with the inputs discover was given, or discover the spec again."
-        )
-    derived = derived_sites(*traced, groups, plan)
-    acc = {
-        g.name: [
-            None if (g.name, i) in derived else Accumulator(g.size, s.kind)
-            for i, s in enumerate(plan[g.name])
-        ]
-        for g in groups
-    }
-    at_node: dict[str, list[tuple[Accumulator, Group, Site]]] = {}
-    for g in groups:
-        for a, site in zip(acc[g.name], plan[g.name]):
-            if a is not None:
-                at_node.setdefault(site.node, []).append((a, g, site))
-    names = sorted(at_node)
-    everyone = [a for g in groups for a in acc[g.name] if a is not None]
-    state = {"first": True, "model": 0, "inputs": probe}
-
-    def enter(k: int) -> None:
-        state["model"] = k
-
-    def observe(i: int, va: torch.Tensor, vb: torch.Tensor) -> None:
-        node = names[i]
-        if state["first"]:
-            _check_activations(node, va, vb)
-            _check_sites(node, va, at_node[node], state["inputs"])
-        views = [
-            tuple(site_view(spatial_subsample(v, site.axis, spatial_stride), site, g.size) for v in (va, vb))
-            for _, g, site in at_node[node]
-        ]
-        accumulators = [a for a, _, _ in at_node[node]]
-        if state["first"]:
-            _common_shifts(accumulators, views)
-        for a, (xa, xb) in zip(accumulators, views):
-            a.update(xa, xb)  # not in place: the values are still the graphs' own
-
-    paired = observe_pairs(*traced, names, observe, enter)
-    with torch.no_grad():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(data, desc="align: statistics", unit="batch", leave=False, disable=not progress)
-        for batch in bar:
-            batch = batch.to(device, dtype)
-            inputs = model_inputs(model_a, batch.inputs)
-            per_model = [inputs.values, inputs.values]
-            if adversary is not None:
-                per_model = _attacked(model_a, model_b, batch, inputs.values, adversary, adversarial)
-            state["inputs"] = inputs
-            try:
-                paired(*per_model[0], *per_model[1])
-            except AlignmentError:
-                raise
-            except Exception as e:
-                if not _rejected(e):
-                    raise
-                hint = ""
-                if capture == "export" and "Guard failed" in str(e):
-                    hint = (
-                        f" (the graph torch.export captured on the first batch, "
-                        f"{probe.describe()}, takes other batch sizes and sequence lengths "
-                        f"only: give every batch the same shapes otherwise)"
-                    )
-                raise AlignmentError(
-                    f"{('model_a', 'model_b')[state['model']]} rejected the data (a batch of "
-                    f"{inputs.describe()}): {type(e).__name__}: {e}{hint}"
-                ) from e
-            state["first"] = False
-    _all_reduce(everyone)
-    out = {}
-    for g in groups:
-        observed = [a for a in acc[g.name] if a is not None]
-        if not observed or observed[0].n == 0:
+    def __init__(
+        self,
+        graphs: tuple[fx.GraphModule, fx.GraphModule],
+        groups: list[Group],
+        kind: str,
+        sites: str | int,
+        probe: ModelInputs,
+    ):
+        self.graphs, self.groups = graphs, groups
+        self.plan = {g.name: choose_sites(g, kind, sites) for g in groups}
+        known = {n.name for n in graphs[0].graph.nodes} & {n.name for n in graphs[1].graph.nodes}
+        missing = sorted({s.node for sites in self.plan.values() for s in sites} - known)
+        if missing:
             raise AlignmentError(
-                f"no data{distributed.current().where()}: the data iterable yielded no batch"
+                f"the spec observes node(s) {', '.join(map(repr, missing[:3]))}, which the models' graphs on "
+                f"the data ({probe.describe()}) do not have: the spec was discovered on other inputs or "
+                f"another model. Give align batches with the inputs discover was given, or discover the "
+                f"spec again."
             )
-        out[g.name] = [a.result() if a is not None else None for a in acc[g.name]]
-        for i, site in enumerate(plan[g.name]):
-            if (g.name, i) in derived:  # its parent is observed: derived[...].parent is not derived
-                d = derived[g.name, i]
-                out[g.name][i] = derive(out[g.name][d.parent], d, site.kind)
-        for site, st in zip(plan[g.name], out[g.name]):
-            if not (
-                torch.isfinite(st.cov).all()
-                and torch.isfinite(st.var_a).all()
-                and torch.isfinite(st.var_b).all()
-            ):
-                raise AlignmentError(f"activations at node `{site.node}` (group {g.name}) contain NaN or Inf")
-    return out
+        self.derived = derived_sites(*graphs, groups, self.plan)
+        self.acc = {
+            g.name: [
+                None if (g.name, i) in self.derived else Accumulator(g.size, s.kind)
+                for i, s in enumerate(self.plan[g.name])
+            ]
+            for g in groups
+        }
+        self.at_node: dict[str, list[tuple[Accumulator, Group, Site]]] = {}
+        for g in groups:
+            for a, site in zip(self.acc[g.name], self.plan[g.name]):
+                if a is not None:
+                    self.at_node.setdefault(site.node, []).append((a, g, site))
+        self.first, self.model, self.inputs = True, 0, probe
+
+    def runner(self, spatial_stride: int) -> fx.GraphModule:
+        """Both graphs in lockstep, feeding every observed node's values to its accumulators."""
+        names = sorted(self.at_node)
+
+        def enter(k: int) -> None:
+            self.model = k
+
+        def observe(i: int, va: torch.Tensor, vb: torch.Tensor) -> None:
+            node = names[i]
+            if self.first:
+                _check_activations(node, va, vb)
+                _check_sites(node, va, self.at_node[node], self.inputs)
+            views = [
+                tuple(
+                    site_view(spatial_subsample(v, site.axis, spatial_stride), site, g.size) for v in (va, vb)
+                )
+                for _, g, site in self.at_node[node]
+            ]
+            accumulators = [a for a, _, _ in self.at_node[node]]
+            if self.first:
+                _common_shifts(accumulators, views)
+            for a, (xa, xb) in zip(accumulators, views):
+                a.update(xa, xb)  # not in place: the values are still the graphs' own
+
+        return observe_pairs(*self.graphs, names, observe, enter)
+
+    def results(self) -> dict[str, list[PairStats]]:
+        """Every group's statistics, summed over the ranks of a torchrun job, derived sites
+        filled in from their parents."""
+        _all_reduce([a for g in self.groups for a in self.acc[g.name] if a is not None])
+        out = {}
+        for g in self.groups:
+            observed = [a for a in self.acc[g.name] if a is not None]
+            if not observed or observed[0].n == 0:
+                raise _no_data()
+            out[g.name] = [a.result() if a is not None else None for a in self.acc[g.name]]
+            for i, site in enumerate(self.plan[g.name]):
+                if (g.name, i) in self.derived:  # its parent is observed, not derived
+                    d = self.derived[g.name, i]
+                    out[g.name][i] = derive(out[g.name][d.parent], d, site.kind)
+            for site, st in zip(self.plan[g.name], out[g.name]):
+                finite = torch.isfinite(st.cov).all() and torch.isfinite(st.var_a).all()
+                if not (finite and torch.isfinite(st.var_b).all()):
+                    raise AlignmentError(
+                        f"activations at node `{site.node}` (group {g.name}) contain NaN or Inf"
+                    )
+        return out
+
+
+def _run(runner: fx.GraphModule, per_model: list[tuple], observation: _Observation, how: str, probe) -> None:
+    """One batch through both models; a model that rejects the data is an error naming it."""
+    try:
+        runner(*per_model[0], *per_model[1])
+    except AlignmentError:
+        raise
+    except Exception as e:
+        if not _rejected(e):
+            raise
+        hint = ""
+        if how == "export" and "Guard failed" in str(e):
+            hint = (
+                f" (the graph torch.export captured for {probe.describe()} takes other batch sizes "
+                f"and sequence lengths only: give every batch the same shapes otherwise)"
+            )
+        raise AlignmentError(
+            f"{('model_a', 'model_b')[observation.model]} rejected the data (a batch of "
+            f"{observation.inputs.describe()}): {type(e).__name__}: {e}{hint}"
+        ) from e
 
 
 def _common_shifts(accumulators: list[Accumulator], views: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from modeconn.alignment.assignment import solve_assignments
-from modeconn.alignment.heads import HeadStructure, HeadView, head_view
+from modeconn.alignment.attention_heads import HeadStructure, HeadView, head_view
 from modeconn.symmetry.spec import Group, PermutationSpec
 
 __all__ = ["TOL", "WeightSimilarity", "match_weights", "weight_similarity", "signature_matching"]
@@ -38,7 +38,7 @@ def match_weights(
     in a seeded random order, until a full sweep changes nothing or raises the objective by
     less than ``tol`` times its bound ‖θ_A‖·‖θ_B‖ (``tol=0``: until nothing changes), or after
     ``max_iter`` sweeps. Attention heads are matched by the best assignment of their units,
-    then units within matched heads (:mod:`modeconn.alignment.heads`).
+    then units within matched heads (:mod:`modeconn.alignment.attention_heads`).
 
     ``groups`` restricts which groups are updated (default: all permutable groups); ``init``
     gives starting permutations, and the updated groups it leaves out start from

@@ -15,10 +15,9 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from modeconn.batchnorm import update_bn
-from modeconn.curves.family import CurveFamily
+from modeconn.curves.family import CURVE_FAMILIES, CurveFamily
 from modeconn.errors import InvalidArgumentError
 from modeconn.modules import tensor_aliases, unwrap
-from modeconn.plugin_manager import direct_entry, get_plugin
 from modeconn.state import check_same_architecture, lerp_state
 
 __all__ = ["Curve"]
@@ -48,10 +47,7 @@ class Curve(nn.Module):
         num_bends: int | None = None,
     ):
         super().__init__()
-        if isinstance(family, str):
-            entry = get_plugin("curve", family)  # the registry checked it is a CurveFamily obeying the law
-        else:
-            entry = direct_entry("curve", family, "Curve")
+        entry = CURVE_FAMILIES.resolve(family, "Curve")  # a CurveFamily that keeps the curve law
         self._family_entry = entry
         self.family_name = entry.name
         self.family: CurveFamily = entry.obj
@@ -212,8 +208,15 @@ class Curve(nn.Module):
         return functional_call(self.base, state, x if isinstance(x, tuple) else (x,))
 
     def model_at(self, t: float, bn_data: Any = None) -> nn.Module:
-        """A plain model with ``r(t)``'s weights; BatchNorm statistics are recomputed on
-        ``bn_data`` when given (otherwise interpolated from the end points)."""
+        """The network at ``t`` as a standalone ``nn.Module`` (a copy of the base model, in eval
+        mode, sharing no storage with the curve): its parameters are the curve's point
+        ``r(t) = Σ_j c_j(t) P_j`` — the family's coefficients at ``t`` times the control points
+        θ_A, the bends, θ_B, as :meth:`weights` gives them (so θ_A at t = 0 and θ_B at t = 1) —
+        detached and trainable again (``requires_grad``). Its buffers are the end points'
+        interpolated linearly in ``t`` (:meth:`buffers_at`; integer ones such as
+        ``num_batches_tracked`` are θ_A's), so it computes what ``curve(x, t)`` computes in
+        eval mode; with ``bn_data`` its BatchNorm running statistics are instead recomputed on
+        that data (:func:`modeconn.update_bn`). ``t`` must lie in [0, 1]."""
         model = copy.deepcopy(self.base)
         model.load_state_dict(self.state_at(t))
         for p in model.parameters():

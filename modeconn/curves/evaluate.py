@@ -9,7 +9,7 @@ from modeconn.batchnorm import has_batchnorm
 from modeconn.curves.curve import Curve
 from modeconn.errors import InvalidArgumentError
 from modeconn.metrics import Classification, Metric
-from modeconn.paths import PathReport, evaluate_path, evenly_spaced
+from modeconn.path_report import PathReport, evaluate_path, evenly_spaced
 
 __all__ = ["evaluate_curve"]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CurveFamily", "check_family_law"]
+from modeconn.plugin_manager import PluginEntry, declare_kind
+
+__all__ = ["CurveFamily", "check_family_law", "CURVE_FAMILIES"]
 
 
 class CurveFamily:
@@ -56,3 +58,15 @@ def check_family_law(family: CurveFamily) -> str | None:
             elif abs(float(c.sum()) - 1.0) > 1e-9:
                 return f"{k} bend(s) at t={t}: the coefficients sum to {float(c.sum())}, not 1"
     return None
+
+
+def _validate(entry: PluginEntry) -> None:
+    if not isinstance(entry.obj, CurveFamily):
+        raise entry.refuse("a curve family is an instance of CurveFamily (modeconn.plugin)")
+    problem = entry.invoke(check_family_law, entry.obj)
+    if problem:
+        raise entry.refuse(f"its coefficients break the curve law: {problem}")
+
+
+CURVE_FAMILIES = declare_kind("curve", "modeconn_register_curves", _validate)
+"""The curve families: instances of :class:`CurveFamily` that keep the curve law."""

@@ -105,6 +105,8 @@ def call_model(model: Any, x: Any) -> Any:
 def as_batch(raw: Any, *, labels: bool = True) -> Batch:
     """One user batch as a :class:`Batch` (see the module docstring); ``labels`` says whether
     a tuple batch ends with its target."""
+    if isinstance(raw, Batch):
+        return raw
     if isinstance(raw, torch.Tensor):
         return Batch((raw,))
     if isinstance(raw, Mapping):

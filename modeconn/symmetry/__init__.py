@@ -8,7 +8,12 @@ a rule sees a graph node through a :class:`RuleContext`.
 
 from modeconn.symmetry.context import RuleContext, Unsupported
 from modeconn.symmetry.discovery import discover
-from modeconn.symmetry.permute import permutation_matrix, permute, permute_state_dict, soft_permute_state_dict
+from modeconn.symmetry.permutation import (
+    permutation_matrix,
+    permute,
+    permute_state_dict,
+    soft_permute_state_dict,
+)
 from modeconn.symmetry.spaces import Layout, TensorLayout
 from modeconn.symmetry.spec import FIX_KINDS, Fix, Group, PermutationSpec, Site, TensorSlice
 

@@ -12,7 +12,7 @@ the node is then treated as unsupported — a rule never guesses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +20,8 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import map_aggregate
 
+from modeconn.capture.names import op_name, target_name
+from modeconn.plugin_manager import PluginEntry, declare_kind
 from modeconn.symmetry.arguments import Arguments, ArgumentsNotUnderstood, normalize, python_type
 from modeconn.symmetry.spaces import Fold, Layout, TensorLayout, layout_size
 from modeconn.symmetry.spec import Fix
@@ -27,7 +29,16 @@ from modeconn.symmetry.spec import Fix
 if TYPE_CHECKING:
     from modeconn.symmetry.discovery import _Discovery
 
-__all__ = ["RuleContext", "Unsupported", "target_name", "op_name", "tensor_layouts", "flat_values"]
+__all__ = [
+    "RuleContext",
+    "Rule",
+    "RULES",
+    "Unsupported",
+    "target_name",
+    "op_name",
+    "tensor_layouts",
+    "flat_values",
+]
 
 SHARED_KV = "query heads that share a key/value head keep their order within the group"
 """The reason the query heads of grouped-query attention are fixed on their own (they move
@@ -361,35 +372,26 @@ def tensor_layouts(value: Any) -> Iterator[TensorLayout]:
             yield v
 
 
-def target_name(node: fx.Node) -> str:
-    """A readable name for a node's op: ``torch.cumsum``, ``Tensor.view``, ``operator.add``."""
-    t = node.target
-    if node.op == "call_method":
-        return f"Tensor.{t}"
-    if isinstance(t, str):
-        return t
-    return op_name(t)
+Rule = Callable[[RuleContext], Any]
+"""A permutation rule: it reads one node through its :class:`RuleContext`."""
 
 
-def op_name(t: Any) -> str:
-    """A readable, importable-looking name for a function or class (``torch.nn.functional.relu``;
-    ``aten.linear`` for torch.export's ATen ops, every overload)."""
-    if isinstance(t, torch._ops.OpOverload):
-        t = t.overloadpacket
-    if isinstance(t, torch._ops.OpOverloadPacket):
-        return t._qualified_op_name.replace("::", ".")
-    module = getattr(t, "__module__", None) or ""
-    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", repr(t))
-    if "<locals>" in name or name.startswith("_"):  # boolean_dispatch wrappers, torch._VariableFunctionsClass
-        name = getattr(t, "__name__", name)
-    if module in ("_operator", "operator"):
-        return f"operator.{name}"
-    if module == "builtins":
-        return name
-    if module.startswith("torch._C") or module in ("torch._VariableFunctionsClass",):
-        module = "torch"
-    if module.startswith("torch.nn.functional"):
-        module = "torch.nn.functional"
-    elif module.startswith("torch.nn.modules."):  # torch.nn.modules.conv.Conv2d is torch.nn.Conv2d
-        module = "torch.nn"
-    return f"{module}.{name}" if module else name
+def _validate(entry: PluginEntry) -> None:
+    key = entry.key
+    key_ok = (isinstance(key, type) and issubclass(key, nn.Module)) or (
+        isinstance(key, str) and key.startswith("method:")
+    )
+    key_ok = key_ok or (callable(key) and not isinstance(key, type))
+    if not key_ok:
+        raise entry.refuse("a rule's key is an nn.Module class, a function, or 'method:<name>'")
+    if not callable(entry.obj) or isinstance(entry.obj, type):
+        raise entry.refuse("a rule is a function of one RuleContext")
+
+
+def _rule_name(key: Any) -> str:
+    return key if isinstance(key, str) else op_name(key)
+
+
+RULES = declare_kind("rule", "modeconn_register_rules", _validate, key_name=_rule_name)
+"""The permutation rules, keyed by the op they read: an ``nn.Module`` class, a function (or
+ATen op), or ``"method:<name>"``. A key reads as itself (a string) or as :func:`op_name` of it."""

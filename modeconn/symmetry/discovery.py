@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from modeconn.capture import (
+    CAPTURES,
+    Capture,
+    ModelInputs,
+    capture,
+    graph_name,
+    model_inputs,
+    record_values,
+    target_name,
+)
 from modeconn.errors import SymmetryError, TraceError, UnsupportedOpError
-from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
+from modeconn.modules import float_dtype_of, modes_restored, unknown_hooks, unwrap
 from modeconn.symmetry.arguments import ArgumentsNotUnderstood
-from modeconn.symmetry.context import RuleContext, Unsupported, target_name, tensor_layouts
-from modeconn.symmetry.export import CAPTURES, export_graph
+from modeconn.symmetry.context import RULES, Rule, RuleContext, Unsupported, tensor_layouts
 from modeconn.symmetry.heads import head_groups
-from modeconn.symmetry.parametrizations import derived_tensors, unknown_hooks
+from modeconn.symmetry.parametrizations import derived_tensors
 from modeconn.symmetry.spaces import Layout, SpaceGraph, TensorLayout
 from modeconn.symmetry.spec import Fix, Group, PermutationSpec, Site, TensorSlice
-from modeconn.symmetry.tracing import ModelInputs, graph_name, kept_whole, record_values, trace
 
-__all__ = ["discover", "trace_model", "Rule", "model_inputs"]
+__all__ = ["discover", "capture_graph", "trace_model", "RuleBook"]
 
-Rule = Callable[[RuleContext], Any]
 
 # What a subclass may redefine and still use its base's rule: nothing that runs in forward.
 _INERT_METHODS = frozenset(
@@ -43,37 +50,15 @@ def _inherits_forward(cls: type, base: type) -> bool:
     return True
 
 
-class _Discovery:
-    """Mutable state of one discovery run over one or more traces of the same model."""
+class RuleBook:
+    """The permutation rules, looked up by what a graph node calls: a module (by its class, or
+    a base class whose forward it inherits), a function, an ATen op or a ``Tensor`` method.
+    It is also what :func:`~modeconn.capture.capture` keeps whole: the modules and calls a rule
+    reads (:class:`~modeconn.capture.Leaves`)."""
 
-    def __init__(self, model: nn.Module, rules: dict[Hashable, Rule], strict: bool):
-        self.model = model
-        self.rules = rules
-        self.strict = strict
-        self.spaces = SpaceGraph()
-        self.bindings: dict[tuple[str, int], Layout | None] = {}
-        self.binding_where: dict[tuple[str, int], str] = {}
-        self.binding_order: list[tuple[str, int]] = []
-        self.sites: list[tuple[str, int, Layout, str]] = []
-        self.reached: set[str] = set()
-        state = model.state_dict(keep_vars=True)
-        self.state_shapes = {k: tuple(v.shape) for k, v in state.items()}
-        first: dict[int, str] = {}
-        self.canonical = {name: first.setdefault(id(t), name) for name, t in state.items()}
-        self.derived = derived_tensors(model, set(state))
-        self.values: dict[str, Any] = {}
-        self.dtypes: dict[str, torch.dtype] = {}
-        self.ann: dict[str, Any] = {}
-        self.record_sites = True
-        self.seen: list[TensorLayout] = []  # every node's layouts: head groups are checked on them
-        self._use: set[tuple[str, int]] = set()  # (tensor, axis) bound while visiting one node
-        self.gm: fx.GraphModule | None = None
+    def __init__(self, rules: Mapping[Hashable, Rule] | None = None):
+        self.rules = dict(rules) if rules is not None else {e.key: e.obj for e in RULES.registry()}
 
-    def name_of(self, target: str) -> str:
-        """The model's name for a module or tensor of the graph being visited."""
-        return graph_name(self.gm, target) if self.gm is not None else target
-
-    # -- rule lookup -----------------------------------------------------------------------
     def module_rule(self, m: nn.Module) -> Rule | None:
         cls = type(m)
         for base in cls.__mro__:
@@ -97,6 +82,43 @@ class _Discovery:
         if node.op == "call_method":
             return self.rules.get(f"method:{node.target}")
         return None
+
+    def module(self, m: nn.Module) -> bool:
+        return self.module_rule(m) is not None
+
+    def function(self, node: fx.Node) -> bool:
+        return self.node_rule(node) is not None
+
+
+class _Discovery:
+    """Mutable state of one discovery run over one or more traces of the same model."""
+
+    def __init__(self, model: nn.Module, book: RuleBook, strict: bool):
+        self.model = model
+        self.book = book
+        self.strict = strict
+        self.spaces = SpaceGraph()
+        self.bindings: dict[tuple[str, int], Layout | None] = {}
+        self.binding_where: dict[tuple[str, int], str] = {}
+        self.binding_order: list[tuple[str, int]] = []
+        self.sites: list[tuple[str, int, Layout, str]] = []
+        self.reached: set[str] = set()
+        state = model.state_dict(keep_vars=True)
+        self.state_shapes = {k: tuple(v.shape) for k, v in state.items()}
+        first: dict[int, str] = {}
+        self.canonical = {name: first.setdefault(id(t), name) for name, t in state.items()}
+        self.derived = derived_tensors(model, set(state))
+        self.values: dict[str, Any] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.ann: dict[str, Any] = {}
+        self.record_sites = True
+        self.seen: list[TensorLayout] = []  # every node's layouts: head groups are checked on them
+        self._use: set[tuple[str, int]] = set()  # (tensor, axis) bound while visiting one node
+        self.gm: fx.GraphModule | None = None
+
+    def name_of(self, target: str) -> str:
+        """The model's name for a module or tensor of the graph being visited."""
+        return graph_name(self.gm, target) if self.gm is not None else target
 
     # -- bookkeeping -------------------------------------------------------------------------
     def bind(self, tensor: str, axis: int, layout: Layout | None, where: str) -> None:
@@ -222,7 +244,7 @@ class _Discovery:
             return self.unsupported(
                 node, f"forward hooks ({hooks}) change what the module computes", kind="parametrization"
             )
-        rule = self.module_rule(module) if module is not None else self.node_rule(node)
+        rule = self.book.module_rule(module) if module is not None else self.book.node_rule(node)
         if rule is None:
             why = (
                 self.gm.meta.get("opaque", {}).get(self.name_of(node.target)) if module is not None else None
@@ -317,188 +339,166 @@ def _holds_tensor(value: Any) -> bool:
 
 
 def _build_spec(d: _Discovery, model: nn.Module, capture: str) -> PermutationSpec:
+    """The spec of a finished discovery: a group per class of units (named from its producers'
+    labels, in the order of its first tensor binding), then a group per head group."""
+    aliases = _aliases(d.canonical)
     sp = d.spaces
-    aliases: dict[str, list[str]] = {}
-    for name, canonical in d.canonical.items():
-        aliases.setdefault(canonical, []).append(name)
     heads = {id(h.root): h for h in head_groups(sp, d.seen, d.bindings, d.state_shapes, d.sites, sp.fences)}
+    groups: dict[str, Group] = {}
+    for entry in _unit_classes(d, aliases).values():
+        h = heads.get(id(entry["root"]))
+        if h is not None:  # a tensor along a heads axis: it moves with the heads
+            h.slices += entry["slices"]
+            h.sites += entry["sites"]
+            continue
+        name = _unique(_class_name(entry), groups)
+        groups[name] = _units_group(name, entry)
+    for h in heads.values():
+        name = _unique(h.label, groups)
+        groups[name] = _heads_group(name, h, aliases)
+    return PermutationSpec(
+        groups=groups, unreached=_unreached(d), model=type(model).__name__, capture=capture
+    )
 
-    # Classes in the order their first tensor binding appears; names from producer labels.
+
+def _aliases(canonical: Mapping[str, str]) -> dict[str, list[str]]:
+    """Every state-dict name of each canonical tensor name."""
+    aliases: dict[str, list[str]] = {}
+    for name, c in canonical.items():
+        aliases.setdefault(c, []).append(name)
+    return aliases
+
+
+def _leaf_starts(sp: SpaceGraph, layout: Layout) -> list[tuple[Any, int, int]]:
+    """Each leaf of ``layout`` as (leaf, indices per unit, start index)."""
+    out, pos = [], 0
+    for leaf, inner in sp.resolve(layout):
+        out.append((leaf, inner, pos))
+        pos += leaf.size * inner
+    return out
+
+
+def _class_entry(classes: dict[int, dict], sp: SpaceGraph, leaf: Any) -> dict:
+    """The entry of ``leaf``'s class in ``classes``, added if new, with ``leaf`` among its leaves."""
+    root = sp.find(leaf)
+    if id(root) not in classes:
+        classes[id(root)] = {"root": root, "size": leaf.size, "slices": [], "sites": [], "leaves": []}
+    entry = classes[id(root)]
+    if leaf not in entry["leaves"]:
+        entry["leaves"].append(leaf)
+    return entry
+
+
+def _unit_classes(d: _Discovery, aliases: Mapping[str, list[str]]) -> dict[int, dict]:
+    """The classes of units along bound tensor axes, by root id in the order their first tensor
+    binding appears: each with its root, size, leaves, slices (under every alias of a tensor)
+    and sites."""
+    sp = d.spaces
     classes: dict[int, dict] = {}
-
-    def cls_of(leaf) -> dict:
-        root = sp.find(leaf)
-        if id(root) not in classes:
-            classes[id(root)] = {"root": root, "size": leaf.size, "slices": [], "sites": [], "leaves": []}
-        entry = classes[id(root)]
-        if leaf not in entry["leaves"]:
-            entry["leaves"].append(leaf)
-        return entry
-
     for tensor, axis in d.binding_order:
         layout = d.bindings[(tensor, axis)]
         if layout is None:
             continue
-        pos = 0
-        for leaf, inner in sp.resolve(layout):
-            entry = cls_of(leaf)
-            for alias in aliases[tensor]:
-                entry["slices"].append(TensorSlice(alias, axis, pos, inner))
-            pos += leaf.size * inner
+        for leaf, inner, pos in _leaf_starts(sp, layout):
+            entry = _class_entry(classes, sp, leaf)
+            entry["slices"] += [TensorSlice(alias, axis, pos, inner) for alias in aliases[tensor]]
     for node, axis, layout, kind in d.sites:
-        pos = 0
-        for leaf, inner in sp.resolve(layout):
-            root = sp.find(leaf)
-            if id(root) in classes:
-                classes[id(root)]["sites"].append(Site(node, axis, pos, inner, kind))
-            pos += leaf.size * inner
+        for leaf, inner, pos in _leaf_starts(sp, layout):
+            entry = classes.get(id(sp.find(leaf)))
+            if entry is not None:
+                entry["sites"].append(Site(node, axis, pos, inner, kind))
+    return classes
 
-    groups: dict[str, Group] = {}
 
-    def unique(name: str) -> str:
-        base, k = name, 2
-        while name in groups:
-            name, k = f"{base}#{k}", k + 1
-        return name
+def _unique(name: str, groups: Mapping[str, Group]) -> str:
+    """``name``, or ``name#2``, ``name#3``, ... if ``groups`` has it."""
+    base, k = name, 2
+    while name in groups:
+        name, k = f"{base}#{k}", k + 1
+    return name
 
-    for entry in classes.values():
-        root = entry["root"]
-        if id(root) in heads:  # a tensor along a heads axis: it moves with the heads
-            heads[id(root)].slices += entry["slices"]
-            heads[id(root)].sites += entry["sites"]
-            continue
-        producers = [leaf for leaf in entry["leaves"] if leaf.producer] or entry["leaves"]
-        first = min(producers, key=lambda s: s.uid)
-        # a piece of a split space is named by its unit range within the original space
-        name = (
-            first.label
-            if first.split_from is None
-            else f"{first.label}[{first.start}:{first.start + first.size}]"
-        )
-        name = unique(name)
-        fixes = tuple(root.fixed)
-        if not fixes and not root.has_producer:
-            fixes = (
-                Fix("no_layer", "not tied to any layer's units (a parameter axis that nothing permutes)"),
-            )
-        elif not fixes and entry["size"] == 1:
-            fixes = (Fix("single_unit", "a single unit"),)
-        groups[name] = Group(
-            name=name,
-            size=entry["size"],
-            permutable=not fixes,
-            fixes=fixes,
-            slices=tuple(dict.fromkeys(entry["slices"])),
-            sites=tuple(dict.fromkeys(entry["sites"])),
-            hidden=root.has_producer and not any(f.kind == "output" for f in fixes),
-        )
-    for h in heads.values():
-        name = unique(h.label)
-        slices = [
-            TensorSlice(alias, sl.axis, sl.start, sl.inner)
-            for sl in h.slices
-            for alias in aliases.get(sl.tensor, [sl.tensor])
-        ]
-        groups[name] = Group(
-            name=name,
-            size=h.size,
-            permutable=not h.fixes,
-            fixes=tuple(h.fixes),
-            slices=tuple(dict.fromkeys(slices)),
-            sites=tuple(dict.fromkeys(h.sites)),
-            hidden=False,
-            kind="heads",
-        )
-    unreached = {
+
+def _class_name(entry: dict) -> str:
+    """The label of the class's first producer (first leaf if none); a piece of a split space
+    is named by its unit range within the original space."""
+    producers = [leaf for leaf in entry["leaves"] if leaf.producer] or entry["leaves"]
+    first = min(producers, key=lambda s: s.uid)
+    if first.split_from is None:
+        return first.label
+    return f"{first.label}[{first.start}:{first.start + first.size}]"
+
+
+def _units_group(name: str, entry: dict) -> Group:
+    """The group of one class of units."""
+    root = entry["root"]
+    fixes = tuple(root.fixed)
+    if not fixes and not root.has_producer:
+        fixes = (Fix("no_layer", "not tied to any layer's units (a parameter axis that nothing permutes)"),)
+    elif not fixes and entry["size"] == 1:
+        fixes = (Fix("single_unit", "a single unit"),)
+    return Group(
+        name=name,
+        size=entry["size"],
+        permutable=not fixes,
+        fixes=fixes,
+        slices=tuple(dict.fromkeys(entry["slices"])),
+        sites=tuple(dict.fromkeys(entry["sites"])),
+        hidden=root.has_producer and not any(f.kind == "output" for f in fixes),
+    )
+
+
+def _heads_group(name: str, h: Any, aliases: Mapping[str, list[str]]) -> Group:
+    """The group of one head group, its slices under every alias of their tensors."""
+    slices = [
+        TensorSlice(alias, sl.axis, sl.start, sl.inner)
+        for sl in h.slices
+        for alias in aliases.get(sl.tensor, [sl.tensor])
+    ]
+    return Group(
+        name=name,
+        size=h.size,
+        permutable=not h.fixes,
+        fixes=tuple(h.fixes),
+        slices=tuple(dict.fromkeys(slices)),
+        sites=tuple(dict.fromkeys(h.sites)),
+        hidden=False,
+        kind="heads",
+    )
+
+
+def _unreached(d: _Discovery) -> dict[str, str]:
+    """The state-dict entries the traced forward passes never used, with why."""
+    return {
         name: "not used by the traced forward passes (eval and train mode); never permuted"
         for name, canonical in d.canonical.items()
         if canonical not in d.reached
     }
-    return PermutationSpec(groups=groups, unreached=unreached, model=type(model).__name__, capture=capture)
 
 
 # -- public entry point -------------------------------------------------------------------------
 
 
-def model_inputs(model: nn.Module, example_inputs: Any) -> ModelInputs:
-    """``example_inputs`` (a tensor, a tuple of tensors or a dict of them; ``None`` for a timm
-    model, which says its input size) matched to ``model``'s forward, on its device, floating
-    tensors in its dtype."""
-    if example_inputs is None:
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-        size = cfg.get("input_size") if isinstance(cfg, dict) else None
-        if size is None:
-            raise SymmetryError(
-                f"discover needs example_inputs for {type(model).__name__}: the model does not say "
-                f"its input size (no timm default_cfg). Pass e.g. example_inputs=torch.randn(1, 3, 32, 32)."
-            )
-        example_inputs = torch.randn(1, *size)
-    if not isinstance(example_inputs, (torch.Tensor, tuple, list, Mapping)):
-        raise SymmetryError(
-            f"example_inputs must be a tensor, a tuple of tensors or a dict of them, not {type(example_inputs).__name__}"
-        )
-    inputs = ModelInputs(model, example_inputs)
-    if not len(inputs):
-        raise SymmetryError("example_inputs is empty: give the model's inputs (a tensor, a tuple or a dict)")
-    device, dtype = device_of(model), float_dtype_of(model)
-
-    def place(x: Any) -> Any:
-        if not isinstance(x, torch.Tensor):
-            return x
-        return x.to(device=device, dtype=dtype if x.is_floating_point() and dtype is not None else x.dtype)
-
-    return inputs.map(place)
-
-
-def _rules() -> dict[Hashable, Rule]:
-    from modeconn.plugin_manager import get_registry
-
-    return {e.key: e.obj for e in get_registry("rule")}
+def capture_graph(
+    model: nn.Module,
+    inputs: ModelInputs,
+    *,
+    training: bool = False,
+    how: str = "fx",
+    rules: RuleBook | None = None,
+) -> Capture:
+    """The graph discovery reads, captured in eval mode (or train mode) for ``inputs`` ``how``
+    (see :data:`~modeconn.capture.CAPTURES`), with the modules a rule knows kept whole; its
+    node names are the ones a spec's sites refer to. The model's own mode is left as it was."""
+    if how not in CAPTURES:
+        raise SymmetryError(f"capture must be one of {', '.join(CAPTURES)}, got {how!r}")
+    return capture(model, inputs, how=how, training=training, leaves=rules or RuleBook())
 
 
 def trace_model(
     model: nn.Module, inputs: ModelInputs, *, training: bool = False, capture: str = "fx"
 ) -> fx.GraphModule:
-    """The graph discovery uses, captured in eval mode (or train mode) for ``inputs`` by fx
-    symbolic tracing or ``torch.export`` (``capture``); its node names are the ones a spec's
-    sites refer to. The model's own mode is left as it was."""
-    with modes_restored(model):
-        model.train(training)
-        if capture == "export":
-            return export_graph(model, inputs)
-        state = _Discovery(model, _rules(), strict=False)
-        gm = trace(model, lambda m: state.module_rule(m) is not None, inputs)
-        gm.meta["capture"] = "fx"
-        for node in gm.graph.nodes:  # functions fx keeps whole that no rule knows: like opaque modules
-            if node.op == "call_function" and kept_whole(node.target) and state.node_rule(node) is None:
-                gm.meta["opaque"].setdefault(
-                    target_name(node),
-                    "torch.fx keeps this function whole (timm's notrace list) and no rule knows it",
-                )
-        return gm
-
-
-def _eval_graph(model: nn.Module, inputs: ModelInputs, capture: str) -> fx.GraphModule:
-    """The eval-mode graph by ``capture``; for ``"auto"`` fx's, unless fx fails or keeps some
-    module whole (its code is not traceable) and torch.export captures the model."""
-    if capture not in CAPTURES:
-        raise SymmetryError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
-    if capture != "auto":
-        return trace_model(model, inputs, capture=capture)
-    try:
-        gm = trace_model(model, inputs)
-    except TraceError as e:
-        gm, fx_failure = None, str(e)
-    else:
-        if not gm.meta["opaque"]:
-            return gm
-        fx_failure = "; ".join(f"{name!r}: {why}" for name, why in gm.meta["opaque"].items())
-    try:
-        return trace_model(model, inputs, capture="export")
-    except TraceError as e:
-        if gm is not None:
-            return gm  # fx's graph, whose untraceable modules discovery fixes with the reason
-        raise TraceError(f"neither capture path works.\nfx: {fx_failure}\nexport: {e}") from e
+    """The module of :func:`capture_graph`: the graph alone."""
+    return capture_graph(model, inputs, training=training, how=capture).graph
 
 
 def _doubled(inputs: ModelInputs) -> ModelInputs | None:
@@ -535,14 +535,17 @@ def discover(
     model = unwrap(model)
     inputs = model_inputs(model, example_inputs)
     dtype = float_dtype_of(model)
-    state = _Discovery(model, _rules(), strict)
+    book = RuleBook()
+    state = _Discovery(model, book, strict)
     with modes_restored(model):
-        gm = _eval_graph(model, inputs, capture)
-        capture = gm.meta["capture"]
+        graph = capture_graph(model, inputs, how=capture, rules=book)
         for training in (False, True):  # eval first: group names and sites come from the eval graph
-            if training:
-                gm = trace_model(model, inputs, training=True, capture=capture)
-            if capture == "fx":
+            gm = (
+                capture_graph(model, inputs, training=True, how=graph.how, rules=book).graph
+                if training
+                else graph.graph
+            )
+            if graph.how == "fx":
                 gm.train(training)  # its submodules are the model's own (export's bake the mode in)
             state.record_sites = not training
             # train-mode BatchNorm refuses a batch of one; shapes are all discovery needs
@@ -553,4 +556,6 @@ def discover(
                 if doubled is None:
                     raise
                 state.run(gm, inputs, dtype)  # a model that only takes the batch it was given
-    return _build_spec(state, model, capture)
+    spec = _build_spec(state, model, graph.how)
+    spec.graph = graph  # the eval graph its sites name: alignment reuses it
+    return spec

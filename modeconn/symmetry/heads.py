@@ -192,26 +192,27 @@ def _share_kv(
                 hk.fix("constraint", f"`{tensor}` runs along their query heads' axis")
 
 
-def head_groups(
-    sp: SpaceGraph,
-    seen: Sequence[TensorLayout],
-    bindings: Mapping[tuple[str, int], Layout | None],
-    shapes: Mapping[str, tuple[int, ...]],
-    sites: Sequence[tuple[str, int, Layout, str]],
-    fences: Sequence[tuple[Layout, Sequence[int]]],
-) -> list[HeadGroup]:
-    """The head groups of a finished discovery, checked (see the module docstring): their
-    slices (tensor names as bound: canonical names) and sites, and why they are fixed."""
-    heads = [s for s in sp.spaces if s.blocks and not s.children]  # split: its pieces are head spaces
-    queries = {id(sp.find(s)) for query, _, _ in sp.shared_kv for s, _ in sp.resolve(query)}
-    # one projection cut into heads again (each trace does it once) moves with the first cut;
-    # cut in another way, neither can move on its own (query heads of grouped-query attention,
-    # whose units are their key heads', move with those)
+def _signature(sp: SpaceGraph, blocks: Sequence[Layout]) -> tuple[tuple[_Seg, ...], ...]:
+    """The units of each head, as (class id, size) segments."""
+    return tuple(tuple((c, size) for c, size, _ in _segments(sp, b)) for b in blocks)
+
+
+def _query_roots(sp: SpaceGraph) -> set[int]:
+    """The roots of the axes of query heads that share a key/value head."""
+    return {id(sp.find(s)) for query, _, _ in sp.shared_kv for s, _ in sp.resolve(query)}
+
+
+def _unite_recuts(sp: SpaceGraph, heads: Sequence[Space], queries: set[int]) -> set[int]:
+    """Unite the head spaces that cut one projection into heads alike; returns the ids of those
+    that cut it in different ways."""
+    # each trace cuts a projection into heads once: a second cut alike moves with the first; cut
+    # in another way, neither can move on its own (query heads of grouped-query attention, whose
+    # units are their key heads', move with those)
     first: dict[tuple[bool, int], tuple[Space, tuple]] = {}
     conflicts: set[int] = set()
     for s in heads:
         query = id(sp.find(s)) in queries
-        sig = tuple(tuple((c, size) for c, size, _ in _segments(sp, b)) for b in s.blocks[0])
+        sig = _signature(sp, s.blocks[0])
         for c in {c for head in sig for c, _ in head}:
             other, other_sig = first.setdefault((query, c), (s, sig))
             if other is s:
@@ -220,6 +221,11 @@ def head_groups(
                 sp.union(other, s)
             elif not query:
                 conflicts |= {id(other), id(s)}
+    return conflicts
+
+
+def _group_heads(sp: SpaceGraph, heads: Sequence[Space], conflicts: set[int]) -> dict[int, HeadGroup]:
+    """The head groups by the id of their root, with every signature of their heads' units."""
     found: dict[int, HeadGroup] = {}
     for s in heads:
         root = sp.find(s)
@@ -232,42 +238,90 @@ def head_groups(
         if block != hg.block:
             hg.fix("constraint", "heads of different sizes meet")
         for blocks in s.blocks:
-            hg.signatures.add(tuple(tuple((c, size) for c, size, _ in _segments(sp, b)) for b in blocks))
+            hg.signatures.add(_signature(sp, blocks))
+    return found
+
+
+def _check_heads(hg: HeadGroup, found: Mapping[int, HeadGroup]) -> None:
+    """A single head, or heads whose units are heads themselves, stay in place."""
+    if hg.size == 1:
+        hg.fix("single_unit", "a single head")
+    if hg.classes & found.keys():
+        # blocks of a parameter viewed as a matrix, then cut into heads: the tensors bound along
+        # the inner heads' blocks would not move
+        hg.fix(
+            "constraint",
+            f"its heads hold other heads ({hg.label}: an axis of heads cut into heads again)",
+        )
+
+
+def _check_ops(sp: SpaceGraph, hg: HeadGroup, fences: Sequence[tuple[Layout, Sequence[int]]]) -> None:
+    """No op splits into groups, or depends on the order of, an axis holding several heads."""
+    span = hg.block * hg.size
+    for lay, offsets in fences:
+        runs, _ = _runs(hg, _segments(sp, lay))
+        if any(start < o < start + span * inner for start, inner in runs for o in offsets):
+            hg.fix("constraint", "an op splits an axis holding several heads into groups")
+    longest = max(max(len(head) for head in sig) for sig, _ in hg._signatures)
+    for lay in sp.fixed_layouts:
+        if sum(c in hg.classes for c, _, _ in _segments(sp, lay)) > longest:
+            hg.fix("constraint", "an op depends on the order of an axis holding several heads")
+
+
+def _bound_layouts(
+    bindings: Mapping[tuple[str, int], Layout | None], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, list[Layout | None]]:
+    """Each bound tensor's axis layouts (``None`` where an axis is unbound or never permuted)."""
+    by_tensor: dict[str, list[Layout | None]] = {}
+    for (tensor, axis), lay in bindings.items():
+        by_tensor.setdefault(tensor, [None] * len(shapes[tensor]))[axis] = lay
+    return by_tensor
+
+
+def _check_tensors(
+    sp: SpaceGraph,
+    hg: HeadGroup,
+    seen: Sequence[TensorLayout],
+    bound: Mapping[str, Sequence[Layout | None]],
+) -> None:
+    """Check every tensor the traces saw and every bound tensor; the heads' runs in the bound
+    tensors are the group's slices."""
+    for t in seen:
+        extra = [t.fold.flat] if t.fold is not None else []
+        _check_tensor(sp, hg, t.layouts, extra, f"a tensor of shape {tuple(t.shape)}")
+    for tensor, layouts in bound.items():
+        for axis, start, inner in _check_tensor(sp, hg, layouts, (), f"`{tensor}`"):
+            hg.slices.append(TensorSlice(tensor, axis, start, hg.block * inner))
+
+
+def _add_sites(sp: SpaceGraph, hg: HeadGroup, sites: Sequence[tuple[str, int, Layout, str]]) -> None:
+    """The group's sites: the heads' runs in each site's layout."""
+    for node, axis, lay, kind in sites:
+        runs, _ = _runs(hg, _segments(sp, lay))
+        hg.sites += [Site(node, axis, start, hg.block * inner, kind) for start, inner in runs]
+
+
+def head_groups(
+    sp: SpaceGraph,
+    seen: Sequence[TensorLayout],
+    bindings: Mapping[tuple[str, int], Layout | None],
+    shapes: Mapping[str, tuple[int, ...]],
+    sites: Sequence[tuple[str, int, Layout, str]],
+    fences: Sequence[tuple[Layout, Sequence[int]]],
+) -> list[HeadGroup]:
+    """The head groups of a finished discovery, checked (see the module docstring): their
+    slices (tensor names as bound: canonical names) and sites, and why they are fixed."""
+    heads = [s for s in sp.spaces if s.blocks and not s.children]  # split: its pieces are head spaces
+    found = _group_heads(sp, heads, _unite_recuts(sp, heads, _query_roots(sp)))
     _share_kv(sp, heads, found, bindings)
-    queries = {id(sp.find(s)) for query, _, _ in sp.shared_kv for s, _ in sp.resolve(query)}
+    queries = _query_roots(sp)
+    bound = _bound_layouts(bindings, shapes)
     groups = list(found.values())
     for hg in groups:
         if id(hg.root) in queries:
             continue  # fixed: they move with their key/value heads, which are checked
-        if hg.size == 1:
-            hg.fix("single_unit", "a single head")
-        if hg.classes & found.keys():
-            # its heads' units are heads themselves (blocks of a parameter viewed as a matrix,
-            # then cut into heads): the tensors bound along the inner heads' blocks would not move
-            hg.fix(
-                "constraint",
-                f"its heads hold other heads ({hg.label}: an axis of heads cut into heads again)",
-            )
-        longest = max(max(len(head) for head in sig) for sig, _ in hg._signatures)
-        for lay, offsets in fences:
-            runs, _ = _runs(hg, _segments(sp, lay))
-            span = hg.block * hg.size
-            if any(start < o < start + span * inner for start, inner in runs for o in offsets):
-                hg.fix("constraint", "an op splits an axis holding several heads into groups")
-        for lay in sp.fixed_layouts:
-            n = sum(c in hg.classes for c, _, _ in _segments(sp, lay))
-            if n > longest:
-                hg.fix("constraint", "an op depends on the order of an axis holding several heads")
-        for t in seen:
-            extra = [t.fold.flat] if t.fold is not None else []
-            _check_tensor(sp, hg, t.layouts, extra, f"a tensor of shape {tuple(t.shape)}")
-        by_tensor: dict[str, list[Layout | None]] = {}
-        for (tensor, axis), lay in bindings.items():
-            by_tensor.setdefault(tensor, [None] * len(shapes[tensor]))[axis] = lay
-        for tensor, layouts in by_tensor.items():
-            for axis, start, inner in _check_tensor(sp, hg, layouts, (), f"`{tensor}`"):
-                hg.slices.append(TensorSlice(tensor, axis, start, hg.block * inner))
-        for node, axis, lay, kind in sites:
-            runs, _ = _runs(hg, _segments(sp, lay))
-            hg.sites += [Site(node, axis, start, hg.block * inner, kind) for start, inner in runs]
+        _check_heads(hg, found)
+        _check_ops(sp, hg, fences)
+        _check_tensors(sp, hg, seen, bound)
+        _add_sites(sp, hg, sites)
     return groups

@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 
 from modeconn.symmetry.spaces import Layout
 
-__all__ = ["Derived", "derived_tensors", "unknown_hooks"]
+__all__ = ["Derived", "derived_tensors"]
 
 
 @dataclass(frozen=True)
@@ -39,20 +39,6 @@ class Derived:
     name: str
     follow: Callable[[int, Layout | None], list[tuple[str, int, Layout | None]] | None]
     why: str
-
-
-def _known_hook_types() -> tuple[type, ...]:
-    from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    return (WeightNorm, SpectralNorm, SpectralNormLoadStateDictPreHook)
-
-
-def unknown_hooks(module: nn.Module) -> list[str]:
-    """The forward (pre-)hooks of ``module`` whose effect discovery cannot follow."""
-    known = _known_hook_types()
-    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
-    return [getattr(h, "__qualname__", type(h).__name__) for h in hooks if not isinstance(h, known)]
 
 
 def _weight_norm(g: str, v: str, dim: int | None, ndim: int) -> Callable:

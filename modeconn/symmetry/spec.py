@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from modeconn.capture import Capture
 from modeconn.errors import SymmetryError
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Site",
     "Group",
     "PermutationSpec",
+    "Perms",
     "unit_positions",
     "unit_view",
 ]
@@ -53,6 +55,7 @@ class Fix:
 
 
 Perms = dict[str, torch.Tensor]
+"""Permutations by group name: ``perms[g][i]`` is the unit that moves to position ``i``."""
 
 
 @dataclass(frozen=True)
@@ -133,13 +136,16 @@ class PermutationSpec:
     ``groups`` maps stable names to :class:`Group`; ``unreached`` lists state-dict entries the
     traces never touched (they are never permuted), with the reason; ``capture`` says how the
     graph was captured (``"fx"`` or ``"export"``): sites name nodes of that graph, and
-    alignment captures the models the same way.
+    alignment captures the models the same way. ``graph``, set by :func:`~modeconn.discover`
+    and never saved, is that capture: alignment reuses it where it fits
+    (:meth:`~modeconn.capture.Capture.fits`) instead of capturing again.
     """
 
     groups: dict[str, Group]
     unreached: dict[str, str] = field(default_factory=dict)
     model: str = ""
     capture: str = "fx"
+    graph: Capture | None = field(default=None, repr=False, compare=False)
 
     # -- queries --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Group]:

@@ -11,10 +11,9 @@ import torch.nn as nn
 
 from modeconn import distributed
 from modeconn.errors import InvalidArgumentError
-from modeconn.plugin_manager import direct_entry, get_plugin
 from modeconn.training.loop import Callback, History, as_loader, run_epochs
 from modeconn.training.settings import CURVES, END_POINTS, SETTING_NAMES, Settings
-from modeconn.training.trainer import CurveOptimizer, LossFn, Trainer, optimizer_options
+from modeconn.training.trainer import OPTIMIZERS, CurveOptimizer, LossFn, Trainer, optimizer_options
 
 __all__ = ["train_model", "fit_curve"]
 
@@ -127,10 +126,7 @@ def fit_curve(
             "the curve has no learnable bends (num_bends=0 or family 'linear'): there is nothing to fit"
         )
     settings = Settings.of(settings, CURVES, **{k: options.pop(k) for k in SETTING_NAMES if k in options})
-    if isinstance(optimizer, str):
-        entry = get_plugin("optimizer", optimizer)
-    else:
-        entry = direct_entry("optimizer", optimizer, "fit_curve")
+    entry = OPTIMIZERS.resolve(optimizer, "fit_curve")
     optimizer_options(optimizer if isinstance(optimizer, str) else entry.obj, options)
     if loss_fn is not None:  # an optimizer built for the default loss need not take the keyword
         options["loss_fn"] = loss_fn

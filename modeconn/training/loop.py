@@ -128,10 +128,162 @@ def _set_rng_state(saved: dict[str, Any], strategy: distributed.Strategy) -> Non
             torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 
+def _batch_correct(scored: torch.Tensor, target: torch.Tensor, n: int) -> float:
+    """The batch's correct predictions, counted for its ``n`` samples: the fraction of its
+    scored predictions that are right (one per sample, or one per token), times ``n``. Computed
+    from the integer count, so that one prediction per sample gives the count exactly (the
+    fraction times ``n`` is not always: 1/49 * 49 is 0.9999999999999999)."""
+    hits = scored.argmax(1) == target
+    return int(hits.sum()) * n / hits.numel() if hits.numel() else float("nan")
+
+
+def _epoch_totals(
+    strategy: distributed.Strategy, loss_sum: float, correct: float, seen: int
+) -> tuple[float, float, int]:
+    """The epoch's loss sum, correct count and sample count over all ranks (this process's own
+    on one). All-reduced in float64, which adds integer counts exactly; nothing is truncated
+    (``int`` of a sum that lands a hair under a whole number would drop a sample)."""
+    if strategy.world_size <= 1:
+        return loss_sum, correct, seen
+    totals = strategy.all_reduce(torch.tensor([loss_sum, correct, seen], dtype=torch.float64))
+    return float(totals[0]), float(totals[1]), round(float(totals[2]))
+
+
 def _settings_changed(saved: dict[str, Any] | None, given: dict[str, Any]) -> list[str]:
     if not saved:
         return []
     return [f"{k} {saved[k]!r} -> {given[k]!r}" for k in given if k in saved and saved[k] != given[k]]
+
+
+def _resume(
+    trainer: Trainer,
+    checkpoint: str | os.PathLike,
+    state: TrainState,
+    sampler: Any,
+    *,
+    progress: bool,
+    desc: str,
+) -> int:
+    """Continue from ``checkpoint``: the module, the trainer, the random generators, the data
+    order and ``state.history`` as saved, and settings changed since applied (with a warning).
+    The first epoch left to run."""
+    strategy = trainer.strategy
+    saved = load_checkpoint(trainer.module, checkpoint)
+    trainer.call_hook("load_state_dict", saved["trainer"])
+    _set_rng_state(saved["rng"], strategy)
+    if sampler is not None and "data_seed" in saved:
+        sampler.seed = int(saved["data_seed"])
+    state.history = [EpochRecord(**r) for r in saved["history"]]
+    start = int(saved["epoch"]) + 1
+    changed = _settings_changed(saved.get("settings"), trainer.settings.describe())
+    if changed:
+        trainer.apply_settings()
+        if strategy.is_main:
+            warnings.warn(
+                f"resuming from {os.fspath(checkpoint)} with changed settings, applied from epoch "
+                f"{start}: " + "; ".join(changed),
+                ResumeWarning,
+                stacklevel=4,
+            )
+    if progress:
+        tqdm.write(f"{desc}: resuming from {os.fspath(checkpoint)} after epoch {start - 1}")
+    return start
+
+
+def _diverged(
+    desc: str, epoch: int, batch: int, loss: float, lr: float, checkpoint: str | os.PathLike | None
+) -> TrainingError:
+    """The error for a non-finite loss in ``batch`` of ``epoch``."""
+    return TrainingError(
+        f"{desc} diverged in epoch {epoch}, batch {batch}: the loss is {loss}. "
+        f"Lower the learning rate (now {lr:g})"
+        + (
+            f"; the last finished epoch is saved in {os.fspath(checkpoint)}"
+            if checkpoint is not None and os.path.exists(checkpoint)
+            else ""
+        )
+    )
+
+
+def _train_epoch(
+    trainer: Trainer,
+    data: Iterable,
+    state: TrainState,
+    callbacks: Sequence[Callback],
+    *,
+    epoch: int,
+    epochs: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    desc: str,
+    progress: bool,
+    checkpoint: str | os.PathLike | None,
+) -> EpochRecord:
+    """Train ``trainer.module`` for one epoch over ``data``, keeping ``state`` current and
+    calling the trainer's hooks and the callbacks' ``on_epoch_start`` and ``on_batch_end``;
+    the epoch's record, over all ranks."""
+    state.epoch, state.batch = epoch, 0
+    trainer.module.train()
+    if hasattr(data, "set_epoch"):
+        data.set_epoch(epoch)
+    trainer.call_hook("on_epoch_start", epoch)
+    for cb in callbacks:
+        cb.on_epoch_start(state)
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    began, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+    bar = tqdm(data, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False, unit="batch")
+    for batch in bar:
+        if batch.target is None:
+            raise DataError(
+                "training needs labelled batches: (inputs..., labels) tuples or dicts with 'labels'"
+            )
+        batch = batch.to(device, dtype)
+        x, y = batch.x, batch.target
+        loss, logits = trainer.call_hook("training_step", x, y)
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise _diverged(desc, epoch, state.batch + 1, loss_value, lr, checkpoint)
+        n = len(batch)
+        loss_sum += loss_value * n
+        scored, target = predictions(logits, y, next_token=trainer.next_token)
+        correct += _batch_correct(scored, target, n)
+        seen += n
+        state.batch, state.loss = state.batch + 1, loss_value
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%", refresh=False)
+        for cb in callbacks:
+            cb.on_batch_end(state)
+    loss_sum, correct, seen = _epoch_totals(trainer.strategy, loss_sum, correct, seen)
+    if seen == 0:
+        raise DataError("train_data produced no batches")
+    trainer.scheduler.step()
+    trainer.call_hook("on_epoch_end", epoch)
+    return EpochRecord(epoch, loss_sum / seen, 100.0 * correct / seen, lr, time.perf_counter() - began)
+
+
+def _save_epoch(
+    trainer: Trainer,
+    checkpoint: str | os.PathLike,
+    epoch: int,
+    history: list[EpochRecord],
+    sampler: Any,
+) -> None:
+    """Save the run as of the end of ``epoch`` to ``checkpoint``, all that :func:`_resume`
+    reads: the module, the trainer, every rank's random generators, the history, the
+    settings and the data order."""
+    strategy = trainer.strategy
+    rng = {"ranks": strategy.gather(_rng_state())}
+    if strategy.is_main:
+        save_checkpoint(
+            trainer.module,
+            checkpoint,
+            trainer=trainer.call_hook("state_dict"),
+            epoch=epoch,
+            history=[asdict(r) for r in history],
+            rng=rng,
+            settings=trainer.settings.describe(),
+            **({"data_seed": sampler.seed} if sampler is not None else {}),
+        )
+    strategy.barrier()  # no rank runs ahead of the file it would resume from
 
 
 def run_epochs(
@@ -159,25 +311,7 @@ def run_epochs(
     sampler = getattr(data, "sampler", None)
     start = 1
     if checkpoint is not None and resume and os.path.exists(checkpoint):
-        saved = load_checkpoint(module, checkpoint)
-        trainer.call_hook("load_state_dict", saved["trainer"])
-        _set_rng_state(saved["rng"], strategy)
-        if sampler is not None and "data_seed" in saved:
-            sampler.seed = int(saved["data_seed"])
-        state.history = [EpochRecord(**r) for r in saved["history"]]
-        start = int(saved["epoch"]) + 1
-        changed = _settings_changed(saved.get("settings"), trainer.settings.describe())
-        if changed:
-            trainer.apply_settings()
-            if strategy.is_main:
-                warnings.warn(
-                    f"resuming from {os.fspath(checkpoint)} with changed settings, applied from epoch "
-                    f"{start}: " + "; ".join(changed),
-                    ResumeWarning,
-                    stacklevel=3,
-                )
-        if progress:
-            tqdm.write(f"{desc}: resuming from {os.fspath(checkpoint)} after epoch {start - 1}")
+        start = _resume(trainer, checkpoint, state, sampler, progress=progress, desc=desc)
     if strategy.world_size > 1:
         trainer.wrapped = strategy.wrap(module, broadcast_buffers=trainer.broadcast_buffers)
 
@@ -185,71 +319,22 @@ def run_epochs(
         if start <= epochs:
             trainer.call_hook("on_fit_start", data, epochs)
         for epoch in range(start, epochs + 1):
-            state.epoch, state.batch = epoch, 0
-            module.train()
-            if hasattr(data, "set_epoch"):
-                data.set_epoch(epoch)
-            trainer.call_hook("on_epoch_start", epoch)
-            for cb in cbs:
-                cb.on_epoch_start(state)
-            lr = trainer.optimizer.param_groups[0]["lr"]
-            began, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-            bar = tqdm(data, desc=f"{desc} {epoch}/{epochs}", disable=not progress, leave=False, unit="batch")
-            for batch in bar:
-                if batch.target is None:
-                    raise DataError(
-                        "training needs labelled batches: (inputs..., labels) tuples or dicts with 'labels'"
-                    )
-                batch = batch.to(device, dtype)
-                x, y = batch.x, batch.target
-                loss, logits = trainer.call_hook("training_step", x, y)
-                loss_value = float(loss)
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"{desc} diverged in epoch {epoch}, batch {state.batch + 1}: the loss is {loss_value}. "
-                        f"Lower the learning rate (now {lr:g})"
-                        + (
-                            f"; the last finished epoch is saved in {os.fspath(checkpoint)}"
-                            if checkpoint is not None and os.path.exists(checkpoint)
-                            else ""
-                        )
-                    )
-                n = len(batch)
-                loss_sum += loss_value * n
-                scored, target = predictions(logits, y, next_token=trainer.next_token)
-                correct += float((scored.argmax(1) == target).double().mean()) * n
-                seen += n
-                state.batch, state.loss = state.batch + 1, loss_value
-                bar.set_postfix(
-                    loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%", refresh=False
-                )
-                for cb in cbs:
-                    cb.on_batch_end(state)
-            if strategy.world_size > 1:  # the epoch's figures over all ranks
-                totals = strategy.all_reduce(torch.tensor([loss_sum, correct, seen], dtype=torch.float64))
-                loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
-            if seen == 0:
-                raise DataError("train_data produced no batches")
-            trainer.scheduler.step()
-            trainer.call_hook("on_epoch_end", epoch)
-            record = EpochRecord(
-                epoch, loss_sum / seen, 100.0 * correct / seen, lr, time.perf_counter() - began
+            record = _train_epoch(
+                trainer,
+                data,
+                state,
+                cbs,
+                epoch=epoch,
+                epochs=epochs,
+                device=device,
+                dtype=dtype,
+                desc=desc,
+                progress=progress,
+                checkpoint=checkpoint,
             )
             state.history.append(record)
             if checkpoint is not None:
-                rng = {"ranks": strategy.gather(_rng_state())}
-                if strategy.is_main:
-                    save_checkpoint(
-                        module,
-                        checkpoint,
-                        trainer=trainer.call_hook("state_dict"),
-                        epoch=epoch,
-                        history=[asdict(r) for r in state.history],
-                        rng=rng,
-                        settings=trainer.settings.describe(),
-                        **({"data_seed": sampler.seed} if sampler is not None else {}),
-                    )
-                strategy.barrier()  # no rank runs ahead of the file it would resume from
+                _save_epoch(trainer, checkpoint, epoch, state.history, sampler)
             if progress:
                 tqdm.write(f"{desc} {record} (of {epochs})")
             for cb in cbs:

@@ -25,7 +25,7 @@ __all__ = [
     "Schedule",
     "Step",
     "Cosine",
-    "Garipov",
+    "HoldThenLinear",
     "Constant",
     "SCHEDULES",
 ]
@@ -60,9 +60,9 @@ class Cosine:
 
 
 @dataclass(frozen=True)
-class Garipov:
-    """Garipov et al. (2018)'s schedule: 1 for the first half of the run, then linear down to
-    ``final`` at 90%, then ``final``."""
+class HoldThenLinear:
+    """1 for the first half of the run, then linear down to ``final`` at 90%, then ``final``:
+    the schedule of Garipov et al. (2018), which the paper's curves are trained with."""
 
     final: float = 0.01
 
@@ -83,7 +83,28 @@ class Constant:
         return 1.0
 
 
-SCHEDULES: dict[str, type] = {"step": Step, "cosine": Cosine, "garipov": Garipov, "constant": Constant}
+SCHEDULES: dict[str, type] = {
+    "step": Step,
+    "cosine": Cosine,
+    "hold_then_linear": HoldThenLinear,
+    "garipov": HoldThenLinear,  # the paper's name for it
+    "constant": Constant,
+}
+
+
+def __getattr__(name: str) -> type:
+    if name == "Garipov":
+        import warnings
+
+        warnings.warn(
+            "the schedule Garipov is now HoldThenLinear (the old name goes in the next minor version)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return HoldThenLinear
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 """The built-in schedules by the names :class:`Settings` accepts."""
 
 SETTING_NAMES = (
@@ -144,10 +165,6 @@ class Settings:
         if isinstance(self.schedule, str):
             return SCHEDULES[self.schedule]()
         return self.schedule
-
-    def lr_at(self, epoch: int, epochs: int) -> float:
-        """The learning rate of epoch ``epoch`` (0-based) of ``epochs``."""
-        return self.lr * float(self.lr_schedule(epoch, epochs))
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes``; an unknown name is an error that lists the known ones."""

@@ -18,10 +18,18 @@ import torch.nn.functional as F
 from modeconn import distributed
 from modeconn.data.batches import call_model
 from modeconn.errors import DataError, InvalidArgumentError
+from modeconn.plugin_manager import PluginEntry, declare_kind
 from modeconn.predictions import logits_of, predictions, predicts_next_token
 from modeconn.training.settings import Settings
 
-__all__ = ["Trainer", "CurveOptimizer", "optimizer_options", "classification_loss", "AUX_WEIGHT"]
+__all__ = [
+    "Trainer",
+    "CurveOptimizer",
+    "OPTIMIZERS",
+    "optimizer_options",
+    "classification_loss",
+    "AUX_WEIGHT",
+]
 
 AUX_WEIGHT = 0.3
 """Weight of each auxiliary head's cross-entropy (Szegedy et al. 2015, and the paper's GoogLeNet)."""
@@ -229,9 +237,7 @@ def optimizer_options(optimizer: str | type, given: Iterable[str] = ()) -> dict[
     ``__init__`` and of each base class it passes ``**kwargs`` on to, less what ``fit_curve``
     passes itself. Raises :class:`~modeconn.InvalidArgumentError`, listing them, when ``given``
     names one it does not take."""
-    from modeconn.plugin_manager import get_plugin
-
-    entry = get_plugin("optimizer", optimizer) if isinstance(optimizer, str) else None
+    entry = OPTIMIZERS.get(optimizer) if isinstance(optimizer, str) else None
     cls = entry.obj if entry is not None else optimizer
     out: dict[str, Any] = {}
     for klass in cls.__mro__ if isinstance(cls, type) else ():
@@ -305,3 +311,12 @@ class CurveOptimizer(Trainer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.generator.set_state(state["t_generator"])
+
+
+def _validate(entry: PluginEntry) -> None:
+    if not (isinstance(entry.obj, type) and issubclass(entry.obj, CurveOptimizer)):
+        raise entry.refuse("an optimizer is a subclass of CurveOptimizer (the class, not an instance)")
+
+
+OPTIMIZERS = declare_kind("optimizer", "modeconn_register_optimizers", _validate)
+"""The curve optimizers: subclasses of :class:`CurveOptimizer`."""

@@ -92,3 +92,35 @@ def test_kept_products_follow_the_neighbours():
         for g in groups:
             fresh = WeightSimilarity(spec, sa, sb)(g, perms)
             assert torch.equal(kept(g, perms), fresh), g.name
+
+
+@pytest.mark.parametrize("cost", ["correlation", "weight_matching"])
+def test_no_solver_thread_outlives_the_call(cost, monkeypatch):
+    """The threads that solve several assignments at once are joined before the call returns:
+    none is left alive after ``solve_assignments`` or a whole ``align``."""
+    import threading
+
+    import modeconn
+    from modeconn.alignment import assignment
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    ran_on = set()
+    solve = assignment.solve_assignment
+
+    def recorded(matrix, maximize=False):
+        ran_on.add(threading.current_thread().name)
+        return solve(matrix, maximize)
+
+    monkeypatch.setattr(assignment, "solve_assignment", recorded)
+
+    def mlp(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3)).eval()
+
+    before = set(threading.enumerate())
+    gen = torch.Generator().manual_seed(0)
+    solve_assignments([torch.randn(n, n, generator=gen) for n in (4, 6, 5)])
+    assert set(threading.enumerate()) == before
+    modeconn.align(mlp(0), mlp(1), torch.randn(64, 5, generator=gen), cost=cost, progress=False)
+    assert set(threading.enumerate()) == before
+    assert any(name.startswith("modeconn-assignment") for name in ran_on)  # the threads did run

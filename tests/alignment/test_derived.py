@@ -12,7 +12,8 @@ from modeconn import discover
 from modeconn.alignment import derived as derived_module
 from modeconn.alignment import stats as stats_module
 from modeconn.alignment.stats import choose_sites, collect_statistics
-from modeconn.symmetry.discovery import model_inputs, trace_model
+from modeconn.capture import model_inputs
+from modeconn.symmetry.discovery import trace_model
 
 
 class ReluNorm(nn.BatchNorm2d):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import modeconn
 from modeconn import Curve
 from modeconn.errors import ModeconnError
-from modeconn.plugin_manager import get_plugin
+from modeconn.plugin import get_plugin
 
 
 @pytest.fixture
@@ -103,3 +103,120 @@ def test_errors(pair):
     for t in (-0.1, 1.5):  # a curve is not extrapolated
         with pytest.raises(ModeconnError, match=f"t = {t} is off the curve"):
             curve.model_at(t)
+
+
+def _third(x, seed):
+    """Another model of the pair's architecture, with its own weights and BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = modeconn.create_model("resnet20", width=4)
+    modeconn.update_bn(model, [x * (1 + seed % 5) + seed])
+    return model.eval()
+
+
+def _floating(state):
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def test_end_state_is_each_end_points_full_state(pair):
+    a, b, _ = pair
+    curve = Curve(a, b, num_bends=1)
+    assert not torch.equal(a.bn1.running_mean, b.bn1.running_mean)  # the ends' buffers differ
+    for which, model in ((0, a), (1, b)):
+        state, expected = curve.end_state(which), model.state_dict()
+        assert set(state) == set(expected)  # parameters and buffers, num_batches_tracked included
+        for name, value in expected.items():
+            assert torch.equal(state[name], value), (which, name)
+    # a copy: changing it changes neither the curve nor the model
+    state = curve.end_state(1)
+    state["bn1.running_mean"].add_(1.0)
+    state["conv1.weight"].add_(1.0)
+    assert torch.equal(curve.end_state(1)["bn1.running_mean"], b.bn1.running_mean)
+    assert torch.equal(curve.end_state(1)["conv1.weight"], b.conv1.weight)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_set_end_replaces_an_end_point(pair, which):
+    a, b, x = pair
+    new, kept = _third(x, 3), (a, b)[1 - which]
+    curve = Curve(a, b, num_bends=1).eval()
+    bends = curve.bends.detach().clone()
+    curve.set_end(which, new.state_dict())
+    for name, value in new.state_dict().items():
+        assert torch.equal(curve.end_state(which)[name], value), name
+    for name, value in kept.state_dict().items():  # the other end is untouched
+        assert torch.equal(curve.end_state(1 - which)[name], value), name
+    assert torch.equal(curve.bends, bends)
+    t = float(which)
+    end = curve.model_at(t)
+    for name, value in _floating(new.state_dict()).items():  # weights and running statistics
+        assert torch.equal(end.state_dict()[name], value), name
+    with torch.no_grad():
+        assert torch.equal(end(x), new(x))
+        assert torch.equal(curve(x, t), new(x))
+        assert torch.equal(curve(x, 1.0 - t), kept(x))
+    with pytest.raises(ModeconnError, match="new end point"):
+        curve.set_end(which, modeconn.create_model("resnet20", width=8).state_dict())
+
+
+def _hats(t, bends):
+    """Polychain: piecewise-linear hat functions at the evenly spaced knots."""
+    return [max(0.0, 1.0 - abs((bends + 1) * t - k)) for k in range(bends + 2)]
+
+
+# each family's coefficients at t written out by hand, for the control points θ_A, bends…, θ_B
+_COEFFICIENTS = {
+    ("linear", 0): lambda t: [1 - t, t],
+    ("bezier", 1): lambda t: [(1 - t) ** 2, 2 * t * (1 - t), t**2],  # the paper's eq. 7
+    ("bezier", 2): lambda t: [(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t**2 * (1 - t), t**3],
+    ("polychain", 1): lambda t: _hats(t, 1),
+    ("polychain", 2): lambda t: _hats(t, 2),
+}
+
+
+@pytest.mark.parametrize(("family", "bends"), sorted(_COEFFICIENTS))
+def test_model_at_has_the_curves_weights_and_outputs_at_t(pair, family, bends):
+    """model_at(t) is a standalone eval-mode model whose parameters are Σ_j c_j(t) P_j for the
+    family's coefficients and the curve's control points (bends moved off the segment, so a
+    wrong t or a straight line shows), whose buffers are the ends' interpolated, and which
+    computes what the curve computes at t."""
+    a, b, x = pair
+    points = [a.state_dict(), *(_third(x, 10 + j).state_dict() for j in range(bends)), b.state_dict()]
+    curve = Curve(a, b, family=family, num_bends=bends).eval()
+    with torch.no_grad():
+        for j in range(bends):
+            curve.bends[j].copy_(curve.flatten(points[j + 1]))
+    for t in (0.0, 0.2, 0.5, 0.7, 1.0):
+        coefficients = _COEFFICIENTS[family, bends](t)
+        model = curve.model_at(t)
+        assert isinstance(model, torch.nn.Module) and not isinstance(model, Curve)
+        assert not model.training
+        state = model.state_dict()
+        names = [n for n, _ in model.named_parameters()]
+        assert names == curve.param_names
+        for name, p in model.named_parameters():
+            assert p.requires_grad and p.grad is None
+            if t in (0.0, 1.0):  # exactly the end point
+                assert torch.equal(p, points[-1 if t else 0][name]), (t, name)
+            expected = sum(c * point[name].double() for c, point in zip(coefficients, points))
+            torch.testing.assert_close(p.double(), expected, rtol=1e-5, atol=1e-6, msg=f"{name} at t={t}")
+        for name, value in _floating(a.state_dict()).items():
+            if name not in names:  # buffers: the ends' running statistics, linearly in t
+                expected = (1 - t) * value.double() + t * b.state_dict()[name].double()
+                torch.testing.assert_close(state[name].double(), expected, rtol=1e-6, atol=1e-7)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), curve(x, t), rtol=1e-6, atol=1e-6, msg=f"t={t}")
+    # standalone: changing the curve leaves the returned model as it was, and vice versa
+    model = curve.model_at(0.5)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        curve.ends.add_(1.0)
+        curve.bends.add_(1.0)
+        for buffer in curve.end_buffers.buffers():
+            buffer.add_(1)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in kept.items())
+    at = curve.state_at(0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model.bn1.running_mean.add_(1.0)
+    assert all(torch.equal(v, curve.state_at(0.5)[k]) for k, v in at.items())

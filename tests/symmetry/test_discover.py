@@ -208,7 +208,7 @@ def test_custom_rule_through_plugin_hook(fresh_plugins):
         return ctx.out(x.layouts)
 
     class Rules:
-        @modeconn.hookimpl
+        @modeconn.plugin.hookimpl
         def modeconn_register_rules(self, registry):
             registry.add(Shift, shift_rule)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modeconn import discover, permute, testing
-from modeconn.plugin_manager import get_registry
+from modeconn.symmetry.context import RULES
 
 
 def _build(case, cases):
@@ -20,14 +20,15 @@ def test_every_rule_has_a_case(rule_cases, exported_calls):
     """A rule added without a case fails here. The ATen ops of torch.export graphs are covered
     by the cases that call them once exported."""
     covered = {_name(k) for c in rule_cases.CASES for k in c.keys} | {_name(k) for k in exported_calls}
-    missing = [k for k in get_registry("rule").names() if k not in covered]
+    missing = [k for k in RULES.registry().names() if k not in covered]
     assert not missing, f"rules without a case in tests/symmetry/rule_cases.py: {missing}"
 
 
 @pytest.fixture(scope="module")
 def exported_calls(rule_cases) -> set:
     """The ATen ops (overload packets) the cases call once captured with torch.export."""
-    from modeconn.symmetry.discovery import model_inputs, trace_model
+    from modeconn.capture import model_inputs
+    from modeconn.symmetry.discovery import trace_model
 
     called = set()
     for case in rule_cases.CASES:
@@ -47,15 +48,13 @@ def _input(case, cases) -> torch.Tensor:
 
 
 def _name(key) -> str:
-    from modeconn.plugin_manager import key_name
-
-    return key_name(key)
+    return RULES.key_name(key)
 
 
 def test_case_count(rule_cases):
     # the table is big; say how big, so that a shrinking table is noticed
     assert len(rule_cases.CASES) >= 500
-    assert len(get_registry("rule")) >= 350
+    assert len(RULES.registry()) >= 350
 
 
 def test_rule_case(rule_case, rule_cases, check):

@@ -148,7 +148,7 @@ def test_an_optimizer_plugin_can_act_between_epochs_and_perturb_inputs(fresh_plu
             return x + self.shift * (1 + t)  # a perturbation the test can recognize
 
     class Plugin:
-        @modeconn.hookimpl
+        @modeconn.plugin.hookimpl
         def modeconn_register_optimizers(self, registry):
             registry.add("probe", Probe)
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import modeconn
-from modeconn import Constant, Cosine, Garipov, Settings, Step
+from modeconn import Constant, Cosine, HoldThenLinear, Settings, Step
 from modeconn.errors import InvalidArgumentError, ResumeWarning
 
 
@@ -24,7 +24,7 @@ def _task(seed: int = 0):
 
 
 def test_garipov_schedule_is_flat_then_linear_then_flat():
-    g = Garipov()
+    g = HoldThenLinear()
     assert [g(e, 10) for e in (0, 5)] == [1.0, 1.0]
     assert g(7, 10) == pytest.approx(1 - 0.5 * 0.99)  # halfway down the ramp from 50% to 90%
     assert g(9, 10) == pytest.approx(0.01) and g(10, 10) == pytest.approx(0.01)
@@ -33,12 +33,12 @@ def test_garipov_schedule_is_flat_then_linear_then_flat():
 @given(epochs=st.integers(1, 400), epoch=st.integers(0, 400))
 def test_schedules_start_at_one_and_stay_within_their_range(epochs, epoch):
     epoch = min(epoch, epochs)
-    for schedule in (Garipov(), Cosine(), Step(7, 0.5), Constant()):
+    for schedule in (HoldThenLinear(), Cosine(), Step(7, 0.5), Constant()):
         assert schedule(0, epochs) == 1.0
         assert 0.0 <= schedule(epoch, epochs) <= 1.0
     assert Cosine()(epochs, epochs) == pytest.approx(0.0, abs=1e-12)
     # Garipov's and the cosine schedule never rise
-    for schedule in (Garipov(), Cosine()):
+    for schedule in (HoldThenLinear(), Cosine()):
         assert schedule(epoch, epochs) <= schedule(max(epoch - 1, 0), epochs) + 1e-12
 
 
@@ -47,7 +47,7 @@ def test_schedules_start_at_one_and_stay_within_their_range(epochs, epoch):
     [
         ("step", [1.0, 1.0, 0.5, 0.5]),  # lr_step=2
         ("cosine", [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]),
-        (Garipov(), [1.0, 1.0, 1.0, 1 - 0.25 / 0.4 * 0.99]),
+        (HoldThenLinear(), [1.0, 1.0, 1.0, 1 - 0.25 / 0.4 * 0.99]),
         (lambda epoch, epochs: 1.0 / (epoch + 1), [1.0, 0.5, 1 / 3, 0.25]),
     ],
 )

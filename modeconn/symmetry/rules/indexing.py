@@ -9,7 +9,7 @@ import torch
 from modeconn.symmetry.arguments import ArgumentsNotUnderstood
 from modeconn.symmetry.context import RuleContext, flat_values
 from modeconn.symmetry.rules.common import axis_index
-from modeconn.symmetry.spaces import TensorLayout
+from modeconn.symmetry.spaces import Layout, TensorLayout
 
 __all__ = ["getitem", "gather", "index_tensor", "narrow", "tensor_attribute"]
 
@@ -25,53 +25,21 @@ def getitem(ctx: RuleContext) -> Any:
     except ArgumentsNotUnderstood:
         a = ctx.ann(ctx.args["input"])
     if not isinstance(a, TensorLayout):
-        index = ctx.value(raw)
-        if isinstance(a, (list, tuple)) and isinstance(index, (int, slice)):
-            return a[index]
-        if isinstance(a, dict) and index in a:
-            return a[index]
-        if any(isinstance(v, torch.Size) for v in flat_values(ctx.out_value)):
-            return ctx.unsupported("indexing a structure discovery does not know")
-        return None
+        return _index_structure(ctx, a, raw)
     raw_items = raw if isinstance(raw, tuple) else (raw,)
     # a tensor's recorded value is its torch.Size (a tuple): look at the raw nodes, not the values
     tensors = [k for k, r in enumerate(raw_items) if isinstance(ctx.ann(r), TensorLayout)]
     if tensors:
-        values = [None if k in tensors else ctx.value(r) for k, r in enumerate(raw_items)]
-        if len(tensors) == 1 and all(
-            k in tensors or v in (slice(None), Ellipsis) for k, v in enumerate(values)
-        ):
-            (k,) = tensors
-            if Ellipsis in values[:k]:  # it stands for the axes no other item names
-                k += a.ndim - sum(v is not Ellipsis for v in values) - 1
-            return gather(ctx, ctx.collapse(a), k, raw_items[tensors[0]])
-        return ctx.unsupported("advanced (tensor) indexing other than one integer index tensor")
+        return _index_with_tensors(ctx, a, raw_items, tensors)
     idx = tuple(ctx.value(r) for r in raw_items)
     if any(isinstance(i, (list, type, bool)) for i in idx):
         return ctx.unsupported("advanced (list or boolean) indexing")
-    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
-    if n_real > a.ndim:
+    if sum(1 for i in idx if i is not None and i is not Ellipsis) > a.ndim:
         return ctx.unsupported("more indices than axes")
-    # each index item, with the input axis it reads (None for an inserted axis)
-    items: list = []
-    axis = 0
-    for i in idx:
-        if i is Ellipsis:
-            for _ in range(a.ndim - n_real):
-                items.append((slice(None), axis))
-                axis += 1
-        elif i is None:
-            items.append((None, None))
-        else:
-            items.append((i, axis))
-            axis += 1
-    items += [(slice(None), k) for k in range(axis, a.ndim)]
-    # heads keep their units unless an index cuts the heads' or their units' axes
+    items = _index_items(idx, a.ndim)
     fold = a.fold
-    if fold is not None:
-        whole = {k for i, k in items if isinstance(i, slice) and i.indices(a.shape[k]) == (0, a.shape[k], 1)}
-        if not {fold.heads, fold.dims, fold.outer} - {None} <= whole:
-            a, fold = ctx.collapse(a), None
+    if fold is not None and _cuts_heads(a, items):
+        a, fold = ctx.collapse(a), None
     layouts: list = []
     new_axis: dict[int, int] = {}
     for i, k in items:
@@ -81,18 +49,73 @@ def getitem(ctx: RuleContext) -> Any:
             ctx.fix(a[k], "indexing picks a single unit")
         elif isinstance(i, slice):
             new_axis[k] = len(layouts)
-            start, stop, step = i.indices(a.shape[k])
-            if step != 1:
-                ctx.fix(a[k], "strided slicing")
-                layouts.append(None)
-            elif (start, stop) == (0, a.shape[k]):
-                layouts.append(a[k])
-            else:
-                layouts.append(ctx.sub_layout(a[k], start, max(start, stop)))
+            layouts.append(_sliced(ctx, a[k], a.shape[k], i))
         else:
             return ctx.unsupported(f"indexing with {type(i).__name__}")
     fold = fold.shifted(new_axis.__getitem__) if fold is not None else None
     return ctx.out(layouts, uniform=a.uniform, fold=fold)
+
+
+def _index_structure(ctx: RuleContext, a: Any, raw: Any) -> Any:
+    """``x[i]`` on what is not a tensor: an element of a tuple, list or dict."""
+    index = ctx.value(raw)
+    if isinstance(a, (list, tuple)) and isinstance(index, (int, slice)):
+        return a[index]
+    if isinstance(a, dict) and index in a:
+        return a[index]
+    if any(isinstance(v, torch.Size) for v in flat_values(ctx.out_value)):
+        return ctx.unsupported("indexing a structure discovery does not know")
+    return None
+
+
+def _index_with_tensors(ctx: RuleContext, a: TensorLayout, raw_items: tuple, tensors: list[int]) -> Any:
+    """Advanced indexing with the index tensors at positions ``tensors`` of ``raw_items``: one
+    among full slices (and an ``Ellipsis``) is a lookup (:func:`gather`), others unsupported."""
+    values = [None if k in tensors else ctx.value(r) for k, r in enumerate(raw_items)]
+    rest_full = (k in tensors or v in (slice(None), Ellipsis) for k, v in enumerate(values))
+    if len(tensors) != 1 or not all(rest_full):
+        return ctx.unsupported("advanced (tensor) indexing other than one integer index tensor")
+    (k,) = tensors
+    if Ellipsis in values[:k]:  # it stands for the axes no other item names
+        k += a.ndim - sum(v is not Ellipsis for v in values) - 1
+    return gather(ctx, ctx.collapse(a), k, raw_items[tensors[0]])
+
+
+def _index_items(idx: tuple, ndim: int) -> list[tuple[Any, int | None]]:
+    """Each item of a basic index, an ``Ellipsis`` spelled out as full slices and trailing axes
+    added, with the input axis it reads (``None`` for an inserted axis)."""
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    items: list[tuple[Any, int | None]] = []
+    axis = 0
+    for i in idx:
+        if i is Ellipsis:
+            fill = range(axis, axis + ndim - n_real)
+            items += [(slice(None), k) for k in fill]
+            axis += len(fill)
+        elif i is None:
+            items.append((None, None))
+        else:
+            items.append((i, axis))
+            axis += 1
+    return items + [(slice(None), k) for k in range(axis, ndim)]
+
+
+def _cuts_heads(a: TensorLayout, items: list[tuple[Any, int | None]]) -> bool:
+    """Whether an index cuts the axes of ``a``'s heads or of their units (heads keep their
+    units only if it does not)."""
+    whole = {k for i, k in items if isinstance(i, slice) and i.indices(a.shape[k]) == (0, a.shape[k], 1)}
+    return not {a.fold.heads, a.fold.dims, a.fold.outer} - {None} <= whole
+
+
+def _sliced(ctx: RuleContext, layout: Layout | None, size: int, i: slice) -> Layout | None:
+    """The layout of an axis of ``size`` units sliced by ``i``: a strided slice fixes it."""
+    start, stop, step = i.indices(size)
+    if step != 1:
+        ctx.fix(layout, "strided slicing")
+        return None
+    if (start, stop) == (0, size):
+        return layout
+    return ctx.sub_layout(layout, start, max(start, stop))
 
 
 def gather(ctx: RuleContext, x: TensorLayout, axis: int, index: Any) -> TensorLayout:

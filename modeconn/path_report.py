@@ -21,7 +21,7 @@ from modeconn.metrics import Classification, Metric, measure
 from modeconn.modules import unwrap
 from modeconn.state import check_same_architecture, lerp_state
 
-__all__ = ["PathReport", "evaluate_path", "interpolate", "evenly_spaced"]
+__all__ = ["PathReport", "evaluate_path", "evaluate_line", "evenly_spaced"]
 
 
 @dataclass
@@ -121,7 +121,7 @@ def evenly_spaced(num_points: int) -> list[float]:
     return [i / (num_points - 1) for i in range(num_points)] if num_points > 1 else [0.0]
 
 
-def interpolate(
+def evaluate_line(
     model_a: nn.Module,
     model_b: nn.Module,
     ts: Sequence[float] | int,

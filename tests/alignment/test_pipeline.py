@@ -364,7 +364,7 @@ def test_a_failing_cost_plugin_is_named(fresh_plugins):
             raise RuntimeError("bad matrix")
 
     class Plugin:
-        @modeconn.hookimpl
+        @modeconn.plugin.hookimpl
         def modeconn_register_costs(self, registry):
             registry.add("broken", Broken())
 

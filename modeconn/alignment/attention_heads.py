@@ -18,11 +18,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from modeconn.alignment.assignment import solve_assignment
-from modeconn.symmetry.spec import Group, PermutationSpec, Site, TensorSlice
+from modeconn.symmetry.spec import Group, Perms, PermutationSpec, Site, TensorSlice
 
 __all__ = ["HeadFamily", "HeadStructure", "HeadView", "head_view"]
-
-Perms = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from modeconn.capture.inputs import ModelInputs
 from modeconn.errors import TraceError
-from modeconn.symmetry.tracing import ModelInputs
 
-__all__ = ["CAPTURES", "export_graph"]
-
-CAPTURES = ("auto", "fx", "export")
-"""How discovery captures a model's graph: ``"fx"`` symbolic tracing, ``"export"``
-``torch.export``, ``"auto"`` fx first, and export where fx fails or keeps modules whole."""
+__all__ = ["export_graph"]
 
 
 def export_graph(model: nn.Module, inputs: ModelInputs) -> fx.GraphModule:

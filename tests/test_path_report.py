@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import modeconn
-from modeconn import PathReport, evaluate, interpolate
+from modeconn import PathReport, evaluate, evaluate_line
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def pair():
 
 def test_interpolate_end_points_equal_the_models(pair):
     a, b, data = pair
-    report = interpolate(a, b, 3, data)
+    report = evaluate_line(a, b, 3, data)
     assert report.t == [0.0, 0.5, 1.0]
     assert report.loss[0] == pytest.approx(evaluate(a, data)[0])
     assert report.accuracy[-1] == pytest.approx(evaluate(b, data)[1])
@@ -58,4 +58,4 @@ def test_interpolate_names_where_architectures_differ(pair):
         modeconn.ArchitectureMismatchError,
         match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)",
     ):
-        interpolate(a, modeconn.create_model("resnet20", width=8), 2, data)
+        evaluate_line(a, modeconn.create_model("resnet20", width=8), 2, data)

@@ -16,32 +16,37 @@ import torch.nn as nn
 
 from modeconn import distributed
 from modeconn.alignment.assignment import solve_assignments
-from modeconn.alignment.costs import ActivationCost
-from modeconn.alignment.heads import HeadView, head_view
+from modeconn.alignment.attention_heads import HeadView, head_view
+from modeconn.alignment.costs import COSTS, ActivationCost
 from modeconn.alignment.result import AlignResult, CorrelationSignature
-from modeconn.alignment.stats import ADVERSARIAL, PairStats, _collect, check_site_options, paired_sites
+from modeconn.alignment.stats import (
+    PairStats,
+    check_statistics_options,
+    collect_statistics,
+    first_batch,
+    paired_sites,
+)
 from modeconn.alignment.ties import break_ties, has_constant_units
 from modeconn.alignment.weight_matching import match_weights
 from modeconn.data.batches import batches
 from modeconn.errors import AlignmentError
 from modeconn.modules import device_of, modes_restored, unwrap
-from modeconn.plugin_manager import PluginEntry, direct_entry, get_plugin
+from modeconn.plugin_manager import PluginEntry
 from modeconn.state import check_same_architecture
 from modeconn.symmetry.discovery import discover
-from modeconn.symmetry.permute import permute
-from modeconn.symmetry.spec import Group, PermutationSpec
+from modeconn.symmetry.permutation import permute
+from modeconn.symmetry.spec import Group, Perms, PermutationSpec
 
 __all__ = ["align", "cost_matrices", "solve_groups"]
 
-Perms = dict[str, torch.Tensor]
-
 
 def cost_matrices(
-    cost: ActivationCost | str, stats: Mapping[str, Sequence[PairStats]]
+    cost: ActivationCost | str | PluginEntry, stats: Mapping[str, Sequence[PairStats]]
 ) -> dict[str, torch.Tensor]:
     """Each group's (units of A) x (units of B) matrix: the cost's matrix at every site,
-    averaged over the group's sites, in float64."""
-    entry = _entry(cost)
+    averaged over the group's sites, in float64. ``cost`` is a cost's name, an
+    :class:`ActivationCost`, or a cost's registry entry."""
+    entry = cost if isinstance(cost, PluginEntry) else COSTS.resolve(cost, "cost_matrices")
     out = {}
     for name, site_stats in stats.items():
         mats = [entry.invoke(entry.obj.matrix, s) for s in site_stats]
@@ -88,10 +93,6 @@ def solve_groups(
     return perms
 
 
-def _entry(cost: Any) -> PluginEntry:
-    return get_plugin("cost", cost) if isinstance(cost, str) else direct_entry("cost", cost, "cost_matrices")
-
-
 def _check_finite(model: nn.Module, label: str) -> None:
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
@@ -100,6 +101,44 @@ def _check_finite(model: nn.Module, label: str) -> None:
 
 def _names(groups: Sequence[Group]) -> str:
     return ", ".join(g.name for g in groups[:5]) + (" ..." if len(groups) > 5 else "")
+
+
+def _on_device(model_a: nn.Module, model_b: nn.Module, device: Any) -> tuple[nn.Module, nn.Module]:
+    """Both models, unwrapped, checked to be one architecture with finite weights, on
+    ``device`` (copies where they are elsewhere; the caller's models are never moved)."""
+    model_a, model_b = unwrap(model_a), unwrap(model_b)
+    check_same_architecture(model_a.state_dict(), model_b.state_dict())
+    _check_finite(model_a, "model_a")
+    _check_finite(model_b, "model_b")
+    device = torch.device(device) if device is not None else device_of(model_a)
+    if any(p.device != device for p in itertools.chain(model_a.parameters(), model_b.parameters())):
+        return copy.deepcopy(model_a).to(device), copy.deepcopy(model_b).to(device)
+    return model_a, model_b
+
+
+def _notes(units: PermutationSpec, observed: list[Group], stats: Mapping[str, list[PairStats]]) -> list[str]:
+    """What the user should know about how each kind of group was aligned."""
+    notes = []
+    silent = [g for g in observed if has_constant_units(stats[g.name])]
+    if silent:
+        notes.append(
+            f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
+            f"weight similarity decided their ties: {_names(silent)}"
+        )
+    paired = paired_sites(units)
+    unpaired = [g for g in units.permutable if g.sites and not paired[g.name]]
+    if unpaired:
+        notes.append(
+            f"{len(unpaired)} group(s) observed only where another permuted axis runs along the "
+            f"samples (a layer mixing tokens) were aligned by weight matching: {_names(unpaired)}"
+        )
+    hidden = [g for g in units.permutable if not g.sites and g.kind != "heads"]
+    if hidden:  # e.g. head dims inside nn.MultiheadAttention: no activation to observe
+        notes.append(
+            f"{len(hidden)} group(s) without an observable activation were aligned by weight "
+            f"matching with the others held fixed: {_names(hidden)}"
+        )
+    return notes
 
 
 def align(
@@ -147,44 +186,26 @@ def align(
     ``spatial_stride=s`` observes every s-th row and column of feature maps. Both keep exact
     recovery of a permuted copy; docs/align.md measures what they save and what they cost.
     """
-    if adversarial not in ADVERSARIAL:
-        raise AlignmentError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
-    check_site_options(sites, spatial_stride)
-    entry = get_plugin("cost", cost)
+    entry = COSTS.get(cost)
     cost_obj = entry.obj
-    model_a, model_b = unwrap(model_a), unwrap(model_b)
-    check_same_architecture(model_a.state_dict(), model_b.state_dict())
-    _check_finite(model_a, "model_a")
-    _check_finite(model_b, "model_b")
-    device = torch.device(device) if device is not None else device_of(model_a)
-    first, stream = None, iter(())
+    check_statistics_options(adversarial, sites, spatial_stride)
+    a, b = _on_device(model_a, model_b, device)
+    stream = None
     if data is not None:
-        stream = iter(
-            batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples, shard=True)
-        )
-        first = next(stream, None)
-        if first is None:
-            raise AlignmentError(
-                f"no data{distributed.current().where()}: the data iterable yielded no batch"
-            )
-        stream = itertools.chain([first], stream)
+        source = batches(data, batch_size=batch_size, labels=labels, num_samples=num_samples, shard=True)
+        first, stream = first_batch(iter(source))
     elif cost_obj.requires_data:
         raise AlignmentError(
             f"cost {cost!r} needs data: pass a DataLoader, batches or a tensor of inputs "
             f"(or use cost='weight_matching', which needs none)"
         )
-
-    a, b = model_a, model_b
-    if any(p.device != device for p in itertools.chain(a.parameters(), b.parameters())):
-        a, b = copy.deepcopy(a).to(device), copy.deepcopy(b).to(device)
     with modes_restored(a, b):
         a.eval()
         b.eval()
-        if spec is None:
-            probe = (
-                example_inputs if example_inputs is not None else (first.head(2).inputs if first else None)
+        if spec is None:  # discovered on shapes only: two samples of the data, or the example
+            spec = discover(
+                a, example_inputs if example_inputs is not None or stream is None else first.head(2).inputs
             )
-            spec = discover(a, probe)  # shapes only
         view = head_view(spec)  # attention heads: one flat group per family of units inside them
         units = view.spec
         paired = paired_sites(units)
@@ -195,57 +216,39 @@ def align(
         ]
         state_a = {k: v.detach() for k, v in a.state_dict().items()}
         state_b = {k: v.detach() for k, v in b.state_dict().items()}
-        notes: list[str] = []
-        stats: dict[str, list[PairStats]] = {}
 
-        def observe(kind: str) -> dict[str, list[PairStats]]:
-            return _collect(
+        def statistics(kind: str) -> dict[str, list[PairStats]]:
+            return collect_statistics(
                 a,
                 b,
-                observed,
-                kind,
                 stream,
-                first,
-                adversary,
-                adversarial,
-                progress,
-                sites,
-                spatial_stride,
-                capture=spec.capture,
+                units,
+                kind=kind,
+                groups=observed,
+                adversary=adversary,
+                adversarial=adversarial,
+                sites=sites,
+                spatial_stride=spatial_stride,
+                progress=progress,
             )
 
+        stats: dict[str, list[PairStats]] = {}
+        notes: list[str] = []
         if isinstance(cost_obj, ActivationCost):
-            stats = observe(cost_obj.site_kind)
-            matrices = cost_matrices(cost, stats)
+            stats = statistics(cost_obj.site_kind)
+            matrices = cost_matrices(entry, stats)
             perms = solve_groups(
                 units, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b, heads=view
             )
-            silent = [g for g in observed if has_constant_units(stats[g.name])]
-            if silent:
-                notes.append(
-                    f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
-                    f"weight similarity decided their ties: {_names(silent)}"
-                )
-            unpaired = [g for g in units.permutable if g.sites and not paired[g.name]]
-            if unpaired:
-                notes.append(
-                    f"{len(unpaired)} group(s) observed only where another permuted axis runs along the "
-                    f"samples (a layer mixing tokens) were aligned by weight matching: {_names(unpaired)}"
-                )
-            hidden = [g for g in units.permutable if not g.sites and g.kind != "heads"]
-            if hidden:  # e.g. head dims inside nn.MultiheadAttention: no activation to observe
-                notes.append(
-                    f"{len(hidden)} group(s) without an observable activation were aligned by weight "
-                    f"matching with the others held fixed: {_names(hidden)}"
-                )
+            notes = _notes(units, observed, stats)
             signature = CorrelationSignature.of(observed, stats, perms) if stats else None
             perms = {**spec.identity(), **view.expand(perms)}
         else:
             perms = spec.identity()
             found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
             perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
-            if first is not None and observed:
-                stats = observe("post")
+            if stream is not None and observed:
+                stats = statistics("post")
             signature = CorrelationSignature.of(observed, stats, view.flatten(perms)) if stats else None
         # solved on every rank from the same all-reduced statistics; rank 0's answer is the one
         perms = distributed.current().broadcast(perms)
