@@ -27,7 +27,8 @@ if TYPE_CHECKING:
         collect_statistics,
     )
     from modeconn.batchnorm import update_bn
-    from modeconn.curves import Curve, CurveFamily, evaluate_curve
+    from modeconn.curves import Curve, CurveFamily, curve_ensemble, evaluate_curve
+    from modeconn.merging import MergeResult, merge, repair
     from modeconn.metrics import Classification, Metric, evaluate, measure
     from modeconn.path_report import PathReport, evaluate_line
     from modeconn.plugin import get_plugin, list_plugins, register_plugin

@@ -17,6 +17,8 @@ import torch.nn as nn
 
 from modeconn.batchnorm import update_bn
 from modeconn.errors import InvalidArgumentError
+from modeconn.merging.correction import ReferenceStatistics
+from modeconn.merging.correction import repair as repair_model
 from modeconn.metrics import Classification, Metric, measure
 from modeconn.modules import unwrap
 from modeconn.state import check_same_architecture, lerp_state
@@ -46,6 +48,21 @@ class PathReport:
         if key in ("loss", "accuracy"):
             return getattr(self, key)
         return self.extra[key]
+
+    def best(self, metric: str = "accuracy") -> tuple[float, float]:
+        """``(t, value)`` of the best evaluated point for ``metric``: the lowest for a loss (a
+        metric whose name contains ``"loss"``), the highest otherwise; the first such point
+        on ties, and NaN values never win."""
+        values = self.values(metric) if metric in ("loss", "accuracy") or metric in self.extra else None
+        if values is None:
+            known = ", ".join(["loss", "accuracy", *self.extra])
+            raise InvalidArgumentError(f"no metric {metric!r} in this report; it has {known}")
+        lower = "loss" in metric
+        scored = [(v if lower else -v, i) for i, v in enumerate(values) if not math.isnan(v)]
+        if not scored:
+            raise InvalidArgumentError(f"every value of {metric!r} on this path is NaN")
+        i = min(scored)[1]
+        return self.t[i], values[i]
 
     @property
     def average_accuracy(self) -> float:
@@ -132,24 +149,42 @@ def evaluate_line(
     metrics: Sequence[Metric] = (Classification(),),
     bn_adversary: Any = None,
     progress: bool = False,
+    repair: bool = False,
+    repair_data: Any = None,
 ) -> PathReport:
     """Loss and accuracy of ``(1 - t) θ_A + t θ_B`` at each ``t`` (or at ``ts`` evenly spaced points
     in [0, 1]), and any other ``metrics``, with BatchNorm statistics recomputed on ``bn_data``
     (adversarial examples of it with ``bn_adversary``; see :func:`modeconn.update_bn`) at each t
     when given (otherwise the running statistics are interpolated too). The models are left
-    unchanged."""
+    unchanged.
+
+    ``repair=True`` evaluates the REPAIRed line (Jordan et al. 2023, Fig. 1): at each t, after
+    any BatchNorm recomputation, the model's unit statistics are reset to ``(1 - t)`` A's plus
+    ``t`` B's, measured once on ``repair_data`` (default ``bn_data``; see :func:`modeconn.repair`)."""
     model_a, model_b = unwrap(model_a), unwrap(model_b)
     if isinstance(ts, int):
         ts = evenly_spaced(ts)
     sa, sb = model_a.state_dict(), model_b.state_dict()
     check_same_architecture(sa, sb)
     states = ((float(t), lerp_state(sa, sb, float(t))) for t in ts)
+    if repair:
+        repair_data = repair_data if repair_data is not None else bn_data
+        if repair_data is None:
+            raise InvalidArgumentError(
+                "evaluate_line(repair=True) needs data to measure statistics on: pass repair_data= (or bn_data=)"
+            )
+        stats = ReferenceStatistics.measure([model_a, model_b], repair_data)
+        states = (
+            (t, state, lambda m, t=t: repair_model(m, stats, repair_data, weights=[1 - t, t]))
+            for t, state in states
+        )
     return evaluate_path(
         model_a,
         states,
         data,
         bn_data,
         label=label,
+        meta={"repair": "REPAIR"} if repair else None,
         metrics=metrics,
         bn_adversary=bn_adversary,
         progress=progress,
@@ -170,7 +205,8 @@ def evaluate_path(
     progress: bool = False,
     total: int | None = None,
 ) -> PathReport:
-    """The metrics of a copy of ``template`` loaded with each ``(t, state_dict)`` in turn,
+    """The metrics of a copy of ``template`` loaded with each ``(t, state_dict)`` (or ``(t,
+    state_dict, step)``, ``step(model)`` applied after the BatchNorm recomputation) in turn,
     BatchNorm statistics recomputed on ``bn_data`` (attacked by ``bn_adversary`` when given)
     first when given; ``meta["bn_data"]`` records which (``"none"``, ``"clean"`` or
     ``"adversarial (<attack>)"``). ``metrics`` must include ``loss`` and ``accuracy``
@@ -187,10 +223,12 @@ def evaluate_path(
     from tqdm.auto import tqdm
 
     bar = tqdm(states, total=total, desc=label or "path", unit="point", leave=False, disable=not progress)
-    for t, state in bar:
+    for t, state, *then in bar:
         probe.load_state_dict(state)
         if bn_data is not None:
             update_bn(probe, bn_data, adversary=bn_adversary)
+        for step in then:  # e.g. REPAIR, after the BatchNorm statistics
+            step(probe)
         for k, v in measure(probe, data, metrics).items():
             values.setdefault(k, []).append(v if math.isfinite(v) or "loss" not in k else float("inf"))
         ts.append(t)

@@ -2,7 +2,8 @@
 along a curve."""
 
 from modeconn.curves.curve import Curve
+from modeconn.curves.ensemble import Ensemble, curve_ensemble
 from modeconn.curves.evaluate import evaluate_curve
 from modeconn.curves.family import CurveFamily
 
-__all__ = ["Curve", "CurveFamily", "evaluate_curve"]
+__all__ = ["Curve", "CurveFamily", "Ensemble", "curve_ensemble", "evaluate_curve"]
