@@ -7,20 +7,23 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from modeconn.alignment.attention_heads import head_view
 from modeconn.alignment.costs import COSTS, ActivationCost
-from modeconn.alignment.pipeline import align
+from modeconn.alignment.pipeline import align, cost_matrices, solve_groups
+from modeconn.alignment.stats import collect_statistics, paired_sites
 from modeconn.batchnorm import has_batchnorm, update_bn
 from modeconn.errors import InvalidArgumentError
 from modeconn.merging.correction import ReferenceStatistics
 from modeconn.merging.correction import repair as repair_model
 from modeconn.modules import unwrap
 from modeconn.state import check_same_architecture
+from modeconn.symmetry.permutation import permute
 from modeconn.symmetry.spec import Perms, PermutationSpec
 
 __all__ = ["merge", "MergeResult", "average_models", "compose_perms", "METHODS"]
@@ -36,11 +39,13 @@ class MergeResult:
     """What :func:`merge` returns.
 
     ``model`` is the merged model (a standalone module of the inputs' class); ``aligned[i]`` is
-    input ``i`` in the common basis (the same function; ``aligned[reference]`` is that input
-    itself); ``perms[i]`` the permutation taking input ``i`` there (``permute(models[i], spec,
+    input ``i`` in the common basis (the same function; with ``"star"``,
+    ``aligned[reference]`` is that input itself); ``perms[i]`` the permutation taking input ``i`` there (``permute(models[i], spec,
     perms[i])`` is ``aligned[i]``); ``weights`` the weights averaged with (normalized);
     ``history`` one row per iteration (``moved``: units that moved, ``similarity``: the
-    mean cosine similarity of the aligned models' parameters, pair by pair); ``notes`` what
+    mean cosine similarity of the aligned models' parameters, pair by pair, and with an
+    activation cost ``objective``: the mean over the models of the cost of each unit against
+    the units the others put at its position, e.g. a mean correlation); ``notes`` what
     the user should know about how it was done.
     """
 
@@ -67,10 +72,19 @@ class MergeResult:
         return "\n".join(rows)
 
 
-def compose_perms(first: Mapping[str, torch.Tensor], then: Mapping[str, torch.Tensor]) -> Perms:
+def compose_perms(
+    spec: PermutationSpec, first: Mapping[str, torch.Tensor], then: Mapping[str, torch.Tensor]
+) -> Perms:
     """The permutations of applying ``first`` and then ``then``: ``permute(permute(m, spec,
-    first), spec, then)`` is ``permute(m, spec, compose_perms(first, then))``."""
-    return {g: torch.as_tensor(p)[torch.as_tensor(then[g])] if g in then else p for g, p in first.items()}
+    first), spec, then)`` is ``permute(m, spec, compose_perms(spec, first, then))``. Attention
+    heads are composed as the index permutations of the axes they move, which also move the
+    units inside each head."""
+    view = head_view(spec)
+    a, b = view.flatten({**spec.identity(), **first}), view.flatten({**spec.identity(), **then})
+    return {
+        **spec.identity(),
+        **view.expand({g: torch.as_tensor(p)[torch.as_tensor(b[g])] for g, p in a.items()}),
+    }
 
 
 def _moved(perms: Mapping[str, torch.Tensor]) -> int:
@@ -151,6 +165,144 @@ def _check_models(models: Sequence[nn.Module]) -> list[nn.Module]:
     return models
 
 
+@dataclass
+class _MergeState:
+    """The inputs, each in the common basis, and the permutations taking it there."""
+
+    models: list[nn.Module]
+    aligned: list[nn.Module]
+    perms: list[Perms]
+    spec: PermutationSpec
+    weights: list[float]
+    history: list[dict[str, Any]]
+
+    def others(self, i: int) -> tuple[list[int], list[float]]:
+        """The other models and their weights, normalized to sum to 1."""
+        others = [j for j in range(len(self.models)) if j != i]
+        total = sum(self.weights[j] for j in others)
+        if total <= 0:
+            return others, [1.0 / len(others)] * len(others)
+        return others, [self.weights[j] / total for j in others]
+
+    def order(self, gen: torch.Generator) -> list[int]:
+        return torch.randperm(len(self.models), generator=gen).tolist()
+
+
+def _inner(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    return sum(float((a[k].double() * b[k].double()).sum()) for k in a if a[k].is_floating_point())
+
+
+def _mean_by_weights(state: _MergeState, entry, aligned_to, *, max_iterations, seed, **_) -> bool:
+    """MergeMany with weight matching: each model re-matched to the average of the others'
+    weights, a move kept only when it raises the inner product with that average (so the
+    summed inner products of all pairs rise at every move, and the iteration ends)."""
+    gen = torch.Generator().manual_seed(seed)
+    for iteration in range(1, max_iterations + 1):
+        moved = 0
+        for i in state.order(gen):
+            others, mix = state.others(i)
+            target = average_models([state.aligned[j] for j in others], mix)
+            found = aligned_to(target, state.aligned[i])
+            goal = {k: v for k, v in target.state_dict().items()}
+            gain = _inner(goal, found.model.state_dict()) - _inner(goal, state.aligned[i].state_dict())
+            step = _moved(found.perms)
+            if step and gain > 1e-9 * abs(_inner(goal, goal)):
+                moved += step
+                state.aligned[i] = found.model
+                state.perms[i] = compose_perms(state.spec, state.perms[i], found.perms)
+        state.history.append(
+            {"iteration": iteration, "moved": moved, "similarity": _similarity(state.aligned)}
+        )
+        if moved == 0:
+            return True
+    return False
+
+
+def _mean_by_activations(
+    state: _MergeState, entry, aligned_to, *, data, max_iterations, tolerance, seed, stats_options
+) -> bool:
+    """MergeMany with an activation cost. A unit's activations do not change when its model is
+    permuted, only their order; so the cost matrix of every pair of models is measured once
+    (one paired statistics pass per pair, on the inputs as they are) and each iteration only
+    reorders them: model i is matched to the sum of its matrices with the others, each taken
+    in that model's current order, weighted as the merge weights the others. Every move raises
+    this summed objective (by more than ``tolerance`` per unit), so the iteration ends."""
+    spec, cost = state.spec, entry.obj
+    view = head_view(spec)
+    units = view.spec
+    paired = paired_sites(units)
+    observed = [
+        replace(g, sites=paired[g.name]) for g in units.permutable if paired[g.name] and g.kind != "heads"
+    ]
+    n = len(state.models)
+    pair: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            stats = collect_statistics(
+                state.models[i],
+                state.models[j],
+                data,
+                units,
+                kind=cost.site_kind,
+                groups=observed,
+                **stats_options,
+            )
+            pair[i, j] = cost_matrices(entry, stats)
+            pair[j, i] = {g: m.T for g, m in pair[i, j].items()}
+    sign = 1.0 if cost.maximize else -1.0
+    flat = [view.flatten(p) for p in state.perms]
+    originals = [{k: v.detach() for k, v in m.state_dict().items()} for m in state.models]
+
+    def summed(i: int) -> dict[str, torch.Tensor]:
+        """Model i's units (rows) against the common basis's positions (columns)."""
+        others, mix = state.others(i)
+        return {
+            g: sum(w * pair[i, j][g][:, flat[j][g]] for j, w in zip(others, mix)) for g in pair[i, others[0]]
+        }
+
+    def objective(i: int, perm: Mapping[str, torch.Tensor], matrices: Mapping[str, torch.Tensor]) -> float:
+        total = sum(float(m[perm[g], torch.arange(len(perm[g]))].sum()) for g, m in matrices.items())
+        return sign * total / max(1, sum(len(perm[g]) for g in matrices))
+
+    gen = torch.Generator().manual_seed(seed)
+    for iteration in range(1, max_iterations + 1):
+        moved, scores = 0, []
+        for i in state.order(gen):
+            matrices = summed(i)
+            others, mix = state.others(i)
+            goal = average_models([state.aligned[j] for j in others], mix).state_dict()
+            found = solve_groups(
+                units,
+                {g: m.T for g, m in matrices.items()},
+                maximize=cost.maximize,
+                state_a=goal,
+                state_b=originals[i],
+                heads=view,
+            )
+            found = {**units.identity(), **found}
+            before, after = objective(i, flat[i], matrices), objective(i, found, matrices)
+            step = sum(int((found[g] != flat[i][g]).sum()) for g in found if g in flat[i])
+            if step and after - before > tolerance:
+                moved += step
+                flat[i] = {**flat[i], **found}
+                state.perms[i] = {**spec.identity(), **view.expand(flat[i])}
+                state.aligned[i] = permute(state.models[i], spec, state.perms[i])
+                scores.append(after)
+            else:
+                scores.append(before)
+        state.history.append(
+            {
+                "iteration": iteration,
+                "moved": moved,
+                "similarity": _similarity(state.aligned),
+                "objective": sum(scores) / len(scores),
+            }
+        )
+        if moved == 0:
+            return True
+    return False
+
+
 def merge(
     models: Sequence[nn.Module],
     data: Any = None,
@@ -163,6 +315,7 @@ def merge(
     bn_data: Any = None,
     spec: PermutationSpec | None = None,
     max_iterations: int = 10,
+    tolerance: float = 1e-3,
     seed: int = 0,
     num_samples: int | None = None,
     batch_size: int = 256,
@@ -177,12 +330,16 @@ def merge(
 
     ``method="star"`` aligns every model to ``models[reference]`` (N - 1 alignments).
     ``method="mean"`` is MergeMany (Ainsworth et al. 2023, Alg. 3): starting from the star
-    basis, each model in turn (in an order drawn from ``seed``) is aligned to the weighted
-    average of the others, until an iteration moves no unit (or ``max_iterations``); each
-    alignment is one paired statistics pass over the model and the average of the others
-    (none with ``cost="weight_matching"``, which needs no data), so an iteration costs one pass
-    per model. The permutations are consistent by construction: every model goes into the
-    basis the others share.
+    basis, each model in turn (in an order drawn from ``seed``) is matched to the others,
+    until an iteration moves no unit (or ``max_iterations``). With weight matching a model is
+    matched to the weighted average of the others' weights (no data needed). With an
+    activation cost it is matched to the weighted sum of its cost matrices with each of the
+    others: a unit's activations do not change when its model is permuted, only their order,
+    so these are measured once, one paired statistics pass per pair of models (N(N-1)/2 of
+    them, on the inputs as given), and the iterations only reorder them. In both cases a move
+    is kept only when it raises the objective (by more than ``tolerance`` per unit for an
+    activation cost), so the iteration ends; the permutations are consistent by construction,
+    every model going into the basis the others share.
 
     ``cost``, ``data``, ``num_samples``, ``batch_size``, ``labels``, ``example_inputs``,
     ``device`` and ``spec`` are :func:`modeconn.align`'s.
@@ -254,25 +411,19 @@ def merge(
     history = [{"iteration": 0, "moved": sum(_moved(p) for p in perms), "similarity": _similarity(aligned)}]
 
     if method == "mean" and spec.permutable and n > 2:
-        order_gen = torch.Generator().manual_seed(seed)
-        converged = False
-        for iteration in range(1, max_iterations + 1):
-            moved = 0
-            for i in torch.randperm(n, generator=order_gen).tolist():
-                others = [j for j in range(n) if j != i]
-                total = sum(weights[j] for j in others)
-                mix = [weights[j] / total for j in others] if total > 0 else [1.0 / len(others)] * len(others)
-                target = average_models([aligned[j] for j in others], mix)
-                found = aligned_to(target, aligned[i])
-                step = _moved(found.perms)
-                if step:
-                    moved += step
-                    aligned[i] = found.model
-                    perms[i] = compose_perms(perms[i], found.perms)
-            history.append({"iteration": iteration, "moved": moved, "similarity": _similarity(aligned)})
-            if moved == 0:
-                converged = True
-                break
+        iterate = _mean_by_activations if isinstance(cost_obj, ActivationCost) else _mean_by_weights
+        converged = iterate(
+            _MergeState(models, aligned, perms, spec, weights, history),
+            COSTS.get(cost),
+            aligned_to,
+            data=data,
+            max_iterations=max_iterations,
+            tolerance=tolerance,
+            seed=seed,
+            stats_options=dict(
+                num_samples=num_samples, batch_size=batch_size, labels=labels, progress=progress
+            ),
+        )
         if not converged:
             notes.append(
                 f"MergeMany did not converge in {max_iterations} iterations (units still moved); "

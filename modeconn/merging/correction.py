@@ -18,6 +18,7 @@ measured after the layers before it have been corrected.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from modeconn.batchnorm import has_batchnorm, update_bn
 from modeconn.data.batches import batches, call_model
 from modeconn.errors import DataError, InvalidArgumentError
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
@@ -96,7 +98,11 @@ class ReferenceStatistics:
         batch_size: int = 256,
         labels: bool = True,
     ) -> ReferenceStatistics:
-        """One eval-mode pass of each reference over ``data``."""
+        """One eval-mode pass of each reference over ``data``. References with BatchNorm are
+        measured with their BatchNorm statistics recomputed on ``data`` (on copies; one more
+        pass each), as the repaired model's are: the running statistics a model ends training
+        with describe the weights of its last steps, and measured against them the targets
+        carry that lag into the repaired model."""
         references = [unwrap(r) for r in references]
         if not references:
             raise InvalidArgumentError("repair needs at least one reference model")
@@ -106,7 +112,14 @@ class ReferenceStatistics:
             )
         chosen, notes = correction_sites(references[0], data, batch_size=batch_size, labels=labels)
         means, stds = [], []
+        if has_batchnorm(references[0]):
+            notes.append(
+                "the references' BatchNorm statistics were recomputed on the data (on copies) before "
+                "measuring: running statistics from training describe older weights"
+            )
         for r in references:
+            if has_batchnorm(r):
+                r = update_bn(copy.deepcopy(r), data, num_samples, batch_size=batch_size)
             moments = _measure(r, chosen, data, num_samples, batch_size, labels, correct=None)
             pairs = {k: m.mean_std() for k, m in moments.items()}
             means.append({k: v[0] for k, v in pairs.items()})
