@@ -59,3 +59,18 @@ def test_interpolate_names_where_architectures_differ(pair):
         match=r"differs from model_a at `conv1.weight`: shape \(4, 3, 3, 3\) vs \(8, 3, 3, 3\)",
     ):
         evaluate_line(a, modeconn.create_model("resnet20", width=8), 2, data)
+
+
+def test_best_is_the_highest_accuracy_and_the_lowest_loss():
+    report = PathReport(
+        [0.0, 0.5, 1.0], [1.0, 0.4, 0.4], [80.0, 90.0, 90.0], extra={"robust_loss": [3.0, 2.0, 1.0]}
+    )
+    assert report.best() == (0.5, 90.0)  # the first on ties
+    assert report.best("loss") == (0.5, 0.4)
+    assert report.best("robust_loss") == (1.0, 1.0)
+    nan = PathReport([0.0, 1.0], [float("nan"), 2.0], [float("nan"), 10.0])
+    assert nan.best() == (1.0, 10.0) and nan.best("loss") == (1.0, 2.0)
+    with pytest.raises(
+        modeconn.errors.InvalidArgumentError, match="no metric 'nll'.*loss, accuracy, robust_loss"
+    ):
+        report.best("nll")

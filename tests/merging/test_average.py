@@ -199,3 +199,16 @@ def test_mean_with_weight_matching_converges_and_needs_no_data():
     sims = [h["similarity"] for h in result.history]
     assert all(b >= a - 1e-12 for a, b in zip(sims, sims[1:]))
     assert any("not repaired" in n for n in result.notes)
+
+
+def test_mean_with_an_activation_cost_improves_on_the_star_basis_and_ends():
+    models = [_mlp(s) for s in range(4)]
+    x = torch.randn(512, 6)
+    result = modeconn.merge(models, x, method="mean", repair=False, max_iterations=20)
+    moves = [h["moved"] for h in result.history[1:]]
+    assert moves[0] > 0, "the star basis of random networks is not where MergeMany stops"
+    assert moves[-1] == 0
+    objective = [h["objective"] for h in result.history[1:]]
+    assert all(b >= a for a, b in zip(objective, objective[1:]))
+    for model, perms, aligned in zip(models, result.perms, result.aligned):
+        _states_equal(modeconn.permute(model, result.spec, perms), aligned)
