@@ -1,5 +1,6 @@
 """The ``modeconn`` command line: the workflow (``train``, ``align``, ``fit``, ``evaluate``,
-``plot``; see :mod:`modeconn.workflow`), and ``demo``, ``models``, ``plugins``, ``discover``.
+``merge``, ``plot``, ``export``; see :mod:`modeconn.workflow`), and ``demo``, ``models``,
+``plugins``, ``discover``.
 
 Imports of torch and the rest happen inside the commands, so that ``--help`` stays fast."""
 
@@ -136,7 +137,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 _HELP = {
     "data": "a built-in dataset (digits, cifar10, cifar100, tinyimagenet) or an ImageFolder path "
-    "(default for align, fit and evaluate: the one the input runs were made on)",
+    "(default for every step but train: the one the input runs were made on)",
     "data_root": "the folder that holds a built-in dataset's files",
     "schedule": "step, cosine, hold_then_linear (alias garipov) or constant",
     "num_samples": "training samples to align on",
@@ -161,6 +162,22 @@ _HELP = {
     "family": "a curve family plugin: bezier, polychain, ...",
     "num_bends": "the curve's bends (control points between the end points)",
     "num_points": "evenly spaced t to evaluate, both ends included (at least 2)",
+    "method": "mean (MergeMany: each model aligned to the average of the others until no unit moves) "
+    "or star (each aligned to the reference)",
+    "weights": "one weight per run, comma-separated, e.g. 0.5,0.3,0.2 (normalized to sum to 1; "
+    "default: equal)",
+    "reference": "the run (numbered from 0) the others are first aligned to",
+    "repair": "auto, yes or no: REPAIR the merged model's unit statistics (auto: whenever there is data, "
+    "as there always is here)",
+    "max_iterations": "MergeMany's most iterations",
+    "merge.num_samples": "training samples to align on (and, with --repair, to measure REPAIR's statistics on)",
+    "merge.bn_samples": "training samples the merged model's BatchNorm statistics are recomputed on",
+    "merge.test_samples": "measure the merged model, the inputs and their plain average on this many test "
+    "samples (default: all)",
+    "t": "the point of a curve to export: a number from 0 (model A) to 1 (model B), or best (the best test "
+    "accuracy of its evaluation); not for a train, align or merge run",
+    "export.bn_samples": "training samples a point's BatchNorm statistics are recomputed on (default: the "
+    "evaluation's, else 2048)",
 }
 
 
@@ -179,13 +196,17 @@ def _option(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), parsed
 
 
-def _add_step_options(p: argparse.ArgumentParser, step: str) -> None:
+def _add_step_options(p: argparse.ArgumentParser, step: str, *, config: bool = True) -> None:
     from modeconn.workflow import DEFAULTS, setting_type
 
     for key, default in DEFAULTS[step].items():
         flag = "--" + key.replace("_", "-")
-        help_text = _HELP.get(key, "") + (f" (default: {default})" if default not in (None, {}) else "")
-        if key == "options":
+        help_text = _HELP.get(f"{step}.{key}", _HELP.get(key, ""))
+        if default not in (None, {}) and "default:" not in help_text:
+            help_text += f" (default: {default})"
+        if key == "weights":  # a list: read by _weights, so that a mistake is one line
+            p.add_argument(flag, metavar="W1,W2,...", default=argparse.SUPPRESS, help=help_text)
+        elif key == "options":
             p.add_argument(
                 "--option", dest="options", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                 help="an option of the optimizer plugin, e.g. --option perm_epochs=2 (repeatable)",
@@ -197,11 +218,12 @@ def _add_step_options(p: argparse.ArgumentParser, step: str) -> None:
         else:
             kind = setting_type(step, key) or str
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
-    p.add_argument(
-        "--config",
-        default=argparse.SUPPRESS,
-        help="a config.toml (or run folder) to rerun; flags override it",
-    )
+    if config:
+        p.add_argument(
+            "--config",
+            default=argparse.SUPPRESS,
+            help="a config.toml (or run folder) to rerun; flags override it",
+        )
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -211,7 +233,7 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-_TOP_LEVEL = {"command", "model", "data", "train", "align", "fit", "evaluate"}
+_TOP_LEVEL = {"command", "model", "data", "train", "align", "fit", "evaluate", "merge"}
 
 
 def _saved_config(step: str, path: str) -> dict:
@@ -291,6 +313,46 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return _run_step("evaluate", args, {"run": args.run, "line": getattr(args, "line", None)})
 
 
+def _weights(text: str) -> list[float]:
+    """``--weights 0.5,0.3,0.2``: one number per run."""
+    from modeconn.errors import InvalidArgumentError
+
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidArgumentError(
+            f"--weights takes one number per run, separated by commas (e.g. 0.5,0.3,0.2), got {text!r}"
+        ) from None
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    if hasattr(args, "weights"):
+        args.weights = _weights(args.weights)
+    return _run_step("merge", args, {"runs": args.runs or None})
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from modeconn import workflow
+    from modeconn.errors import InvalidArgumentError
+
+    if not args.out:
+        raise InvalidArgumentError("export needs --out PATH: the .safetensors file it writes")
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "quiet", "json_out", "func", "command")}
+    config.pop("force")
+    results = workflow.export(config, args.out, quiet=args.quiet or args.json_out, force=args.force)
+    from modeconn import distributed  # torch: after the checks
+
+    if not distributed.current().is_main:
+        return 0
+    if args.json_out:
+        print(json.dumps(results))
+    elif args.quiet:
+        print(results["summary"])
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     import json
 
@@ -316,7 +378,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-_STEPS = {"train": _cmd_train, "align": _cmd_align, "fit": _cmd_fit, "evaluate": _cmd_evaluate}
+_STEPS = {
+    "train": _cmd_train,
+    "align": _cmd_align,
+    "fit": _cmd_fit,
+    "evaluate": _cmd_evaluate,
+    "merge": _cmd_merge,
+}
 
 
 def _step_parser(
@@ -389,13 +457,41 @@ def build_parser() -> argparse.ArgumentParser:
         ("a", model_a), ("b", "model B (e.g. the run folder of `modeconn align`)"),
     )  # fmt: skip
     evaluate = _step_parser(
-        sub, "evaluate", "loss and accuracy along a fitted curve or a straight line, BatchNorm recomputed",
-        ("run", "the run folder of `modeconn fit`"),
+        sub, "evaluate", "loss and accuracy along a fitted curve or a straight line, BatchNorm recomputed "
+        "(or of the one model of a merge)",
+        ("run", "the run folder of `modeconn fit` (or of `modeconn merge`)"),
     )  # fmt: skip
     evaluate.add_argument(
         "--line", nargs=2, metavar=("A", "B"), default=argparse.SUPPRESS,
         help="evaluate the straight line from A to B instead",
     )  # fmt: skip
+    merge = _step_parser(
+        sub, "merge", "merge the models of two or more train or align runs into one (aligned, averaged, "
+        "repaired) and measure it",
+    )  # fmt: skip
+    merge.add_argument(
+        "runs", nargs="*", metavar="RUN",
+        help="the run folders of `modeconn train`, `align` or `merge` (two or more, one architecture and dataset)",
+    )  # fmt: skip
+    p = sub.add_parser(
+        "export",
+        help="write the model of a run folder (or a point t of a curve) to a .safetensors file, with a "
+        ".json of what rebuilds it",
+    )
+    p.add_argument(
+        "run",
+        nargs="?",
+        help="a train, align or merge run folder, a fit run folder, or the evaluate run folder of a curve",
+    )
+    p.add_argument(
+        "--out",
+        help="(required) the .safetensors file to write (NAME.json beside it); a folder for a Hugging "
+        "Face model",
+    )
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
+    _add_step_options(p, "export", config=False)
+    _output_options(p)
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser("plot", help="accuracy and loss along t for saved evaluations (no recomputing)")
     p.add_argument("runs", nargs="+", help="run folders of `modeconn evaluate`")
     p.add_argument(
