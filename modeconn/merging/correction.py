@@ -57,20 +57,25 @@ def _unit_axis(module: nn.Module) -> tuple[int, int] | None:
 
 @dataclass
 class _Moments:
-    """Per-unit sums of one layer's output over the data, in float64."""
+    """Per-unit sums of one layer's output over the data, in float64, added up from each
+    batch's mean and variance (computed in the batch's precision, in one pass)."""
 
     n: int = 0
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
 
-    def add(self, y: torch.Tensor, axis: int) -> None:
-        units = y.movedim(axis, -1).reshape(-1, y.shape[axis]).double()
+    def add(self, y: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add a batch; returns its per-unit (variance, mean), shaped to broadcast against ``y``."""
+        dims = [d for d in range(y.ndim) if d != axis % y.ndim]
+        var, mean = torch.var_mean(y, dims, correction=0, keepdim=True)
+        count = y.numel() // y.shape[axis]
+        m, v = mean.flatten().double(), var.flatten().double()
         if self.total is None:
-            self.total = units.new_zeros(units.shape[1])
-            self.squares = units.new_zeros(units.shape[1])
-        self.n += units.shape[0]
-        self.total += units.sum(0)
-        self.squares += (units * units).sum(0)
+            self.total, self.squares = torch.zeros_like(m), torch.zeros_like(m)
+        self.n += count
+        self.total += count * m
+        self.squares += count * (v + m * m)
+        return var, mean
 
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.total / self.n
@@ -254,16 +259,12 @@ def _measure(
         axis = _unit_axis(modules[name])[0]
 
         def hook(mod, args, y):
-            moments[name].add(y, axis)
+            var, mu = moments[name].add(y, axis)
             if correct is None:
                 return None
             mean_t, std_t = correct[name]
-            dims = [d for d in range(y.ndim) if d != axis % y.ndim]
-            mu = y.mean(dims, keepdim=True)
-            sd = (y.var(dims, unbiased=False, keepdim=True) + _EPS).sqrt()
-            shape = [1] * y.ndim
-            shape[axis] = -1
-            return (y - mu) / sd * std_t.to(y).view(shape) + mean_t.to(y).view(shape)
+            scale = std_t.to(y).view(var.shape) / (var + _EPS).sqrt()
+            return torch.addcmul(mean_t.to(y).view(mu.shape) - mu * scale, y, scale)
 
         return hook
 
