@@ -97,9 +97,15 @@ def model_inputs(model: nn.Module, example_inputs: Any) -> ModelInputs:
         cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
         size = cfg.get("input_size") if isinstance(cfg, dict) else None
         if size is None:
+            vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+            example = (
+                f"{{'input_ids': torch.randint(0, {vocab}, (1, 16))}}"
+                if isinstance(vocab, int)
+                else "torch.randn(1, 3, 32, 32)"
+            )
             raise SymmetryError(
                 f"discover needs example_inputs for {type(model).__name__}: the model does not say "
-                f"its input size (no timm default_cfg). Pass e.g. example_inputs=torch.randn(1, 3, 32, 32)."
+                f"its input size (no timm default_cfg). Pass e.g. example_inputs={example}."
             )
         example_inputs = torch.randn(1, *size)
     if not isinstance(example_inputs, (torch.Tensor, tuple, list, Mapping)):

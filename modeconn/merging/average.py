@@ -97,10 +97,11 @@ def average_models(models: Sequence[nn.Module], weights: Sequence[float]) -> nn.
     weighted sums of the models' (integer buffers, such as BatchNorm's step counters, are
     ``models[0]``'s). Tied parameters stay tied."""
     out = copy.deepcopy(unwrap(models[0]))
-    states = [unwrap(m).state_dict() for m in models]
+    # non-persistent buffers (rotary frequencies) are not in state_dict(): read the modules
+    states = [dict([*unwrap(m).named_parameters(), *unwrap(m).named_buffers()]) for m in models]
     for name, t in [*out.named_parameters(), *out.named_buffers()]:
         if t.is_floating_point():
-            t.copy_(sum(w * s[name].to(t) for w, s in zip(weights, states)))
+            t.copy_(sum(w * s[name].detach().to(t) for w, s in zip(weights, states)))
     return out
 
 

@@ -34,7 +34,16 @@ from modeconn.state import check_same_architecture
 
 __all__ = ["repair", "ReferenceStatistics", "correction_sites"]
 
-_EPS = 1e-5  # as BatchNorm's: keeps the scale of a (nearly) constant unit finite
+_RELATIVE_EPS = 1e-6  # of the target variance: a (nearly) constant unit's scale stays finite
+_TINY = 1e-30  # and a unit whose target is constant too gets scale 0, its target mean
+
+
+def _scale(std_t: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """``σ_t / σ`` per unit, the variance floored relative to the target's: an absolute floor
+    (BatchNorm's ε) would shrink units whose scale is below it (GPT-2's residual projections
+    at init have σ ≈ 1e-3)."""
+    return std_t / (var + _RELATIVE_EPS * std_t * std_t + _TINY).sqrt()
+
 
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 _CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
@@ -263,7 +272,7 @@ def _measure(
             if correct is None:
                 return None
             mean_t, std_t = correct[name]
-            scale = std_t.to(y).view(var.shape) / (var + _EPS).sqrt()
+            scale = _scale(std_t.to(var).view(var.shape), var)
             return torch.addcmul(mean_t.to(y).view(mu.shape) - mu * scale, y, scale)
 
         return hook
@@ -352,7 +361,7 @@ def repair(
     for name in stats.sites:
         mean, std = measured[name].mean_std()
         mean_t, std_t = targets[name]
-        scale = std_t / (std * std + _EPS).sqrt()
+        scale = _scale(std_t, std * std)
         shift = mean_t - mean * scale
         if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
             raise DataError(f"repair measured NaN or Inf at `{name}`: the model or the data is not finite")
