@@ -177,7 +177,7 @@ def test_the_merge_of_two_by_star_without_repair(runs, tmp_path, monkeypatch):
 
 def test_the_methods_the_cli_checks_are_merges(runs):
     from modeconn.merging import METHODS
-    from modeconn.workflow import _CHOICES
+    from modeconn.workflow.settings import _CHOICES
 
     assert _CHOICES["method"] == METHODS
 
