@@ -9,7 +9,7 @@ from typing import Any
 
 from modeconn.errors import InvalidArgumentError
 from modeconn.runs import RunFolder, read_config, run_folder_of, run_state
-from modeconn.workflow.fit import _saved_curve
+from modeconn.workflow.fit_step import _saved_curve
 from modeconn.workflow.rng import _fork_rng, _keeps_caller_rng
 from modeconn.workflow.settings import resolved
 from modeconn.workflow.steps import (

@@ -12,7 +12,7 @@ from typing import Any
 
 from modeconn.errors import InvalidArgumentError
 from modeconn.runs import describe_state, read_config, refuse_overwriting, run_state
-from modeconn.workflow.fit import _saved_curve
+from modeconn.workflow.fit_step import _saved_curve
 from modeconn.workflow.rng import _fork_rng, _keeps_caller_rng
 from modeconn.workflow.settings import resolved
 from modeconn.workflow.steps import (
