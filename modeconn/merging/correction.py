@@ -19,6 +19,7 @@ measured after the layers before it have been corrected.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,7 +188,9 @@ def correction_sites(
         for p in mod.parameters(recurse=False):
             owners.setdefault(id(p), set()).add(name)
     calls: dict[str, int] = {}
-    produced: dict[int, str] = {}  # id(output) -> module
+    # id(output) -> (module, weak reference): an id outlives its tensor and is reused, so a
+    # later tensor of the same id is only that module's output while the reference is alive
+    produced: dict[int, tuple[str, weakref.ref]] = {}
     into_bn: dict[str, int] = {}
     uses: dict[str, int] = {}
     handles = []
@@ -196,12 +199,16 @@ def correction_sites(
         name = names[id(mod)]
         calls[name] = calls.get(name, 0) + 1
         if isinstance(out, torch.Tensor):
-            produced[id(out)] = name
+            produced[id(out)] = (name, weakref.ref(out))
+
+    def producer(t: torch.Tensor) -> str | None:
+        name, ref = produced.get(id(t), (None, None))
+        return name if ref is not None and ref() is t else None
 
     def before(mod, args):
         for a in args:
-            if isinstance(a, torch.Tensor) and id(a) in produced:
-                src = produced[id(a)]
+            src = producer(a) if isinstance(a, torch.Tensor) else None
+            if src is not None:
                 uses[src] = uses.get(src, 0) + 1
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     into_bn[src] = into_bn.get(src, 0) + 1
@@ -217,8 +224,7 @@ def correction_sites(
     finally:
         for h in handles:
             h.remove()
-    outputs = {id(t) for t in _leaves(out)}
-    output_names = {n for i, n in produced.items() if i in outputs}
+    output_names = {n for t in _leaves(out) if (n := producer(t)) is not None}
     chosen, skipped = [], {}
     for name, mod in model.named_modules():
         if name not in calls or _unit_axis(mod) is None:
