@@ -276,7 +276,6 @@ def _step_config(step: str, args: argparse.Namespace, positional: dict) -> dict:
 
 
 def _run_step(step: str, args: argparse.Namespace, positional: dict) -> int:
-    import json
 
     from modeconn import workflow
     from modeconn.errors import InvalidArgumentError
@@ -286,9 +285,17 @@ def _run_step(step: str, args: argparse.Namespace, positional: dict) -> int:
     config = _step_config(step, args, positional)
     quiet = args.quiet or args.json_out
     results = getattr(workflow, step)(config, args.out, quiet=quiet, restart=args.restart)
-    from modeconn import distributed
+    return _print_results(args, results)
 
-    if not distributed.current().is_main:  # under torchrun, rank 0 speaks for all
+
+def _print_results(args: argparse.Namespace, results: dict) -> int:
+    """What a step prints after its run: the results as JSON with --json, the summary line
+    with --quiet (the step itself printed it otherwise); under torchrun, rank 0 speaks for all."""
+    import json
+
+    from modeconn import distributed  # torch: after the checks
+
+    if not distributed.current().is_main:
         return 0
     if args.json_out:
         print(json.dumps(results))
@@ -332,7 +339,6 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import json
 
     from modeconn import workflow
     from modeconn.errors import InvalidArgumentError
@@ -342,15 +348,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("out", "quiet", "json_out", "func", "command")}
     config.pop("force")
     results = workflow.export(config, args.out, quiet=args.quiet or args.json_out, force=args.force)
-    from modeconn import distributed  # torch: after the checks
-
-    if not distributed.current().is_main:
-        return 0
-    if args.json_out:
-        print(json.dumps(results))
-    elif args.quiet:
-        print(results["summary"])
-    return 0
+    return _print_results(args, results)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

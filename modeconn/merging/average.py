@@ -204,7 +204,7 @@ def _mean_by_weights(state: _MergeState, entry, aligned_to, *, max_iterations, s
             others, mix = state.others(i)
             target = average_models([state.aligned[j] for j in others], mix)
             found = aligned_to(target, state.aligned[i])
-            goal = {k: v for k, v in target.state_dict().items()}
+            goal = target.state_dict()
             gain = _inner(goal, found.model.state_dict()) - _inner(goal, state.aligned[i].state_dict())
             step = _moved(found.perms)
             if step and gain > 1e-9 * abs(_inner(goal, goal)):
@@ -261,7 +261,7 @@ def _mean_by_activations(
             g: sum(w * pair[i, j][g][:, flat[j][g]] for j, w in zip(others, mix)) for g in pair[i, others[0]]
         }
 
-    def objective(i: int, perm: Mapping[str, torch.Tensor], matrices: Mapping[str, torch.Tensor]) -> float:
+    def objective(perm: Mapping[str, torch.Tensor], matrices: Mapping[str, torch.Tensor]) -> float:
         total = sum(float(m[perm[g], torch.arange(len(perm[g]))].sum()) for g, m in matrices.items())
         return sign * total / max(1, sum(len(perm[g]) for g in matrices))
 
@@ -281,7 +281,7 @@ def _mean_by_activations(
                 heads=view,
             )
             found = {**units.identity(), **found}
-            before, after = objective(i, flat[i], matrices), objective(i, found, matrices)
+            before, after = objective(flat[i], matrices), objective(found, matrices)
             step = sum(int((found[g] != flat[i][g]).sum()) for g in found if g in flat[i])
             if step and after - before > tolerance:
                 moved += step
