@@ -7,6 +7,8 @@ the ``modeconn`` command prints any of them as one line and exits with status 2.
 
 from __future__ import annotations
 
+import difflib
+
 
 class ModeconnError(Exception):
     """Base class of every error modeconn raises on purpose."""
@@ -29,6 +31,16 @@ class DataError(ModeconnError, TypeError):
 
 class UnknownModelError(_Message, ModeconnError, KeyError):
     """A model name that no registry (ours, ``timm/``, ``torchvision/``) knows."""
+
+    @classmethod
+    def among(cls, name: str, candidates: list[str]) -> UnknownModelError:
+        """The error for ``name``, suggesting the closest of ``candidates``."""
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return cls(
+            f"unknown model {name!r}.{hint} `modeconn models` lists ours; prefix a name with "
+            "'timm/' or 'torchvision/' to build one of theirs."
+        )
 
 
 class PretrainedWeightsError(ModeconnError, RuntimeError):

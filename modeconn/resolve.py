@@ -10,15 +10,26 @@ A dataset is a built-in name (``digits``, ``cifar10``, ``cifar100``, ``tinyimage
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modeconn.errors import DatasetNotFoundError, InvalidArgumentError
+from modeconn.errors import DatasetNotFoundError, InvalidArgumentError, UnknownModelError
 
-__all__ = ["ModelSpec", "Data", "model_spec", "build_model", "open_data", "BUILTIN_DATASETS"]
+__all__ = [
+    "ModelSpec",
+    "Data",
+    "model_spec",
+    "check_model_name",
+    "build_model",
+    "open_data",
+    "BUILTIN_DATASETS",
+]
 
 BUILTIN_DATASETS = {
     "digits": "digits",
@@ -67,6 +78,13 @@ def _from_run(folder: Path, weights: Path | None) -> ModelSpec:
     return ModelSpec(model["arch"], model.get("num_classes"), model.get("in_chans"), os.fspath(file))
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether a name that is no model was meant as a file or folder."""
+    if text.startswith(("timm/", "torchvision/")):
+        return False
+    return text.endswith((".pt", ".pth", ".safetensors")) or os.sep in text or "/" in text
+
+
 def model_spec(text: str, data: Data | None = None) -> ModelSpec:
     """What ``text`` names (see the module docstring); a registry model gets ``data``'s classes
     and channels."""
@@ -85,7 +103,7 @@ def model_spec(text: str, data: Data | None = None) -> ModelSpec:
     from modeconn.registry import is_model
 
     if not is_model(text):
-        if text.endswith((".pt", ".pth", ".safetensors")) or os.sep in text:
+        if _names_a_file(text):
             raise InvalidArgumentError(f"no such file or folder: {text!r}")
         from modeconn.registry import create_model
 
@@ -95,6 +113,46 @@ def model_spec(text: str, data: Data | None = None) -> ModelSpec:
         data.num_classes if data is not None else None,
         data.in_chans if data is not None else None,
     )
+
+
+def _declared_models() -> list[str]:
+    """The names the registry's own files register, read from their source: the registry
+    imports torch, and a misspelt name should be reported before that (about 5 s)."""
+    found = importlib.util.find_spec("modeconn.registry")
+    names = []
+    for folder in (found.submodule_search_locations or []) if found else []:
+        for file in sorted(Path(folder).glob("*.py")):
+            tree = ast.parse(file.read_text(encoding="utf-8"), filename=os.fspath(file))
+            for node in tree.body:
+                if isinstance(node, ast.FunctionDef) and any(
+                    (d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "register_model"
+                    for d in node.decorator_list
+                ):
+                    names.append(node.name)
+    return names
+
+
+def check_model_name(text: str) -> None:
+    """Raise the error :func:`model_spec` would raise for a model name that names no file,
+    folder, ``module:callable`` or registry model, without importing torch. ``timm/`` and
+    ``torchvision/`` names pass: only those libraries know theirs."""
+    if Path(text).exists() or ":" in text or text.startswith(("timm/", "torchvision/")):
+        return
+    if "modeconn.registry" in sys.modules:  # models registered in this process count too
+        from modeconn.registry import is_model
+
+        known = is_model(text)
+        names: list[str] = []
+    else:
+        names = _declared_models()
+        known = text in names
+    if known:
+        return
+    if _names_a_file(text):
+        raise InvalidArgumentError(f"no such file or folder: {text!r}")
+    if not names:
+        model_spec(text)  # the registry's own error, with its closest names
+    raise UnknownModelError.among(text, names)
 
 
 def build_model(spec: ModelSpec) -> Any:

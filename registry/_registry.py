@@ -6,7 +6,6 @@ Our own architectures register with :func:`register_model`. Names ``timm/<name>`
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from collections.abc import Callable, Sequence
@@ -134,12 +133,7 @@ def _unknown(name: str) -> UnknownModelError:
         candidates = _torchvision_names()
     else:
         candidates = list(_model_entrypoints)
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return UnknownModelError(
-        f"unknown model {name!r}.{hint} `modeconn models` lists ours; prefix a name with "
-        f"'timm/' or 'torchvision/' to build one of theirs."
-    )
+    return UnknownModelError.among(name, candidates)
 
 
 def create_model(

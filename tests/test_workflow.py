@@ -413,16 +413,34 @@ def test_plot_keeps_its_suffix_and_takes_labels(runs, tmp_path, monkeypatch, cap
     )
 
 
-def test_a_mistake_is_reported_before_torch_is_imported(runs):
-    """Checks of arguments, paths and configs come first: the error in a fraction of a second."""
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["align", "a", "b", "--out", "a"], "--out 'a' is the input run a"),
+        (["train", "--model", "resnet2O", "--out", "t"], "unknown model 'resnet2O'. Did you mean: resnet"),
+        (["align", "a", "vgg1l", "--out", "ab2"], "unknown model 'vgg1l'. Did you mean: vgg1"),
+        (["evaluate", "--line", "a", "nosuch/b", "--out", "l"], "no such file or folder: 'nosuch/b'"),
+        (["fit", "a", "b.safetensors", "--out", "f2"], "no such file or folder: 'b.safetensors'"),
+    ],
+)
+def test_a_mistake_is_reported_before_torch_is_imported(runs, args, message):
+    """Checks of arguments, paths, configs and model names come first: the error in a fraction
+    of a second, not after torch, timm and the data have loaded."""
     code = (
         "import sys; from modeconn.cli import main; "
-        "code = main(['align', 'a', 'b', '--out', 'a']); "
+        f"code = main({args!r}); "
         "assert code == 2 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=runs, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.startswith("modeconn: error: --out 'a' is the input run a")
+    assert done.stderr.startswith("modeconn: error: " + message), done.stderr
+
+
+def test_a_misspelt_timm_name_is_an_unknown_model_not_a_missing_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(capsys, main(["train", "--model", "timm/resnet1B", "--out", "x"]))
+    assert line.startswith("modeconn: error: unknown model 'timm/resnet1B'. Did you mean: timm/resnet18")
+    assert not (tmp_path / "x").exists()
 
 
 def test_an_empty_imagefolder_is_one_line(tmp_path, monkeypatch, capsys):

@@ -135,11 +135,24 @@ def _prepare(
     cfg = resolved(step, config)
     if check is not None:
         check(cfg)
+    _check_model_names(step, cfg)
     if step != "train":
         cfg = _with_data(cfg)
     refuse_overwriting(out, _inputs(cfg))
     changes = RunFolder.check(out, step, cfg, mutable=mutable, restart=restart, defaults=DEFAULTS[step])
     return cfg, changes
+
+
+def _check_model_names(step: str, cfg: Mapping[str, Any]) -> None:
+    """A misspelt model or run name, reported before torch loads (the registry needs it)."""
+    from modeconn.resolve import check_model_name
+
+    names = [cfg.get("model"), *(cfg.get("line") or ())]
+    if step in ("align", "fit"):
+        names += [cfg.get("a"), cfg.get("b")]
+    for text in names:
+        if isinstance(text, str) and text:
+            check_model_name(text)
 
 
 def _progress(run: RunFolder, desc: str) -> Any:

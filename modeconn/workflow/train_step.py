@@ -40,6 +40,7 @@ def train(
     from modeconn.training import save_checkpoint, train_model
 
     device = distributed.current().device(cfg["device"])
+    model_spec(cfg["model"])  # a timm or torchvision name is checked before the data loads
     data = _open(cfg)
     if cfg["test_samples"]:
         data.test = _subset(data.test, cfg["test_samples"], "test_samples", 0)

@@ -11,6 +11,13 @@ def test_list_models_is_sorted_and_complete():
     assert modeconn.list_models() == OURS
 
 
+def test_the_names_read_from_the_registrys_source_are_the_registered_ones():
+    """The command line checks a name against the registry's source before torch loads."""
+    from modeconn.resolve import _declared_models
+
+    assert sorted(_declared_models()) == sorted(OURS)
+
+
 @pytest.mark.parametrize(
     ("pattern", "expected"),
     [("res*", ["resnet20", "resnet32"]), ("*net*", ["googlenet", "resnet20", "resnet32"]), ("nothing*", [])],
