@@ -403,4 +403,8 @@ def get_plugin(kind: str | PluginKind, name: Hashable) -> PluginEntry:
 
 def list_plugins() -> dict[str, list[PluginEntry]]:
     """Every registered entry, by kind (of the kinds declared so far)."""
-    return {name: list(get_registry(name)) for name in _kinds}
+    found: dict[str, list[PluginEntry]] = {}
+    while len(found) < len(_kinds):  # loading a kind's plugins may import modules that declare more
+        for name in [n for n in list(_kinds) if n not in found]:
+            found[name] = list(get_registry(name))
+    return found

@@ -1,4 +1,6 @@
 import importlib.metadata as md
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -298,3 +300,17 @@ def test_an_object_passed_directly_is_checked_as_a_registry_would(owner, kind, o
     plugin_kind = getattr(importlib.import_module(owner), kind)
     with pytest.raises(PluginError, match=rf"passed to here.*{why}"):
         plugin_kind.resolve(obj, "here")
+
+
+def test_list_plugins_in_a_fresh_process_lists_the_kinds_its_plugins_declare():
+    """Loading one kind's plugins imports modules that declare other kinds: every kind declared
+    by the end is listed (iterating the declared kinds while they grew raised RuntimeError)."""
+    code = (
+        "import modeconn.alignment.costs\n"
+        "from modeconn.plugin_manager import declared_kinds, list_plugins\n"
+        "found = list_plugins()\n"
+        "assert set(found) == set(declared_kinds()), (sorted(found), sorted(declared_kinds()))\n"
+        "assert {'correlation', 'weight_matching'} <= {e.name for e in found['cost']}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
