@@ -145,8 +145,9 @@ _HELP = {
     "test_samples": "evaluate on this many test samples (default: all)",
     "plane": "also loss and accuracy on an N x N grid of the plane through the curve's control points",
     "label": "the path's name in figures",
-    "optimizer": "a curve optimizer plugin: sgd, pam, pgd, ...",
-    "cost": "an alignment cost plugin: correlation, l2_preact, weight_matching, ...",
+    "optimizer": "a curve optimizer plugin: sgd, pam or pgd (built in), or one `modeconn plugins` lists",
+    "cost": "an alignment cost plugin: correlation, l2_preact or weight_matching (built in), or one "
+    "`modeconn plugins` lists",
     "verify": "check a built-in dataset's checksums (--no-verify reads a rebuilt or converted copy of CIFAR)",
     "train_samples": "train on a random subset of this many training samples (default: all)",
     "epochs": "training epochs (more than a finished run's continue it)",
@@ -159,7 +160,7 @@ _HELP = {
     "lr_gamma": "the step schedule's factor per period",
     "seed": "the random seed (weights, data order, subsets)",
     "device": "cpu, cuda, cuda:N or mps (default: CUDA when present)",
-    "family": "a curve family plugin: bezier, polychain, ...",
+    "family": "a curve family plugin: bezier, polychain or linear (built in), or one `modeconn plugins` lists",
     "num_bends": "the curve's bends (control points between the end points)",
     "num_points": "evenly spaced t to evaluate, both ends included (at least 2)",
     "method": "mean (MergeMany: each model aligned to the average of the others until no unit moves) "
@@ -202,7 +203,7 @@ def _add_step_options(p: argparse.ArgumentParser, step: str, *, config: bool = T
     for key, default in DEFAULTS[step].items():
         flag = "--" + key.replace("_", "-")
         help_text = _HELP.get(f"{step}.{key}", _HELP.get(key, ""))
-        if default not in (None, {}) and "default:" not in help_text:
+        if default not in (None, {}, "") and "default:" not in help_text:
             help_text += f" (default: {default})"
         if key == "weights":  # a list: read by _weights, so that a mistake is one line
             p.add_argument(flag, metavar="W1,W2,...", default=argparse.SUPPRESS, help=help_text)
@@ -415,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modeconn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list registered models (fnmatch PATTERN, e.g. 'res*' or 'timm/vit_*')")
-    p.add_argument("pattern", nargs="?", default=None)
+    p.add_argument("pattern", nargs="?", default=None, help="an fnmatch pattern of names (default: all)")
     p.set_defaults(func=_cmd_models)
     p = sub.add_parser("plugins", help="list installed plugins by kind, with where each comes from")
     p.add_argument(
@@ -435,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="C,H,W of random inputs (default: the model's config; the paper's models: embedded digits)",
     )
     p.add_argument("--batch", type=int, default=64, help="how many inputs to compare on")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of the random permutation (default: 0)")
     p.add_argument("--strict", action="store_true", help="fail on ops without a permutation rule")
     p.add_argument("--json", help="also write the spec as JSON to this file")
     p.set_defaults(func=_cmd_discover)
@@ -514,9 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
         "curves, print a table and write plots",
     )
     p.add_argument("--out", default="modeconn-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=10, help="end-point training epochs")
-    p.add_argument("--curve-epochs", type=int, default=5)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the random seed: end points, curves, data subsets (default: 0)"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="end-point training epochs (default: 10)")
+    p.add_argument("--curve-epochs", type=int, default=5, help="curve training epochs (default: 5)")
     p.add_argument("--points", type=int, default=11, help="evenly spaced t at which paths are evaluated")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

@@ -96,3 +96,41 @@ def test_help_imports_no_torch():
         [sys.executable, "-m", "modeconn.cli", "fit", "--help"], capture_output=True, text=True
     )
     assert "--option KEY=VALUE" in helped.stdout and "--schedule" in helped.stdout
+
+
+def _subcommands():
+    import argparse
+
+    from modeconn.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_option_of_every_command_is_described():
+    for command, parser in _subcommands().items():
+        for action in parser._actions:
+            assert action.help and action.help.strip(), f"{command} {action.option_strings or action.dest}"
+            assert "(default: )" not in parser.format_help(), command
+
+
+@pytest.mark.usefixtures("fresh_plugins")
+def test_the_plugin_options_name_every_built_in_choice():
+    """--cost, --family and --optimizer list the built-in names (the registry decides them, so
+    the help is checked against it) and point to `modeconn plugins` for the rest."""
+    import modeconn.alignment.costs  # noqa: F401  (declares the kinds)
+    import modeconn.curves  # noqa: F401
+    import modeconn.training  # noqa: F401
+    from modeconn.plugin_manager import BUILTIN_PLUGINS, list_plugins
+
+    found = list_plugins()
+    for command, flag, kind in (
+        ("align", "--cost", "cost"),
+        ("fit", "--family", "curve"),
+        ("fit", "--optimizer", "optimizer"),
+    ):
+        action = next(a for a in _subcommands()[command]._actions if flag in a.option_strings)
+        built_in = [e.name for e in found[kind] if e.plugin in BUILTIN_PLUGINS]
+        assert built_in and all(f" {name}" in action.help for name in built_in), (flag, built_in, action.help)
+        assert "`modeconn plugins`" in action.help
