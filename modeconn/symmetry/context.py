@@ -12,6 +12,8 @@ the node is then treated as unsupported — a rule never guesses.
 
 from __future__ import annotations
 
+import builtins
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,8 @@ __all__ = [
     "RuleContext",
     "Rule",
     "RULES",
+    "RELAYOUTS",
+    "relayout",
     "Unsupported",
     "target_name",
     "op_name",
@@ -156,12 +160,28 @@ class RuleContext:
         return None
 
     def is_state(self, raw: Any) -> bool:
-        """Whether a raw argument is one of the model's parameters or buffers, read directly."""
+        """Whether a raw argument is one of the model's parameters or buffers, read directly or
+        through ops that only move its axes or alias it (a transposed weight: ``w.T``,
+        ``w.t()``, ``w.permute(1, 0)``; ``w.detach()``, ``w[...]``; see :func:`relayout`)."""
+        while isinstance(raw, fx.Node) and raw.op != "get_attr":
+            raw = self._relaid(raw)
         return (
             isinstance(raw, fx.Node)
             and raw.op == "get_attr"
             and self._d.name_of(raw.target) in self._d.canonical
         )
+
+    def _relaid(self, node: fx.Node) -> Any:
+        """The tensor ``node`` lays out anew (its first argument) when its rule is a
+        :func:`relayout` rule, else ``None``."""
+        if node.op not in ("call_function", "call_method") or not node.args:
+            return None
+        if node.target is builtins.getattr:
+            return node.args[0] if node.args[1:2] in (("T",), ("mT",), ("H",), ("mH",)) else None
+        if node.target is operator.getitem and len(node.args) == 2:  # x[...], x[:, :]
+            index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            return node.args[0] if all(i in (Ellipsis, slice(None)) for i in index) else None
+        return node.args[0] if self._d.book.node_rule(node) in RELAYOUTS else None
 
     def inputs(self, folded: bool = False) -> list[TensorLayout]:
         """The layouts of every tensor among the node's arguments, nested ones included (with
@@ -374,6 +394,18 @@ def tensor_layouts(value: Any) -> Iterator[TensorLayout]:
 
 Rule = Callable[[RuleContext], Any]
 """A permutation rule: it reads one node through its :class:`RuleContext`."""
+
+RELAYOUTS: set[Rule] = set()
+"""The rules of ops whose output holds its first argument's elements, only with its axes in
+another order (transposes, permutes) or none moved (aliases, ``detach``, ``contiguous``,
+dropout): a product with such a view of a parameter is a layer, as with the parameter itself
+(:meth:`RuleContext.is_state`)."""
+
+
+def relayout(rule: Rule) -> Rule:
+    """Declare ``rule`` one of :data:`RELAYOUTS`."""
+    RELAYOUTS.add(rule)
+    return rule
 
 
 def _validate(entry: PluginEntry) -> None:

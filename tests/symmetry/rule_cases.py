@@ -299,6 +299,10 @@ case("method to dtype", m_("to"), lambda m, a, b: a.to(torch.float64))
 case("method to tensor", m_("to"), lambda m, a, b: a.to(b))
 case("method type", m_("type"), lambda m, a, b: a.type(torch.float64))
 case("method type_as", m_("type_as"), lambda m, a, b: a.type_as(b))
+case("operator.pos", operator.pos, lambda m, a, b: +a)  # export: aten.positive
+for name in ("positive", "resolve_conj", "resolve_neg"):
+    case(f"torch.{name}", getattr(torch, name), lambda m, a, b, name=name: getattr(torch, name)(a))
+    case(f"method {name}", m_(name), lambda m, a, b, name=name: getattr(a, name)())
 case("method requires_grad_", m_("requires_grad_"), lambda m, a, b: a + a.detach().requires_grad_(False))
 case("method cuda", m_("cuda"), lambda m, a, b: a.cuda().cpu(), requires="cuda")
 for cls, make in {
@@ -474,6 +478,14 @@ for fn in (torch.movedim, torch.moveaxis):
     )
 case("torch.t", torch.t, lambda m, a, b: torch.t(a) @ b, src="vec", expect="any")
 case("method t", m_("t"), lambda m, a, b: m.params["w"] @ a.t(), src="vec", params={"w": (4, C)})
+case("torch.adjoint", torch.adjoint, lambda m, a, b: torch.adjoint(a))
+case(
+    "method adjoint",
+    m_("adjoint"),
+    lambda m, a, b: a @ m.params["w"].adjoint(),
+    src="vec",
+    params={"w": (4, C)},
+)
 case("torch.unsqueeze", torch.unsqueeze, lambda m, a, b: torch.unsqueeze(a, 2))
 case("method unsqueeze", m_("unsqueeze"), lambda m, a, b: a.unsqueeze(-1))
 case("torch.squeeze", torch.squeeze, lambda m, a, b: torch.squeeze(a.unsqueeze(2), 2))
@@ -580,6 +592,13 @@ case("tuple output", operator.getitem, lambda m, a, b: a.max(2)[0])
 case("shape attribute", getattr, lambda m, a, b: a.reshape(a.shape[0], -1))
 case("T attribute", getattr, lambda m, a, b: m.params["w"] @ a.T, src="vec", params={"w": (4, C)})
 case("mT attribute", getattr, lambda m, a, b: (a.mT @ b).flatten(1), src="seq", expect="any")
+case("mT attribute of a batch", getattr, lambda m, a, b: a.mT)  # export: aten.mT
+case("H attribute", getattr, lambda m, a, b: m.params["w"] @ a.H, src="vec", params={"w": (4, C)})
+case("mH attribute", getattr, lambda m, a, b: a.mH)  # export: aten.mH
+# a transposed weight is a layer: its outputs are units (export: aten.numpy_T, aten.matrix_H)
+case("T attribute of a weight", getattr, lambda m, a, b: a @ m.params["w"].T, src="vec", params={"w": (4, C)})
+case("H attribute of a weight", getattr, lambda m, a, b: a @ m.params["w"].H, src="vec", params={"w": (4, C)})
+case("Ellipsis index", operator.getitem, lambda m, a, b: a[...])  # export: aten.alias
 for name in ("size", "dim", "numel", "nelement", "ndimension", "get_device"):
     case(
         f"method {name}",

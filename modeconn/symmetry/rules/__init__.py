@@ -136,6 +136,8 @@ TABLE: tuple[tuple[Callable, tuple[Hashable, ...]], ...] = (
     (passthrough, (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone)),
     (passthrough, _methods("contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to")),
     (passthrough, _methods("type", "type_as", "requires_grad_", "cuda", "cpu")),
+    (passthrough, (operator.pos, *_torch("positive", "resolve_conj", "resolve_neg"))),
+    (passthrough, _methods("positive", "resolve_conj", "resolve_neg")),
     # -- attention and matrix products -----------------------------------------------------
     (attention.sdpa, (F.scaled_dot_product_attention,)),
     (attention.matmul, (torch.matmul, operator.matmul, torch.bmm, *_methods("matmul", "bmm"))),
@@ -153,6 +155,7 @@ TABLE: tuple[tuple[Callable, tuple[Hashable, ...]], ...] = (
     ),
     (shapes.movedim, _torch("movedim", "moveaxis") + _methods("movedim", "moveaxis")),
     (shapes.matrix_transpose, (torch.t, "method:t")),
+    (shapes.swap_last_two, (torch.adjoint, "method:adjoint")),
     (shapes.unsqueeze, (torch.unsqueeze, "method:unsqueeze")),
     (shapes.squeeze, (torch.squeeze, "method:squeeze")),
     (shapes.expand, (torch.broadcast_to, *_methods("expand", "expand_as", "broadcast_to"))),

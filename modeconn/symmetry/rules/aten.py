@@ -99,6 +99,8 @@ def aten_table() -> Iterator[tuple[Callable, tuple[Hashable, ...]]]:
     yield functional.along_axis, _packets("softmax", "log_softmax")
     yield common.passthrough, _packets("dropout", "alpha_dropout", "feature_dropout", "clone", "detach")
     yield common.passthrough, _packets("detach_", "to", "contiguous", "lift_fresh_copy", "type_as")
+    # views and no-ops that keep every element where it is: ``x[...]``, ``+x``, lazy conj/neg bits
+    yield common.passthrough, _packets("alias", "positive", "resolve_conj", "resolve_neg")
     yield attention.sdpa, _packets("scaled_dot_product_attention")
     yield attention.matmul, _packets("matmul", "bmm")
     yield attention.addmm, _packets("addmm", "baddbmm")
@@ -109,6 +111,8 @@ def aten_table() -> Iterator[tuple[Callable, tuple[Hashable, ...]]]:
     yield shapes.transpose, _packets("transpose", "swapaxes", "swapdims")
     yield shapes.movedim, _packets("movedim", "moveaxis")
     yield shapes.matrix_transpose, _packets("t")
+    yield shapes.reverse_axes, _packets("numpy_T", "matrix_H")  # x.T, x.H
+    yield shapes.swap_last_two, _packets("mT", "mH", "adjoint")
     yield shapes.unsqueeze, _packets("unsqueeze")
     yield shapes.squeeze, _packets("squeeze")
     yield shapes.expand, _packets("expand", "expand_as", "broadcast_to")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from modeconn.symmetry.context import RuleContext, flat_values
+from modeconn.symmetry.context import RuleContext, flat_values, relayout
 from modeconn.symmetry.spaces import Fold, Layout, TensorLayout
 
 __all__ = [
@@ -109,6 +109,7 @@ def activation(ctx: RuleContext) -> TensorLayout:
     return out
 
 
+@relayout
 def passthrough(ctx: RuleContext) -> TensorLayout:
     """The output is the input, perhaps converted (identity, dropout, ``contiguous``, ``to``)."""
     x = ctx.folded("input")

@@ -155,7 +155,8 @@ _METADATA = ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "la
 
 
 def tensor_attribute(ctx: RuleContext) -> Any:
-    """``x.shape`` and friends are metadata; ``x.T`` reverses the axes, ``x.mT`` swaps the last two."""
+    """``x.shape`` and friends are metadata; ``x.T`` (and ``x.H``) reverses the axes, ``x.mT``
+    (and ``x.mH``) swaps the last two (a conjugate changes values, not their order)."""
     attr = ctx.args["name"]
     if attr in _METADATA and not any(isinstance(v, torch.Size) for v in flat_values(ctx.out_value)):
         return None  # read without collapsing heads: metadata couples nothing
@@ -167,8 +168,8 @@ def tensor_attribute(ctx: RuleContext) -> Any:
         if any(isinstance(v, torch.Size) for v in flat_values(ctx.out_value)):
             return ctx.unsupported(f"attribute {attr!r}")
         return None
-    if attr == "T" and x.ndim <= 2:
+    if attr in ("T", "H") and (attr == "T" or x.ndim <= 2):
         return ctx.out(x.layouts[::-1])
-    if attr == "mT" and x.ndim >= 2:
+    if attr in ("mT", "mH") and x.ndim >= 2:
         return ctx.out(x.layouts[:-2] + (x[-1], x[-2]))
     return ctx.unsupported(f"tensor attribute {attr}")

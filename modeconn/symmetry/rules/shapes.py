@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from modeconn.symmetry.context import RuleContext
+from modeconn.symmetry.context import RuleContext, relayout
 from modeconn.symmetry.rules.common import axis_index
 from modeconn.symmetry.spaces import Fold, Layout, TensorLayout, layout_size
 
@@ -16,6 +16,8 @@ __all__ = [
     "permute_dims",
     "transpose",
     "matrix_transpose",
+    "reverse_axes",
+    "swap_last_two",
     "movedim",
     "unsqueeze",
     "squeeze",
@@ -215,12 +217,14 @@ def _moved(ctx: RuleContext, x: TensorLayout, order: Sequence[int]) -> TensorLay
     return ctx.out([x[o] for o in order], fold=fold)
 
 
+@relayout
 def permute_dims(ctx: RuleContext) -> TensorLayout:
     """permute(dims): the layouts (and heads with their units) move with their axes."""
     x = ctx.folded("input")
     return _moved(ctx, x, [axis_index(int(d), x.ndim) for d in ctx.const("dims")])
 
 
+@relayout
 def transpose(ctx: RuleContext) -> TensorLayout:
     """transpose/swapaxes/swapdims of two axes."""
     x = ctx.folded("input")
@@ -231,6 +235,7 @@ def transpose(ctx: RuleContext) -> TensorLayout:
     return _moved(ctx, x, order)
 
 
+@relayout
 def matrix_transpose(ctx: RuleContext) -> TensorLayout:
     """``t()``: the two axes of a matrix swap (a vector stays as it is)."""
     x = ctx.tensor("input")
@@ -239,6 +244,25 @@ def matrix_transpose(ctx: RuleContext) -> TensorLayout:
     return _moved(ctx, x, list(range(x.ndim))[::-1])
 
 
+@relayout
+def reverse_axes(ctx: RuleContext) -> TensorLayout:
+    """``x.T`` (aten.numpy_T) and ``x.H`` (aten.matrix_H): every axis in reverse order (the two
+    of a matrix swap; a conjugate changes values, not their order)."""
+    x = ctx.folded("input")
+    return _moved(ctx, x, list(range(x.ndim))[::-1])
+
+
+@relayout
+def swap_last_two(ctx: RuleContext) -> TensorLayout:
+    """``x.mT``, ``x.mH``, ``x.adjoint()``: the last two axes swap (a batch of matrices, each
+    transposed; a conjugate changes values, not their order)."""
+    x = ctx.folded("input")
+    if x.ndim < 2:
+        return ctx.unsupported("a matrix transpose of a tensor with fewer than 2 dimensions")
+    return _moved(ctx, x, [*range(x.ndim - 2), x.ndim - 1, x.ndim - 2])
+
+
+@relayout
 def movedim(ctx: RuleContext) -> TensorLayout:
     """movedim/moveaxis(source, destination)."""
     x = ctx.folded("input")
