@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -50,6 +51,17 @@ def _inherits_forward(cls: type, base: type) -> bool:
     return True
 
 
+try:
+    from torch.export._unlift import GuardsFn as _GuardsFn
+except ImportError:  # pragma: no cover - a torch whose export adds no guards module
+    _GuardsFn = None
+
+
+def _guards(ctx: RuleContext) -> None:
+    """torch.export's check of the input shapes (``_guards_fn``): it computes nothing."""
+    return None
+
+
 class RuleBook:
     """The permutation rules, looked up by what a graph node calls: a module (by its class, or
     a base class whose forward it inherits), a function, an ATen op or a ``Tensor`` method.
@@ -61,6 +73,8 @@ class RuleBook:
 
     def module_rule(self, m: nn.Module) -> Rule | None:
         cls = type(m)
+        if cls is _GuardsFn:
+            return _guards
         for base in cls.__mro__:
             if base in self.rules:
                 return self.rules[base] if base is cls or _inherits_forward(cls, base) else None
@@ -115,6 +129,7 @@ class _Discovery:
         self.seen: list[TensorLayout] = []  # every node's layouts: head groups are checked on them
         self._use: set[tuple[str, int]] = set()  # (tensor, axis) bound while visiting one node
         self.gm: fx.GraphModule | None = None
+        self.no_rule: list[Fix] = []  # the fixes of nodes no rule knows (auto capture may try export)
 
     def name_of(self, target: str) -> str:
         """The model's name for a module or tensor of the graph being visited."""
@@ -168,14 +183,21 @@ class _Discovery:
                     self.bind(name, axis, None, where)
 
     def unsupported(
-        self, node: fx.Node, why: str, ctx: RuleContext | None = None, kind: str = "unsupported"
+        self,
+        node: fx.Node,
+        why: str,
+        ctx: RuleContext | None = None,
+        kind: str = "unsupported",
+        no_rule: bool = False,
     ) -> Any:
         if self.strict:
-            raise UnsupportedOpError(
+            error = UnsupportedOpError(
                 f"strict discovery: {why}: {node.format_node()}. Register a rule with the "
                 f"modeconn_register_rules hook, or call discover(..., strict=False) to mark the "
                 f"groups it touches as fixed."
             )
+            error.no_rule = no_rule  # auto capture tries torch.export then
+            raise error
         module = self.gm.get_submodule(node.target) if node.op == "call_module" else None
         op = (
             f"{type(module).__name__} {self.name_of(node.target)!r}"
@@ -183,6 +205,8 @@ class _Discovery:
             else target_name(node)
         )
         fix = Fix(kind, f"{op} at node {node.name!r}: {why}", op)
+        if no_rule:
+            self.no_rule.append(fix)
         for ta in tensor_layouts([self.ann_of(x) for x in (*node.args, *node.kwargs.values())]):
             for lay in ta.layouts:
                 self.spaces.fix(lay, fix)
@@ -249,7 +273,7 @@ class _Discovery:
             why = (
                 self.gm.meta.get("opaque", {}).get(self.name_of(node.target)) if module is not None else None
             )
-            return self.unsupported(node, why or "no permutation rule")
+            return self.unsupported(node, why or "no permutation rule", no_rule=True)
         ctx = RuleContext(self, node, module)
         try:
             result = rule(ctx)
@@ -527,35 +551,93 @@ def discover(
     through. The model's graph is captured in eval mode and in train mode (so that
     training-only branches such as auxiliary heads are covered) by ``capture``: ``"fx"``
     (symbolic tracing), ``"export"`` (``torch.export``, which runs the model: Hugging Face
-    transformers) or ``"auto"`` (fx, and export where fx fails or must keep modules whole);
-    ``spec.capture`` says which. The model is left unchanged. Ops without a permutation rule
-    fix the groups they touch, with the reason, or raise
-    :class:`~modeconn.UnsupportedOpError` when ``strict=True``.
+    transformers) or ``"auto"`` (fx, and export where fx fails or must keep modules whole —
+    or where fx's graph keeps whole a module or function that no rule knows, such as
+    ``nn.TransformerEncoder``, and export's graph leaves more hidden units permutable; when
+    export fails there, the fixes say so); ``spec.capture`` says which. The model is left
+    unchanged. Ops without a permutation rule fix the groups they touch, with the reason, or
+    raise :class:`~modeconn.UnsupportedOpError` when ``strict=True``.
     """
     model = unwrap(model)
     inputs = model_inputs(model, example_inputs)
-    dtype = float_dtype_of(model)
     book = RuleBook()
-    state = _Discovery(model, book, strict)
     with modes_restored(model):
         graph = capture_graph(model, inputs, how=capture, rules=book)
-        for training in (False, True):  # eval first: group names and sites come from the eval graph
-            gm = (
-                capture_graph(model, inputs, training=True, how=graph.how, rules=book).graph
-                if training
-                else graph.graph
-            )
-            if graph.how == "fx":
-                gm.train(training)  # its submodules are the model's own (export's bake the mode in)
-            state.record_sites = not training
-            # train-mode BatchNorm refuses a batch of one; shapes are all discovery needs
-            doubled = _doubled(inputs) if training else None
-            try:
-                state.run(gm, doubled or inputs, dtype)
-            except TraceError:
-                if doubled is None:
-                    raise
-                state.run(gm, inputs, dtype)  # a model that only takes the batch it was given
+        # auto: fx's graph, unless it keeps whole a module or function no rule knows (and export
+        # was not tried for it already): then export's, if that leaves more units permutable
+        retry = capture == "auto" and graph.how == "fx" and not graph.graph.meta["opaque"]
+        try:
+            spec, no_rule = _discover_on(model, inputs, graph, book, strict)
+        except UnsupportedOpError as e:
+            if not (retry and getattr(e, "no_rule", False)):
+                raise
+            found = _by_export(model, inputs, book, strict)
+            if isinstance(found, str):
+                raise  # strict, and export does not do better: fx's error
+            return found
+        if retry and _held_by(spec, no_rule):
+            found = _by_export(model, inputs, book, strict)
+            if isinstance(found, str):
+                return _noted(
+                    spec, no_rule, f"auto capture tried torch.export instead, which failed ({found})"
+                )
+            if _score(found) > _score(spec):
+                return found
+    return spec
+
+
+def _discover_on(
+    model: nn.Module, inputs: ModelInputs, graph: Capture, book: RuleBook, strict: bool
+) -> tuple[PermutationSpec, list[Fix]]:
+    """The spec found on ``graph`` (the eval graph) and on the same capture in train mode, and
+    the fixes of the nodes no rule knows."""
+    dtype = float_dtype_of(model)
+    state = _Discovery(model, book, strict)
+    for training in (False, True):  # eval first: group names and sites come from the eval graph
+        gm = (
+            capture_graph(model, inputs, training=True, how=graph.how, rules=book).graph
+            if training
+            else graph.graph
+        )
+        if graph.how == "fx":
+            gm.train(training)  # its submodules are the model's own (export's bake the mode in)
+        state.record_sites = not training
+        # train-mode BatchNorm refuses a batch of one; shapes are all discovery needs
+        doubled = _doubled(inputs) if training else None
+        try:
+            state.run(gm, doubled or inputs, dtype)
+        except TraceError:
+            if doubled is None:
+                raise
+            state.run(gm, inputs, dtype)  # a model that only takes the batch it was given
     spec = _build_spec(state, model, graph.how)
     spec.graph = graph  # the eval graph its sites name: alignment reuses it
-    return spec
+    return spec, state.no_rule
+
+
+def _held_by(spec: PermutationSpec, fixes: Sequence[Fix]) -> bool:
+    """Whether some group of hidden units, or of heads, is fixed by one of ``fixes``."""
+    return any(f in fixes for g in spec.fixed if g.hidden or g.kind == "heads" for f in g.fixes)
+
+
+def _score(spec: PermutationSpec) -> tuple[int, int]:
+    """What a capture frees: permutable hidden units, then heads that may move."""
+    return spec.units()[0], sum(h.size for h in spec.heads if h.permutable)
+
+
+def _by_export(model: nn.Module, inputs: ModelInputs, book: RuleBook, strict: bool) -> PermutationSpec | str:
+    """The spec on torch.export's graph, or why there is none (the first line of the error)."""
+    try:
+        graph = capture_graph(model, inputs, how="export", rules=book)
+        return _discover_on(model, inputs, graph, book, strict)[0]
+    except (TraceError, UnsupportedOpError) as e:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _noted(spec: PermutationSpec, fixes: Sequence[Fix], detail: str) -> PermutationSpec:
+    """``spec`` with ``detail`` added to each of ``fixes`` wherever a group has it."""
+    groups = {
+        name: replace(g, fixes=tuple(f.because(detail) if f in fixes else f for f in g.fixes))
+        for name, g in spec.groups.items()
+    }
+    return replace(spec, groups=groups)

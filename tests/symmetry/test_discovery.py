@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import modeconn
-from modeconn import discover, permute
+from modeconn import align, discover, permute
 from modeconn.capture import model_inputs
 from modeconn.errors import SymmetryError, TraceError, UnsupportedOpError
 from modeconn.symmetry.discovery import trace_model
@@ -198,3 +198,76 @@ def test_discover_errors_say_what_to_do():
         discover(_Cumsum(), torch.randn(2, 3), strict=True)
     lenient = discover(_Cumsum(), torch.randn(2, 3))  # not strict: the group is fixed, with the reason
     assert not lenient["a"].permutable and "torch.logcumsumexp" in lenient["a"].reason
+
+
+# -- auto capture: export where fx keeps whole what no rule knows ------------------------------
+
+
+class _Encoder(nn.Module):
+    """A stock nn.TransformerEncoder between two layers: fx keeps it whole (a torch.nn module
+    no rule knows), torch.export records its ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 3)
+        layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+    def forward(self, x):
+        return self.out(self.enc(torch.relu(self.inp(x))))
+
+
+def _recovered(a: nn.Module, aligned: nn.Module) -> list[str]:
+    got = aligned.state_dict()
+    return [k for k, v in a.state_dict().items() if not torch.equal(v, got[k])]
+
+
+def test_auto_capture_takes_exports_graph_where_fx_keeps_a_block_no_rule_knows(check):
+    torch.manual_seed(0)
+    a, x = _Encoder().eval(), torch.randn(64, 5, 8)
+    by_fx = discover(a, x[:2], capture="fx")
+    assert "TransformerEncoder 'enc' at node 'enc': no permutation rule" in by_fx["inp"].reason
+    spec = discover(a, x[:2])
+    assert spec.capture == "export"
+    assert spec.units() == discover(a, x[:2], capture="export").units()
+    assert spec.units()[0] > by_fx.units()[0] == 0, str(spec)
+    check.assert_equivalent(a, x[:4], seeds=(0, 1, 2), spec=spec)
+    b = permute(a, spec, spec.random_permutation(3))
+    assert _recovered(a, b)
+    for cost in ("weight_matching", "correlation"):
+        result = align(a, b, None if cost == "weight_matching" else [x], cost=cost, spec=spec)
+        assert not _recovered(a, result.model), cost
+    # strict: fx's graph has an op no rule knows, export's has none
+    assert discover(a, x[:2], strict=True).capture == "export"
+    with pytest.raises(UnsupportedOpError, match="TransformerEncoder|enc"):
+        discover(a, x[:2], capture="fx", strict=True)
+
+
+def _sign_of_sum(h):
+    return h if float(h.sum()) > 0 else -h  # branches on the data: torch.export cannot capture it
+
+
+torch.fx.wrap("_sign_of_sum")  # fx records the call whole, and no rule knows it
+
+
+class _Opaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(_sign_of_sum(self.a(x)))
+
+
+def test_auto_capture_keeps_fx_and_says_why_where_export_fails_or_frees_no_more():
+    spec = discover(_Opaque(), torch.randn(2, 3))
+    assert spec.capture == "fx" and not spec["a"].permutable
+    assert "_sign_of_sum at node '_sign_of_sum': no permutation rule: auto capture tried torch.export" in (
+        spec["a"].reason
+    )
+    assert "which failed (torch.export could not capture _Opaque" in spec["a"].reason
+    assert [op.rsplit(".", 1)[-1] for op in spec.fixed_ops()] == ["_sign_of_sum"]
+    # export captures _Cumsum, but its aten.logcumsumexp frees nothing more: fx's spec, as it was
+    spec = discover(_Cumsum(), torch.randn(2, 3))
+    assert spec.capture == "fx"
+    assert spec["a"].reason == "torch.logcumsumexp at node 'logcumsumexp': no permutation rule"
