@@ -55,13 +55,20 @@ class ModelSpec:
 
 @dataclass
 class Data:
-    """A dataset's train and test splits and what a model needs to know of them."""
+    """A dataset's train and test splits and what a model needs to know of them. ``plain`` is
+    the training split without augmentation: what statistics are measured on (alignment,
+    BatchNorm, REPAIR), so that measuring a model twice gives the same numbers."""
 
     name: str
     train: Any
     test: Any
     num_classes: int
     in_chans: int
+    plain: Any = None
+
+    def __post_init__(self) -> None:
+        if self.plain is None:
+            self.plain = self.train
 
 
 def _from_run(folder: Path, weights: Path | None) -> ModelSpec:
@@ -185,16 +192,17 @@ def open_data(name: str, root: str | os.PathLike | None = None, verify: bool = T
     if key is not None:
         info = DATASETS[key]
         if key == "digits":
-            train, test = load_dataset(key, train=True), load_dataset(key, train=False)
+            root, options = None, {}
+        elif root is None:
+            raise InvalidArgumentError(
+                f"dataset {name!r} needs --data-root FOLDER; only 'digits' is embedded"
+            )
         else:
-            if root is None:
-                raise InvalidArgumentError(
-                    f"dataset {name!r} needs --data-root FOLDER; only 'digits' is embedded"
-                )
             options = {} if key == "tiny_imagenet" else {"verify": verify}
-            train = load_dataset(key, root, train=True, **options)
-            test = load_dataset(key, root, train=False, **options)
-        return Data(name, train, test, info.num_classes, info.in_chans)
+        train = load_dataset(key, root, train=True, **options)
+        test = load_dataset(key, root, train=False, **options)
+        plain = load_dataset(key, root, train=True, augment=False, **options)
+        return Data(name, train, test, info.num_classes, info.in_chans, plain)
     folder = Path(name)
     if not folder.is_dir():
         raise DatasetNotFoundError(

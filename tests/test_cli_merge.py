@@ -225,7 +225,7 @@ def _curve_and_bn(runs: Path):
     import torch
 
     import modeconn
-    from modeconn.data import alignment_subset, digits
+    from modeconn.data import FixedDraws, alignment_subset, digits
 
     a, b = _tinyten(), _tinyten()
     modeconn.load_checkpoint(a, runs / "t1" / "model.safetensors")
@@ -235,7 +235,7 @@ def _curve_and_bn(runs: Path):
     train = digits(train=True)
 
     def bn(n: int):
-        subset = alignment_subset(train, num_samples=min(n, len(train)), seed=0)
+        subset = FixedDraws(alignment_subset(train, num_samples=min(n, len(train)), seed=0))
         return torch.utils.data.DataLoader(subset, batch_size=256)
 
     return curve, bn
@@ -253,7 +253,6 @@ def test_export_of_a_point_of_a_curve_is_model_at_with_batchnorm_recomputed(runs
     assert (card["t"], card["bn_recomputed"], card["bn_samples"], card["curve_epoch"]) == (0.5, True, 1438, 1)
     assert card["fit_run"] == str(runs / "curve") and "evaluated" not in card  # t = 0.5 was not evaluated
     curve, bn = _curve_and_bn(runs)
-    torch.manual_seed(0)  # the training split is augmented: export seeds its draws with 0
     expected = curve.model_at(0.5, bn_data=bn(2048))
     model = _tinyten()
     modeconn.load_checkpoint(model, out)
@@ -284,7 +283,6 @@ def test_export_best_is_the_point_the_evaluation_measured_best(runs, tmp_path, m
     model = _tinyten()
     modeconn.load_checkpoint(model, out)
     curve, bn = _curve_and_bn(runs)
-    torch.manual_seed(0)  # the training split is augmented: export seeds its draws with 0
     expected = curve.model_at(t, bn_data=bn(128))
     x = _test_batch()
     with torch.no_grad():

@@ -490,3 +490,36 @@ def test_a_step_keeps_the_callers_global_rng_and_its_seed_decides_the_results(tm
     assert first["history"][0]["loss"] == second["history"][0]["loss"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert not all(torch.equal(weights[k], different[k]) for k in weights)  # the seed is used
+
+
+BN_NET = """
+import torch.nn as nn
+
+
+def net():
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )
+"""
+
+
+def test_a_curves_end_measures_as_its_lines_end(tmp_path, monkeypatch):
+    """A BatchNorm model measured at the end of a curve and at the end of the line through the
+    same end points gives the same numbers, though the paths have other numbers of points:
+    BatchNorm statistics are recomputed on each image's same augmented draw at every t."""
+    (tmp_path / "bnnet.py").write_text(BN_NET)
+    monkeypatch.syspath_prepend(os.fspath(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    small = ["--train-samples", "256", "--epochs", "1", "--batch-size", "64", "--quiet"]
+    for name, seed in (("a", "1"), ("b", "2")):
+        assert main(["train", "--model", "bnnet:net", *small, "--seed", seed, "--out", name]) == 0
+    assert main(["fit", "a", "b", *small, "--out", "f"]) == 0
+    points = ["--test-samples", "200", "--bn-samples", "256", "--quiet"]
+    assert main(["evaluate", "f", "--num-points", "3", *points, "--out", "ec"]) == 0
+    assert main(["evaluate", "--line", "a", "b", "--num-points", "2", *points, "--out", "el"]) == 0
+    curve, line = (json.loads((tmp_path / e / "evaluation.json").read_text()) for e in ("ec", "el"))
+    assert curve["t"] == [0.0, 0.5, 1.0] and line["t"] == [0.0, 1.0]
+    for end in (0, -1):
+        for key in ("loss", "accuracy"):
+            assert curve[key][end] == line[key][end], (end, key, curve[key], line[key])

@@ -1,5 +1,5 @@
-"""Datasets: the embedded digits (offline default), CIFAR-10/100, Tiny ImageNet, and the
-seeded alignment subset."""
+"""Datasets: the embedded digits (offline default), CIFAR-10/100, Tiny ImageNet, the seeded
+alignment subset, and a dataset whose random augmentation draws the same each time."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ __all__ = [
     "digits",
     "load_dataset",
     "alignment_subset",
+    "FixedDraws",
     "NORMALIZATION",
     "train_transform",
     "test_transform",
@@ -77,3 +78,22 @@ def alignment_subset(
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(n, generator=generator)[:k].sort().values
     return Subset(dataset, indices.tolist())
+
+
+class FixedDraws(Dataset):
+    """``dataset`` with its random transforms drawn the same for an item every time it is read:
+    augmented like the data a model was trained on, yet the same inputs at every pass. What
+    BatchNorm statistics are recomputed on at each point of a path, so that a point measures the
+    same whichever path, order or number of points reaches it."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's RNG
+            # mt19937 keeps 32 bits of a seed: mix the seed into them rather than above them
+            torch.manual_seed((self.seed * 2_654_435_761 + int(index)) % 2**32)
+            return self.dataset[index]

@@ -35,8 +35,8 @@ def align(
     a, b = _model(cfg["a"], data, "A"), _model(cfg["b"], data, "B")
     spec_b = model_spec(cfg["b"], data)
     _seed(cfg)
-    n = min(int(cfg["num_samples"]), len(data.train))
-    subset = alignment_subset(data.train, num_samples=n, seed=int(cfg["seed"]))
+    n = min(int(cfg["num_samples"]), len(data.plain))
+    subset = alignment_subset(data.plain, num_samples=n, seed=int(cfg["seed"]))
     result = align_models(
         a.to(device),
         b.to(device),

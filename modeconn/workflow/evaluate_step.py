@@ -13,6 +13,7 @@ from modeconn.workflow.fit_step import _saved_curve
 from modeconn.workflow.rng import _fork_rng, _keeps_caller_rng
 from modeconn.workflow.settings import resolved
 from modeconn.workflow.steps import (
+    _bn_samples,
     _data_name,
     _model,
     _open,
@@ -70,7 +71,7 @@ def _evaluation_loaders(cfg: Mapping[str, Any], data: Any) -> tuple[Any, Any]:
 
     from modeconn.data import alignment_subset
 
-    bn = alignment_subset(data.train, num_samples=min(int(cfg["bn_samples"]), len(data.train)), seed=0)
+    bn = _bn_samples(data, cfg["bn_samples"])
     test = data.test
     if cfg["test_samples"]:
         test = alignment_subset(test, num_samples=min(int(cfg["test_samples"]), len(test)), seed=0)

@@ -17,6 +17,7 @@ from modeconn.workflow.rng import _fork_rng, _keeps_caller_rng
 from modeconn.workflow.settings import resolved
 from modeconn.workflow.steps import (
     _MODEL_RUNS,
+    _bn_samples,
     _check_finite,
     _data_name,
     _open,
@@ -295,7 +296,6 @@ def _curve_point(
 
     from modeconn import distributed
     from modeconn.batchnorm import has_batchnorm
-    from modeconn.data import alignment_subset
     from modeconn.path_report import PathReport
     from modeconn.resolve import model_spec
 
@@ -329,12 +329,8 @@ def _curve_point(
     curve.to(device)
     bn_data = None
     if has_batchnorm(curve.base):
-        n = min(int(cfg["bn_samples"]), len(data.train))
-        bn = alignment_subset(data.train, num_samples=n, seed=0)  # evaluate's
+        bn = _bn_samples(data, cfg["bn_samples"])  # evaluate's: the model it measured at t
         bn_data = torch.utils.data.DataLoader(bn, batch_size=cfg["batch_size"])
-    # the training split as the dataset gives it (augmented, as evaluate's), its draws seeded:
-    # the same export twice is the same model
-    torch.manual_seed(0)
     model = curve.model_at(float(t), bn_data=bn_data)
     _check_finite(model, f"the model at t = {t} of {source['fit']!r}")
     record.update(

@@ -12,6 +12,7 @@ from modeconn.runs import RunFolder, read_config, run_folder_of
 from modeconn.workflow.rng import _fork_rng, _keeps_caller_rng, _seed
 from modeconn.workflow.steps import (
     _MODEL_RUNS,
+    _bn_samples,
     _data_name,
     _model,
     _open,
@@ -139,9 +140,9 @@ def merge(
     models = [_model(r, data, f"#{i + 1}").to(device) for i, r in enumerate(runs)]
     spec = model_spec(runs[0], data)
     _seed(cfg)
-    n = min(int(cfg["num_samples"]), len(data.train))
-    subset = alignment_subset(data.train, num_samples=n, seed=int(cfg["seed"]))
-    bn = alignment_subset(data.train, num_samples=min(int(cfg["bn_samples"]), len(data.train)), seed=0)
+    n = min(int(cfg["num_samples"]), len(data.plain))
+    subset = alignment_subset(data.plain, num_samples=n, seed=int(cfg["seed"]))
+    bn = _bn_samples(data, cfg["bn_samples"])
     test = data.test
     if cfg["test_samples"]:
         test = alignment_subset(test, num_samples=min(int(cfg["test_samples"]), len(test)), seed=0)

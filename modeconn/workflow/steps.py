@@ -78,6 +78,15 @@ def _subset(dataset: Any, n: int, key: str, seed: int) -> Any:
     return alignment_subset(dataset, num_samples=n, seed=int(seed))
 
 
+def _bn_samples(data: Any, n: int) -> Any:
+    """The ``n`` training samples BatchNorm statistics are recomputed on: augmented as the models
+    were trained, each image's draw fixed, so that one model measured twice (at the end of a
+    curve, of a line, by export) gets the same statistics."""
+    from modeconn.data import FixedDraws, alignment_subset
+
+    return FixedDraws(alignment_subset(data.train, num_samples=min(int(n), len(data.train)), seed=0))
+
+
 def _model(text: str, data: Any, role: str) -> Any:
     """The model ``text`` names, checked against ``data`` (classes, channels) and for an
     unfinished run, with its weights loaded."""

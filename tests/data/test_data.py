@@ -39,6 +39,19 @@ def test_alignment_subset_is_deterministic_per_seed():
         data.alignment_subset(ds, num_samples=10**6)
 
 
+def test_fixed_draws_augment_each_item_the_same_every_time_and_leave_the_callers_rng():
+    train = data.digits(train=True)
+    fixed = data.FixedDraws(train, seed=3)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = [fixed[i][0] for i in (4, 0, 4)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(first[0], first[2]) and not torch.equal(first[0], train.data[4])  # augmented
+    torch.manual_seed(99)
+    assert torch.equal(fixed[0][0], first[1]) and fixed[0][1] == train[0][1]
+    assert not torch.equal(data.FixedDraws(train, seed=4)[4][0], first[0]) and len(fixed) == len(train)
+
+
 def test_missing_dataset_says_where_and_how(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py.*download=True"):
         data.cifar10(tmp_path)
