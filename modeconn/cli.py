@@ -156,6 +156,8 @@ _HELP = {
     "nesterov": "Nesterov momentum",
     "weight_decay": "L2 weight decay",
     "batch_size": "samples per batch (under torchrun: over all ranks)",
+    "sync_bn": "under torchrun on GPUs, BatchNorm normalizes with the statistics of all ranks' batches "
+    "together (SyncBatchNorm), as one process does",
     "lr_step": "the step schedule's period in epochs",
     "lr_gamma": "the step schedule's factor per period",
     "seed": "the random seed (weights, data order, subsets)",

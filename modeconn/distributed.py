@@ -65,6 +65,12 @@ class Strategy:
         """``module`` as the training forward calls it (gradients averaged across ranks)."""
         return module
 
+    @contextlib.contextmanager
+    def synced_batchnorm(self, module: nn.Module) -> Iterator[None]:
+        """Within the block, ``module``'s BatchNorm layers normalize with the statistics of the
+        batch of every rank together (PyTorch's ``SyncBatchNorm``): one process needs nothing."""
+        yield
+
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over ranks, in place; returns it."""
         return tensor
@@ -159,6 +165,32 @@ class Distributed(Strategy):
         return DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None, **{sync: broadcast_buffers}
         )
+
+    @contextlib.contextmanager
+    def synced_batchnorm(self, module: nn.Module) -> Iterator[None]:
+        # each BatchNorm child is swapped for a SyncBatchNorm that shares its parameters and
+        # buffers (so training updates them), and put back after: the caller's model keeps its classes
+        swapped = []
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
+                    child, nn.SyncBatchNorm
+                ):
+                    swapped.append((parent, name, child))
+        devices = {t.device.type for _, _, bn in swapped for t in bn.buffers()}
+        if devices - {"cuda", "xpu"}:
+            raise InvalidArgumentError(
+                f"sync_bn needs the model on CUDA or XPU devices (it is on {', '.join(sorted(devices))}): "
+                "PyTorch's SyncBatchNorm synchronizes GPU tensors only. On CPU, train without it "
+                "(each rank normalizes with its own shard's statistics; docs/scaling.md)"
+            )
+        for parent, name, child in swapped:
+            setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        try:
+            yield
+        finally:
+            for parent, name, child in swapped:
+                setattr(parent, name, child)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         self.connect()

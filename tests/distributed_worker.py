@@ -3,6 +3,9 @@ as two ranks (``torchrun --nproc-per-node 2 this.py``) — and compares.
 
     python distributed_worker.py OUT [--tasks align,bn,train,fit,pam,pgd] [--kill-at EPOCH:BATCH]
 
+``--tasks sync_bn`` (not in the default tasks) trains a BatchNorm convnet with ``sync_bn`` on
+the GPU (on CPU, two ranks record the error that says it needs one).
+
 Each rank writes ``OUT/<task>-rank<r>.pt`` (tensors, numbers and lists: read back with
 ``weights_only=True``), and ``OUT/writes-rank<r>.txt`` lists the checkpoints it wrote.
 """
@@ -77,7 +80,7 @@ def unlike_other_ranks() -> None:
     torch.manual_seed(1000 + modeconn.distributed.current().rank)
 
 
-def run(out: Path, tasks: list[str], kill: tuple[int, int] | None) -> None:
+def run(out: Path, tasks: list[str], kill: tuple[int, int] | None, cpu: bool = False) -> None:
     strategy = modeconn.distributed.current()
     rank = strategy.rank
     writes = out / f"writes-rank{rank}.txt"
@@ -151,6 +154,22 @@ def run(out: Path, tasks: list[str], kill: tuple[int, int] | None) -> None:
             batch_size=16, progress=False,
         )  # fmt: skip
         results["pgd"] = {"bends": curve.bends.detach().clone()}
+    if "sync_bn" in tasks:
+        device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+        model = convnet(11)
+        unlike_other_ranks()
+        try:
+            history = modeconn.train_model(
+                model, (x, y), epochs=2, lr=0.05, batch_size=16, sync_bn=True, device=device, progress=False
+            )
+        except modeconn.errors.InvalidArgumentError as e:
+            results["sync_bn"] = {"error": str(e)}
+        else:
+            results["sync_bn"] = {
+                "state": {k: v.cpu() for k, v in model.state_dict().items()},
+                "losses": [r.loss for r in history],
+                "classes": sorted({type(m).__name__ for m in model.modules()}),
+            }
     for task, result in results.items():
         torch.save(result, out / f"{task}-rank{rank}.pt")
 
@@ -160,11 +179,12 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--kill-at", default=None, help="EPOCH:BATCH")
+    p.add_argument("--cpu", action="store_true", help="sync_bn on CPU even where there is a GPU")
     args = p.parse_args()
     torch.set_num_threads(1)
     kill = tuple(int(v) for v in args.kill_at.split(":")) if args.kill_at else None
     args.out.mkdir(parents=True, exist_ok=True)
-    run(args.out, args.tasks.split(","), kill)
+    run(args.out, args.tasks.split(","), kill, cpu=args.cpu)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,28 @@ def test_training_on_two_ranks_gives_the_weights_of_one_process(runs):
         assert rank["losses"] == pytest.approx(single["losses"], rel=1e-6)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm needs two GPUs for two NCCL ranks")
+def test_training_with_sync_bn_on_two_gpus_gives_the_batchnorm_weights_of_one_process(tmp_path):
+    """With sync_bn, each rank's BatchNorm normalizes with the statistics of both ranks' halves
+    of the batch: the weights and running statistics are one process's, up to float error."""
+    _launch(tmp_path / "one", "--tasks", "sync_bn", ranks=None)
+    _launch(tmp_path / "two", "--tasks", "sync_bn")
+    single = _load(tmp_path / "one" / "sync_bn-rank0.pt")
+    for rank in _both_ranks(tmp_path / "two", "sync_bn"):
+        assert rank["classes"] == single["classes"] and "SyncBatchNorm" not in rank["classes"]  # put back
+        for k, v in single["state"].items():
+            torch.testing.assert_close(rank["state"][k], v, rtol=1e-5, atol=1e-5, msg=k)
+        assert rank["losses"] == pytest.approx(single["losses"], rel=1e-5)
+
+
+def test_sync_bn_on_cpu_ranks_is_an_error_that_says_why(tmp_path):
+    """SyncBatchNorm synchronizes GPU tensors only: two CPU ranks get modeconn's error, not
+    PyTorch's ValueError from inside the first forward."""
+    _launch(tmp_path, "--tasks", "sync_bn", "--cpu")
+    for rank in _both_ranks(tmp_path, "sync_bn"):
+        assert rank["error"].startswith("sync_bn needs the model on CUDA or XPU devices (it is on cpu)")
+
+
 def test_fit_curve_draws_the_same_t_on_every_rank(runs):
     one, two = runs
     rank0, rank1 = _both_ranks(two, "fit")

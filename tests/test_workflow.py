@@ -523,3 +523,9 @@ def test_a_curves_end_measures_as_its_lines_end(tmp_path, monkeypatch):
     for end in (0, -1):
         for key in ("loss", "accuracy"):
             assert curve[key][end] == line[key][end], (end, key, curve[key], line[key])
+
+
+def test_sync_bn_on_cpu_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = _one_error(capsys, main(["train", "--model", "mlp", "--sync-bn", "--device", "cpu", "--out", "x"]))
+    assert "--sync-bn needs CUDA or XPU devices, not cpu" in line and not (tmp_path / "x").exists()

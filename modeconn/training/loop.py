@@ -3,6 +3,7 @@ callbacks, checkpoints after every epoch, and resuming from them."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -312,10 +313,13 @@ def run_epochs(
     start = 1
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         start = _resume(trainer, checkpoint, state, sampler, progress=progress, desc=desc)
+    synced = contextlib.ExitStack()
     if strategy.world_size > 1:
+        if trainer.settings.sync_bn:
+            synced.enter_context(strategy.synced_batchnorm(module))
         trainer.wrapped = strategy.wrap(module, broadcast_buffers=trainer.broadcast_buffers)
 
-    with torch.enable_grad():
+    with synced, torch.enable_grad():
         if start <= epochs:
             trainer.call_hook("on_fit_start", data, epochs)
         for epoch in range(start, epochs + 1):

@@ -116,6 +116,7 @@ SETTING_NAMES = (
     "batch_size",
     "lr_step",
     "lr_gamma",
+    "sync_bn",
 )
 
 
@@ -123,7 +124,9 @@ SETTING_NAMES = (
 class Settings:
     """How to fit: SGD at ``lr`` with ``momentum`` (``nesterov``) and ``weight_decay``, the rate
     scaled each epoch by ``schedule``, batches of ``batch_size`` (the global batch: under
-    torchrun each of N ranks takes ``batch_size / N``).
+    torchrun each of N ranks takes ``batch_size / N``). ``sync_bn``: under torchrun, BatchNorm
+    layers normalize with the statistics of the global batch (PyTorch's ``SyncBatchNorm``, which
+    needs CUDA or XPU devices), as one process would; without it each rank uses its own shard's.
 
     ``schedule`` is a schedule object, a callable ``(epoch, epochs) -> factor``, or a name in
     :data:`SCHEDULES`; ``"step"`` (the default) reads ``lr_step`` and ``lr_gamma``. The defaults
@@ -138,12 +141,15 @@ class Settings:
     batch_size: int = 128
     lr_step: int = 20
     lr_gamma: float = 0.5
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise InvalidArgumentError(f"lr must be positive, got {self.lr}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise InvalidArgumentError("momentum and weight_decay must be >= 0")
+        if not isinstance(self.sync_bn, bool):
+            raise InvalidArgumentError(f"sync_bn must be true or false, got {self.sync_bn!r}")
         if self.nesterov and self.momentum == 0:
             raise InvalidArgumentError("nesterov needs momentum > 0")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:

@@ -13,6 +13,7 @@ from modeconn.workflow.rng import _fork_rng, _keeps_caller_rng, _seed
 from modeconn.workflow.settings import _settings
 from modeconn.workflow.steps import (
     _check_finite,
+    _device,
     _history_rows,
     _model,
     _open,
@@ -37,12 +38,11 @@ def fit(
     """Fit a curve between A and B with an optimizer plugin: ``out/curve.pt`` (resumable)."""
     cfg, changes = _prepare("fit", config, out, restart)
     _fork_rng()
-    from modeconn import distributed
     from modeconn.training import fit_curve, optimizer_options
 
     optimizer_options(cfg["optimizer"], cfg["options"])
 
-    device = distributed.current().device(cfg["device"])
+    device = _device(cfg)
     data = _open(cfg)
     _seed(cfg)
     curve = _curve(cfg, data)

@@ -78,6 +78,25 @@ def _subset(dataset: Any, n: int, key: str, seed: int) -> Any:
     return alignment_subset(dataset, num_samples=n, seed=int(seed))
 
 
+def _device(cfg: Mapping[str, Any]) -> Any:
+    """The device a training step runs on, checked against ``sync_bn``."""
+    import warnings
+
+    from modeconn import distributed
+
+    strategy = distributed.current()
+    device = strategy.device(cfg["device"])
+    if cfg.get("sync_bn"):
+        if device.type not in ("cuda", "xpu"):
+            raise InvalidArgumentError(
+                f"--sync-bn needs CUDA or XPU devices, not {device.type}: PyTorch's SyncBatchNorm "
+                "synchronizes GPU tensors only (on CPU each rank keeps its own BatchNorm statistics)"
+            )
+        if strategy.world_size == 1:
+            warnings.warn("--sync-bn does nothing in one process: run under torchrun", stacklevel=3)
+    return device
+
+
 def _bn_samples(data: Any, n: int) -> Any:
     """The ``n`` training samples BatchNorm statistics are recomputed on: augmented as the models
     were trained, each image's draw fixed, so that one model measured twice (at the end of a

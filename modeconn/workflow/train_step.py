@@ -12,6 +12,7 @@ from modeconn.workflow.rng import _fork_rng, _keeps_caller_rng, _seed
 from modeconn.workflow.settings import _settings
 from modeconn.workflow.steps import (
     _data_name,
+    _device,
     _history_rows,
     _open,
     _prepare,
@@ -34,12 +35,11 @@ def train(
         )
     cfg, changes = _prepare("train", config, out, restart)
     _fork_rng()
-    from modeconn import distributed
     from modeconn.metrics import evaluate as measure_model
     from modeconn.resolve import build_model, model_spec
     from modeconn.training import save_checkpoint, train_model
 
-    device = distributed.current().device(cfg["device"])
+    device = _device(cfg)
     model_spec(cfg["model"])  # a timm or torchvision name is checked before the data loads
     data = _open(cfg)
     if cfg["test_samples"]:
