@@ -32,12 +32,14 @@ def solve_assignment(matrix: torch.Tensor, maximize: bool = False) -> torch.Tens
     # Where those offsets are most of the matrix (l2_preact's E|a|² + E|b|² terms), the minima
     # leave much of them in place: each row's and column's mean go first, which takes another
     # 1.5-2.8x off there (and costs up to 1.5x on weight matching's matrices, hence the test).
-    m = -m if maximize else m
+    # One working copy, changed in place: the solver's input is all the memory it takes.
+    m = -m if maximize else m.copy()
     row = m.mean(1, keepdims=True)
     col = (m - row).mean(0, keepdims=True)
     if row.var() + col.var() > _ADDITIVE * m.var():
-        m = m - row - col
-    m = m - m.min(1, keepdims=True)
+        m -= row
+        m -= col
+    m -= m.min(1, keepdims=True)
     m -= m.min(0, keepdims=True)
     rows, cols = linear_sum_assignment(m)
     perm = torch.empty(len(rows), dtype=torch.long)
