@@ -43,18 +43,28 @@ class L2PreActivation(ActivationCost):
 class WeightMatching(WeightCost):
     """Data-free weight matching (Ainsworth et al. 2023, "Git Re-Basin", §3.2): maximize
     Σ ⟨θ_A, Pθ_B⟩ over all tensors by coordinate descent, one linear assignment per group with
-    the others held fixed, in a seeded random order, from a start that is exact for a permuted
-    copy, until a sweep gains less than ``tol`` of the objective's bound (``tol=0``: until no
-    group changes; ``None``: :func:`match_weights`' default)."""
+    the others held fixed, in a seeded random order, from a greedy start (layer by layer from
+    the best determined; the signature start too where an exact match may have been missed),
+    until a sweep gains less than ``tol`` of the objective's bound (``tol=0``: until no
+    group changes; ``None``: :func:`match_weights`' default). ``starts``: which starts to
+    descend from, keeping the best (``None``: :func:`match_weights`' default)."""
 
-    def __init__(self, max_iter: int = 100, seed: int = 0, tol: float | None = None):
-        self.max_iter, self.seed, self.tol = max_iter, seed, tol
+    def __init__(
+        self,
+        max_iter: int = 100,
+        seed: int = 0,
+        tol: float | None = None,
+        starts: tuple[str, ...] | None = None,
+    ):
+        self.max_iter, self.seed, self.tol, self.starts = max_iter, seed, tol, starts
 
     def solve(
         self, spec: PermutationSpec, state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         tol = {} if self.tol is None else {"tol": self.tol}
-        return match_weights(spec, state_a, state_b, seed=self.seed, max_iter=self.max_iter, **tol)
+        return match_weights(
+            spec, state_a, state_b, seed=self.seed, max_iter=self.max_iter, starts=self.starts, **tol
+        )
 
 
 @hookimpl
