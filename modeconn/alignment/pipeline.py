@@ -34,7 +34,7 @@ from modeconn.modules import device_of, modes_restored, unwrap
 from modeconn.plugin_manager import PluginEntry
 from modeconn.state import check_same_architecture
 from modeconn.symmetry.discovery import discover
-from modeconn.symmetry.permutation import permute
+from modeconn.symmetry.permutation import axis_indices, permute
 from modeconn.symmetry.spec import Group, Perms, PermutationSpec
 
 __all__ = ["align", "cost_matrices", "solve_groups"]
@@ -91,6 +91,28 @@ def solve_groups(
         init = {name: p for name, p in perms.items() if name in solved}
         perms = match_weights(spec, state_a, state_b, groups=hidden, init=init, heads=heads)
     return perms
+
+
+def _permuted_copy(model: nn.Module, spec: PermutationSpec, perms: Perms) -> nn.Module:
+    """``permute(model, spec, perms)`` with no working set beyond the copy: each permuted
+    tensor of the copy is written from ``model``'s, gathered a few rows at a time (``permute``
+    gathers every tensor whole, all of them before writing any)."""
+    target = permute(model, spec, {})  # the copy, with permute's checks
+    source = unwrap(model).state_dict()
+    state = target.state_dict(keep_vars=True)
+    index = axis_indices(spec, perms, {k: v.shape for k, v in state.items()})
+    with torch.no_grad():
+        for name in dict.fromkeys(name for name, _ in index):
+            src, out = source[name].detach(), state[name].detach()
+            rows = index.get((name, 0), torch.arange(out.shape[0])).to(out.device)
+            step = max(1, (1 << 16) // max(1, out[0].numel()))
+            for start in range(0, out.shape[0], step):
+                piece = src.index_select(0, rows[start : start + step])
+                for axis in range(1, out.dim()):
+                    if (name, axis) in index:
+                        piece = piece.index_select(axis, index[name, axis].to(out.device))
+                out[start : start + step] = piece
+    return target
 
 
 def _check_finite(model: nn.Module, label: str) -> None:
@@ -253,5 +275,5 @@ def align(
         # solved on every rank from the same all-reduced statistics; rank 0's answer is the one
         perms = distributed.current().broadcast(perms)
         spec.check(perms)
-    aligned = permute(model_b, spec, perms)
+    aligned = _permuted_copy(model_b, spec, perms)
     return AlignResult(model=aligned, perms=perms, spec=spec, cost=cost, signature=signature, notes=notes)
