@@ -258,21 +258,25 @@ class RuleContext:
             self.touched.append(layout)
         self._d.spaces.mark_producer(layout)
 
-    def split(self, layout: Layout | None, offsets: Sequence[int]) -> Layout | None:
-        """Split spaces so each offset falls between units; ``None`` stays ``None``."""
+    def split(self, layout: Layout | None, offsets: Sequence[int], fence: bool = True) -> Layout | None:
+        """Split spaces so each offset falls between units; ``None`` stays ``None``. With
+        ``fence`` the op is recorded as splitting the axis into groups there (heads may not
+        straddle an offset); without, the offsets cut within each head alike."""
         if layout is None:
             return None
-        self._d.spaces.fences.append((layout, tuple(offsets)))
+        if fence:
+            self._d.spaces.fences.append((layout, tuple(offsets)))
         res = self._d.spaces.split_at(layout, offsets)
         if res is None:
             self.fix(layout, "split inside a flattened unit")
         return res
 
-    def sub_layout(self, layout: Layout | None, start: int, stop: int) -> Layout | None:
-        """The part of ``layout`` covering axis indices ``start:stop`` (spaces are split as needed)."""
+    def sub_layout(self, layout: Layout | None, start: int, stop: int, fence: bool = True) -> Layout | None:
+        """The part of ``layout`` covering axis indices ``start:stop`` (spaces are split as
+        needed; ``fence`` as for :meth:`split`)."""
         if layout is None:
             return None
-        res = self.split(layout, [o for o in (start, stop) if 0 < o < layout_size(layout)])
+        res = self.split(layout, [o for o in (start, stop) if 0 < o < layout_size(layout)], fence)
         if res is None:
             return None
         out, pos = [], 0

@@ -69,23 +69,43 @@ class HeadGroup:
     @property
     def runs(self) -> set[tuple[tuple[_Seg, ...], int]]:
         """Every way the heads' units appear in one axis: (segments, head blocks each head
-        spans there)."""
+        spans there). Besides whole heads, the same part of every head in order (GPT-NeoX's
+        value units, cut from each head's fused q/k/v units), if it holds units of its own."""
         out = {(tuple(seg for head in sig for seg in head), n) for sig, n in self.grouped}
         out |= {
-            (tuple(seg for head in sig for _ in range(r) for seg in head), r)
+            (tuple(seg for head in part for _ in range(r) for seg in head), r)
             for sig in self.signatures
+            for part in _parts(sig)
             for r in self.repeats
         }
         return out
 
     @property
     def shared(self) -> set[int]:
-        """The classes of units every head shares (one permutation for all heads)."""
-        return {c for sig, _ in self._signatures if len(set(sig)) == 1 for c, _ in sig[0]}
+        """The classes of units every head shares (one permutation for all heads): in every
+        way the heads were cut, each head holds them (all of a head's units, or a part: GPT-NeoX's
+        q dims, merged across heads by its partial rotary, beside each head's own v dims)."""
+        own = set().union(*(_own_units(sig) for sig, _ in self._signatures))
+        return self.classes - own
 
     def fix(self, kind: str, why: str) -> None:
         if not any(f.message == why for f in self.fixes):
             self.fixes.append(Fix(kind, why))
+
+
+def _parts(sig: tuple[tuple[_Seg, ...], ...]) -> list[tuple[tuple[_Seg, ...], ...]]:
+    """The heads' whole units, and every same part of each head (a run of segments at the same
+    place in every head, which all cut alike) that holds some units no other head shares."""
+    out = [sig]
+    if len({tuple(size for _, size in head) for head in sig}) != 1:
+        return out
+    n = len(sig[0])
+    for a in range(n):
+        for b in range(a + 1, n + 1):
+            part = tuple(head[a:b] for head in sig)
+            if (a, b) != (0, n) and any(len({head[k] for head in part}) > 1 for k in range(b - a)):
+                out.append(part)
+    return out
 
 
 def _segments(sp: SpaceGraph, layout: Layout) -> list[tuple[int, int, int]]:
@@ -94,7 +114,7 @@ def _segments(sp: SpaceGraph, layout: Layout) -> list[tuple[int, int, int]]:
 
 def _runs(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> tuple[list[tuple[int, int]], bool]:
     """The full runs of the heads' units in one axis layout, as (start index, indices per
-    unit and repetition), and whether every segment of the heads' units lies in one."""
+    head), and whether every segment of the heads' units lies in one."""
     classes, runs = hg.classes, hg.runs
     found, ok, pos, p = [], True, 0, 0
     while p < len(segs):
@@ -110,9 +130,10 @@ def _runs(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> tuple[list[tup
             and {i for _, _, i in segs[p : p + len(run)]} == {inner}
         }
         if len({len(run) for run, _ in matches}) == 1:
-            (run, times), *_ = matches
-            found.append((pos, inner * times))
-            pos += sum(s2 * i for _, s2, i in segs[p : p + len(run)])
+            (run, _), *_ = matches
+            span = sum(s2 * i for _, s2, i in segs[p : p + len(run)])
+            found.append((pos, span // hg.size))
+            pos += span
             p += len(run)
         else:  # none, or several readings (heads that share their units, repeated or not)
             ok = False
@@ -124,7 +145,8 @@ def _runs(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> tuple[list[tup
 def _beside_heads(sp: SpaceGraph, hg: HeadGroup, layouts: Sequence[Layout | None], axis: int) -> bool:
     """Whether axis ``axis`` holds only units every head shares, and another axis the heads (or
     the query heads that share them)."""
-    if not all(c in hg.shared for c, _, _ in _segments(sp, layouts[axis])):
+    shared = hg.shared
+    if not all(c in shared for c, _, _ in _segments(sp, layouts[axis]) if c in hg.classes):
         return False
     axes = hg.query_axes | {id(hg.root)}
     return any(
@@ -137,11 +159,19 @@ def _beside_heads(sp: SpaceGraph, hg: HeadGroup, layouts: Sequence[Layout | None
     )
 
 
+def _every_heads(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> bool:
+    """Whether a fold's units (``segs``, heads major) are units every head holds: each head's
+    part of the fold then has the same units (GPT-NeoX's q after its rotary dims were sliced
+    off, which merges every head's q dims into one permutation)."""
+    shared = hg.shared
+    return all(c in shared for c, _, _ in segs if c in hg.classes)
+
+
 def _check_tensor(
     sp: SpaceGraph, hg: HeadGroup, layouts: Sequence[Layout | None], extra: Iterable[Layout], what: str
 ) -> list[tuple[int, int, int]]:
     """Check one tensor's axis layouts (and ``extra`` flat layouts, a fold's); returns the runs
-    as (axis, start, inner), axis -1 for extra layouts."""
+    as (axis, start, indices per head), axis -1 for extra layouts."""
     out = []
     for axis, lay in [*enumerate(layouts), *((-1, e) for e in extra)]:
         if lay is None:
@@ -150,9 +180,10 @@ def _check_tensor(
         if not any(c in hg.classes for c, _, _ in segs):
             continue
         runs, ok = _runs(hg, segs)
-        if not ok and not (axis >= 0 and _beside_heads(sp, hg, layouts, axis)):
+        beside = _beside_heads(sp, hg, layouts, axis) if axis >= 0 else _every_heads(hg, segs)
+        if not ok and not beside:
             hg.fix("constraint", f"{what} holds the units of some heads only, or out of order")
-        out += [(axis, start, inner) for start, inner in runs]
+        out += [(axis, start, step) for start, step in runs]
     return out
 
 
@@ -257,15 +288,28 @@ def _check_heads(hg: HeadGroup, found: Mapping[int, HeadGroup]) -> None:
 
 def _check_ops(sp: SpaceGraph, hg: HeadGroup, fences: Sequence[tuple[Layout, Sequence[int]]]) -> None:
     """No op splits into groups, or depends on the order of, an axis holding several heads."""
-    span = hg.block * hg.size
     for lay, offsets in fences:
         runs, _ = _runs(hg, _segments(sp, lay))
-        if any(start < o < start + span * inner for start, inner in runs for o in offsets):
+        if any(start < o < start + step * hg.size for start, step in runs for o in offsets):
             hg.fix("constraint", "an op splits an axis holding several heads into groups")
     longest = max(max(len(head) for head in sig) for sig, _ in hg._signatures)
+    # each head's units that no other head shares: an axis holding those of two heads is in order
+    own = [_own_units(sig) for sig, _ in hg._signatures]
     for lay in sp.fixed_layouts:
-        if sum(c in hg.classes for c, _, _ in _segments(sp, lay)) > longest:
+        classes = [c for c, _, _ in _segments(sp, lay)]
+        if sum(c in hg.classes for c in classes) > longest or any(
+            len({h for c in classes for h in heads.get(c, ())}) > 1 for heads in own
+        ):
             hg.fix("constraint", "an op depends on the order of an axis holding several heads")
+
+
+def _own_units(sig: tuple[tuple[_Seg, ...], ...]) -> dict[int, set[int]]:
+    """The classes of units some heads hold but not all, with the heads holding them."""
+    heads: dict[int, set[int]] = {}
+    for h, head in enumerate(sig):
+        for c, _ in head:
+            heads.setdefault(c, set()).add(h)
+    return {c: hs for c, hs in heads.items() if len(hs) < len(sig)}
 
 
 def _bound_layouts(
@@ -290,15 +334,15 @@ def _check_tensors(
         extra = [t.fold.flat] if t.fold is not None else []
         _check_tensor(sp, hg, t.layouts, extra, f"a tensor of shape {tuple(t.shape)}")
     for tensor, layouts in bound.items():
-        for axis, start, inner in _check_tensor(sp, hg, layouts, (), f"`{tensor}`"):
-            hg.slices.append(TensorSlice(tensor, axis, start, hg.block * inner))
+        for axis, start, step in _check_tensor(sp, hg, layouts, (), f"`{tensor}`"):
+            hg.slices.append(TensorSlice(tensor, axis, start, step))
 
 
 def _add_sites(sp: SpaceGraph, hg: HeadGroup, sites: Sequence[tuple[str, int, Layout, str]]) -> None:
     """The group's sites: the heads' runs in each site's layout."""
     for node, axis, lay, kind in sites:
         runs, _ = _runs(hg, _segments(sp, lay))
-        hg.sites += [Site(node, axis, start, hg.block * inner, kind) for start, inner in runs]
+        hg.sites += [Site(node, axis, start, step, kind) for start, step in runs]
 
 
 def head_groups(

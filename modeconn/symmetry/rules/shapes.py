@@ -383,10 +383,15 @@ def stack(ctx: RuleContext) -> TensorLayout:
 
 
 def split(ctx: RuleContext) -> tuple:
-    """split/chunk/tensor_split along an axis: the inverse of cat."""
-    x = ctx.tensor("input")
+    """split/chunk/tensor_split along an axis: the inverse of cat. Split along the units of
+    heads (GPT-NeoX's ``(…, heads, 3·d)`` fused q/k/v, chunked into q, k and v), each piece
+    keeps its heads: the same part of every head's units."""
+    x = ctx.folded("input")
     outs = ctx.out_value
     d = axis_index(int(ctx.const("dim")), x.ndim)
+    if x.fold is not None and x.fold.dims == d and type(outs) in (list, tuple):
+        return type(outs)(_split_units(ctx, x, [shape[d] for shape in outs], outs))
+    x = ctx.collapse(x)
     result, pos = [], 0
     for shape in outs:
         n = shape[d]
@@ -396,6 +401,25 @@ def split(ctx: RuleContext) -> tuple:
     if pos != x.shape[d]:
         raise ValueError("the pieces do not cover the axis")
     return type(outs)(result) if type(outs) in (list, tuple) else tuple(result)
+
+
+def _split_units(ctx: RuleContext, x: TensorLayout, sizes: list[int], outs: Sequence) -> list[TensorLayout]:
+    """The pieces of a tensor split along its fold's units axis: piece ``p`` of every head (of
+    every block of ``x.shape[dims]`` units in the fold's flat layout) makes the piece's flat
+    layout, in the same order, so its heads are the same heads."""
+    f = x.fold
+    n = x.shape[f.dims]
+    blocks = layout_size(f.flat) // n
+    result, pos = [], 0
+    for shape, size in zip(outs, sizes):
+        parts = [ctx.sub_layout(f.flat, b * n + pos, b * n + pos + size, fence=False) for b in range(blocks)]
+        flat = None if any(p is None for p in parts) else tuple(seg for p in parts for seg in p)
+        fold = None if flat is None else Fold(f.heads, f.dims, flat, f.outer, f.repeat)
+        result.append(TensorLayout(shape, x.layouts, x.uniform, fold))
+        pos += size
+    if pos != n:
+        raise ValueError("the pieces do not cover the axis")
+    return result
 
 
 def unbind(ctx: RuleContext) -> tuple:
