@@ -37,6 +37,13 @@ class Curve(nn.Module):
     BatchNorm: in train mode the network normalizes with batch statistics; in eval mode it uses
     the end points' running statistics interpolated linearly in t — a stand-in until
     :meth:`model_at` recomputes them with ``bn_data``.
+
+    Memory: the curve holds θ_A and θ_B (the size of both models) and the bends. With
+    ``share=True`` the end points are not copies: the models' parameters become views of the
+    curve's rows, so the pair is held once (for models that barely fit twice). The models keep
+    computing as before, but they and the curve then share their weights: changing a model's
+    parameters changes the curve's end point, and an optimizer that replaces an end point
+    (``pam`` puts a permuted B there) replaces that model's weights.
     """
 
     def __init__(
@@ -45,6 +52,8 @@ class Curve(nn.Module):
         model_b: nn.Module,
         family: str | CurveFamily = "bezier",
         num_bends: int | None = None,
+        *,
+        share: bool = False,
     ):
         super().__init__()
         entry = CURVE_FAMILIES.resolve(family, "Curve")  # a CurveFamily that keeps the curve law
@@ -64,9 +73,6 @@ class Curve(nn.Module):
         model_a, model_b = unwrap(model_a), unwrap(model_b)
         sa, sb = model_a.state_dict(), model_b.state_dict()
         check_same_architecture(sa, sb)
-        self.base = copy.deepcopy(model_a)
-        for p in self.base.parameters():
-            p.requires_grad_(False)
         # a tied tensor (``proj.weight = emb.weight``) is one parameter under its first name;
         # state dicts list it under every name, so they are rebuilt from these on the way out
         self.param_names = [n for n, _ in model_a.named_parameters()]
@@ -88,14 +94,48 @@ class Curve(nn.Module):
         self._numels = [sa[n].numel() for n in self.param_names]
         # Control points are flat vectors, one row each: r(t) is one weighted sum over a few
         # rows however many tensors the model has (per-tensor sums made a ResNet32 step ~20% slower).
-        ends = torch.stack([_flatten(state, self.param_names) for state in (sa, sb)])
+        # Every row is written in place, tensor by tensor: no model-sized temporary.
+        first = sa[self.param_names[0]] if self.param_names else torch.empty(0)
+        ends = first.new_empty(2, sum(self._numels))
+        for row, model, state in zip(ends, (model_a, model_b), (sa, sb)):
+            params = dict(model.named_parameters())
+            for part, name, shape in zip(row.split(self._numels), self.param_names, self._shapes):
+                part.copy_(state[name].detach().reshape(-1))
+                if (
+                    share and name in params
+                ):  # the model's tensor now lives in the row; its old storage is freed
+                    params[name].data = part.view(shape)
+                    state.update(
+                        {k: params[name].detach() for k in self._aliases if self._aliases[k] == name}
+                    )
         self.register_buffer("ends", ends)  # θ_A and θ_B: saved with the curve, never trained
         times = entry.invoke(self.family.bend_times, num_bends)
-        bends = [torch.lerp(ends[0].float(), ends[1].float(), s).to(ends.dtype) for s in times]
-        bends = torch.stack(bends) if bends else ends.new_empty(0, ends.shape[1])
+        bends = ends.new_empty(len(times), ends.shape[1])
+        for row, s in zip(bends, times):
+            for part, a, b in zip(
+                row.split(self._numels), ends[0].split(self._numels), ends[1].split(self._numels)
+            ):
+                part.copy_(torch.lerp(a.float(), b.float(), s))  # per tensor: float32 bends of half models
         self.bends = nn.Parameter(bends, requires_grad=num_bends > 0)  # one row per bend
+        # The base model runs with the curve's weights (functional_call): its own parameters are
+        # never read, so they are views of θ_A, not a copy of it (see _base_from_ends).
+        views = dict(zip(self.param_names, self._unflatten(ends[0]).values()))
+        memo = {id(p): nn.Parameter(views[n], requires_grad=False) for n, p in model_a.named_parameters()}
+        self.base = copy.deepcopy(model_a, memo)
+        self.register_load_state_dict_pre_hook(_base_from_ends)
         self.end_buffers = nn.ModuleList(_Buffers({n: st[n] for n in self.buffer_names}) for st in (sa, sb))
         self._parametrization = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Curve:
+        # ``.to()`` and ``.half()`` convert the base's parameters on their own: make them views of
+        # the converted θ_A again, so that the curve holds θ_A once
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            rows = dict(zip(self.param_names, self._unflatten(self.ends[0]).values()))
+            for name, p in self.base.named_parameters():
+                if p.dtype == self.ends.dtype and p.device == self.ends.device:
+                    p.data = rows[name]
+        return self
 
     # -- weights along the curve --------------------------------------------------------------
     def coefficients(self, t: float | torch.Tensor) -> torch.Tensor:
@@ -157,13 +197,18 @@ class Curve(nn.Module):
 
     def weights(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """The parameters at ``t``, differentiable with respect to the bends."""
-        total = None
-        for c, row in zip(self.coefficients(t).tolist(), self._rows()):
-            if c == 0.0:
-                continue  # keeps r(0) and r(1) exactly the end points
-            term = row if c == 1.0 else c * row
-            total = term if total is None else total + term
-        return self._unflatten(total if total is not None else torch.zeros_like(self.ends[0]))
+        terms = [(c, row) for c, row in zip(self.coefficients(t).tolist(), self._rows()) if c != 0.0]
+        if not terms:
+            return self._unflatten(torch.zeros_like(self.ends[0]))
+        if len(terms) == 1 and terms[0][0] == 1.0:
+            return self._unflatten(terms[0][1])  # r(0) and r(1) are exactly the end points
+        # one model-sized result, accumulated in place: c * row for every term at once would
+        # hold a model-sized temporary per control point
+        (c, row), *rest = terms
+        total = row * c
+        for c, row in rest:
+            total = total.add_(row, alpha=c)
+        return self._unflatten(total)
 
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         parts = flat.split(self._numels)
@@ -229,8 +274,15 @@ class Curve(nn.Module):
         return f"family={self.family_name!r}, num_bends={self.num_bends}, parameters={len(self.param_names)}"
 
 
-def _flatten(state: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    return torch.cat([state[n].detach().reshape(-1) for n in names])
+def _base_from_ends(module: Curve, state_dict: dict, prefix: str, *args: Any) -> None:
+    """The base model's parameters are views of θ_A (``ends[0]``): when a state dict is loaded,
+    they are loaded from its θ_A, so a checkpoint whose base held other values (one written
+    before the base shared θ_A, after ``set_end(0, ...)``) cannot leave them inconsistent."""
+    ends = state_dict.get(prefix + "ends")
+    if ends is None or ends.dim() != 2:
+        return
+    for name, part, shape in zip(module.param_names, ends[0].split(module._numels), module._shapes):
+        state_dict[f"{prefix}base.{name}"] = part.view(shape)
 
 
 class _Buffers(nn.Module):

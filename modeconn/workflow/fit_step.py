@@ -28,7 +28,7 @@ def _curve(cfg: Mapping[str, Any], data: Any) -> Any:
     from modeconn.curves import Curve
 
     a, b = _model(cfg["a"], data, "A"), _model(cfg["b"], data, "B")
-    return Curve(a, b, family=cfg["family"], num_bends=cfg["num_bends"])
+    return Curve(a, b, family=cfg["family"], num_bends=cfg["num_bends"], share=True)  # loaded for it alone
 
 
 @_keeps_caller_rng

@@ -220,3 +220,49 @@ def test_model_at_has_the_curves_weights_and_outputs_at_t(pair, family, bends):
             p.add_(1.0)
         model.bn1.running_mean.add_(1.0)
     assert all(torch.equal(v, curve.state_at(0.5)[k]) for k, v in at.items())
+
+
+def _shares_storage(t: torch.Tensor, other: torch.Tensor) -> bool:
+    return t.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
+
+
+def test_the_base_model_is_a_view_of_theta_a_after_a_conversion_too(pair):
+    a, b, x = pair
+    curve = Curve(a, b)
+    assert all(_shares_storage(p, curve.ends) for p in curve.base.parameters())
+    curve = curve.double()
+    assert all(_shares_storage(p, curve.ends) and p.dtype == torch.float64 for p in curve.base.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(curve.eval()(x.double(), 0.0), a.double()(x.double()))
+
+
+def test_a_checkpoint_whose_base_differs_from_theta_a_loads_theta_a(pair):
+    """Checkpoints written when the base was a copy of A could hold another base (after
+    set_end(0)): the base is loaded from θ_A, so the two cannot disagree."""
+    a, b, x = pair
+    state = Curve(a, b).state_dict()
+    for k in state:
+        if k.startswith("base.") and state[k].is_floating_point():
+            state[k] = torch.full_like(state[k], 7.0)  # stale
+    curve = Curve(copy.deepcopy(b), copy.deepcopy(a))
+    curve.load_state_dict(state)
+    for p, q in zip(curve.base.parameters(), a.parameters()):
+        assert _shares_storage(p, curve.ends) and torch.equal(p, q)
+    with torch.no_grad():
+        torch.testing.assert_close(curve.model_at(0.0)(x), a(x))
+
+
+def test_a_curve_sharing_the_models_weights_leaves_their_function(pair):
+    a, b, x = pair
+    a, b = copy.deepcopy(a), copy.deepcopy(b)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    curve = Curve(a, b, share=True)
+    for row, model in zip(curve.ends, (a, b)):
+        assert all(_shares_storage(p, row) for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), ya, rtol=0, atol=0)
+        torch.testing.assert_close(b(x), yb, rtol=0, atol=0)
+        torch.testing.assert_close(curve.eval()(x, 1.0), yb, rtol=0, atol=0)
+        a.conv1.weight.add_(1.0)  # shared: the curve's end point moves with the model
+        torch.testing.assert_close(curve.eval()(x, 0.0), a(x))
