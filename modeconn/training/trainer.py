@@ -161,7 +161,9 @@ class Trainer:
         s = self.settings
         # the fused kernel updates in place: the unfused one makes a model-sized temporary for
         # the weight decay (grad + wd * param) at every step; the results are the same
-        fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        fused = bool(params) and all(
+            p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+        )
         return torch.optim.SGD(
             params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay,
             fused=fused or None,
