@@ -160,7 +160,7 @@ class Trainer:
         """The torch optimizer over ``params``: SGD as ``self.settings`` say."""
         s = self.settings
         # the fused kernel updates in place: the unfused one makes a model-sized temporary for
-        # the weight decay (grad + wd * param) at every step; the results are the same
+        # the weight decay (grad + wd * param) at every step; the results agree up to rounding
         fused = bool(params) and all(
             p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
         )

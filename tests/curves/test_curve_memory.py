@@ -1,8 +1,11 @@
 """What a curve holds beyond the two models, as peak resident memory of a fresh process (not
 timed). W is the bytes of both models' weights; the models here are large enough (W = 136 MB)
-that one model-sized copy shows."""
+that one model-sized copy shows. glibc's allocator is told to map every allocation above
+64 KiB, so that freed memory leaves the process: otherwise it may keep some for reuse, and the
+peak moves by up to 0.3 W from run to run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -47,23 +50,27 @@ print(json.dumps({"built": (built - before) / W, "step": (step - before) / W, "s
 
 
 def _peaks(mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_a_curve_holds_its_end_points_and_bend_and_a_step_adds_gradient_and_momentum():
     """θ_A and θ_B (1 W) and the bend (0.5 W), no other copy (the base model's parameters are
-    views of θ_A); a step of SGD with momentum adds the gradient, the momentum and r(t)."""
-    peaks = _peaks("copy")
-    assert peaks["built"] < 1.5 + 0.15, peaks
-    assert peaks["step"] < 3.0 + 0.2, peaks
+    views of θ_A); a step of SGD with momentum adds the gradient and the momentum (r(t) is
+    freed before the optimizer's step)."""
+    peaks = _peaks("copy")  # measured: 1.62 and 2.50 W (before: 2.50 and 3.50 W)
+    assert peaks["built"] < 1.5 + 0.2, peaks
+    assert peaks["step"] < 2.5 + 0.2, peaks
 
 
 def test_a_curve_sharing_the_models_weights_holds_only_the_bend_beyond_them():
     """share=True: the models' parameters become views of the curve's rows (the models keep
-    their function); beyond them, the bend, and for a step its gradient, momentum and r(t)."""
-    peaks = _peaks("share")
+    their function); beyond them, the bend, and for a step its gradient and momentum."""
+    peaks = _peaks("share")  # measured: 0.63 and 1.50 W
     assert peaks["same"], "the models compute what they computed before"
-    assert peaks["built"] < 0.5 + 0.15 + 0.5, peaks  # the models' old storage is freed tensor by tensor
-    assert peaks["step"] < 2.0 + 0.2, peaks
+    assert peaks["built"] < 0.5 + 0.3, peaks  # the models' old storage is freed tensor by tensor
+    assert peaks["step"] < 1.5 + 0.2, peaks
