@@ -177,7 +177,7 @@ class Distributed(Strategy):
                     child, nn.SyncBatchNorm
                 ):
                     swapped.append((parent, name, child))
-        devices = {t.device.type for _, _, bn in swapped for t in bn.buffers()}
+        devices = {t.device.type for _, _, bn in swapped for t in (*bn.parameters(), *bn.buffers())}
         if devices - {"cuda", "xpu"}:
             raise InvalidArgumentError(
                 f"sync_bn needs the model on CUDA or XPU devices (it is on {', '.join(sorted(devices))}): "

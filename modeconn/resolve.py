@@ -56,8 +56,9 @@ class ModelSpec:
 @dataclass
 class Data:
     """A dataset's train and test splits and what a model needs to know of them. ``plain`` is
-    the training split without augmentation: what statistics are measured on (alignment,
-    BatchNorm, REPAIR), so that measuring a model twice gives the same numbers."""
+    the training split without augmentation, what units are matched on (alignment, REPAIR);
+    BatchNorm statistics are recomputed on the augmented split with fixed draws
+    (:class:`modeconn.data.FixedDraws`)."""
 
     name: str
     train: Any

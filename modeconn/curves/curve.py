@@ -101,9 +101,7 @@ class Curve(nn.Module):
             params = dict(model.named_parameters())
             for part, name, shape in zip(row.split(self._numels), self.param_names, self._shapes):
                 part.copy_(state[name].detach().reshape(-1))
-                if (
-                    share and name in params
-                ):  # the model's tensor now lives in the row; its old storage is freed
+                if share and name in params:  # the tensor now lives in the row; its old storage is freed
                     params[name].data = part.view(shape)
                     state.update(
                         {k: params[name].detach() for k in self._aliases if self._aliases[k] == name}
@@ -281,8 +279,13 @@ def _base_from_ends(module: Curve, state_dict: dict, prefix: str, *args: Any) ->
     ends = state_dict.get(prefix + "ends")
     if ends is None or ends.dim() != 2:
         return
-    for name, part, shape in zip(module.param_names, ends[0].split(module._numels), module._shapes):
-        state_dict[f"{prefix}base.{name}"] = part.view(shape)
+    views = {
+        name: part.view(shape)
+        for name, part, shape in zip(module.param_names, ends[0].split(module._numels), module._shapes)
+    }
+    for name, canonical in module._aliases.items():  # a tied tensor under each of its names
+        if canonical in views:
+            state_dict[f"{prefix}base.{name}"] = views[canonical]
 
 
 class _Buffers(nn.Module):
