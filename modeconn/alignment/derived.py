@@ -95,4 +95,7 @@ def derive(stats: Any, d: Derived, kind: str) -> Any:
         var_b=d.scale_b.square() * stats.var_b,
         cov=d.scale_a[:, None] * stats.cov * d.scale_b[None, :],
         kind=kind,
+        # the rounding of x, scaled with it: a shift does not make a constant unit vary
+        floor_a=None if stats.floor_a is None else d.scale_a.square() * stats.floor_a,
+        floor_b=None if stats.floor_b is None else d.scale_b.square() * stats.floor_b,
     )

@@ -26,7 +26,7 @@ from modeconn.alignment.stats import (
     first_batch,
     paired_sites,
 )
-from modeconn.alignment.ties import break_ties, has_constant_units
+from modeconn.alignment.ties import TIE_SCALE, break_ties, has_constant_units, has_tied_units
 from modeconn.alignment.weight_matching import match_weights
 from modeconn.data.batches import batches
 from modeconn.errors import AlignmentError
@@ -138,14 +138,33 @@ def _on_device(model_a: nn.Module, model_b: nn.Module, device: Any) -> tuple[nn.
     return model_a, model_b
 
 
-def _notes(units: PermutationSpec, observed: list[Group], stats: Mapping[str, list[PairStats]]) -> list[str]:
+def _notes(
+    units: PermutationSpec,
+    observed: list[Group],
+    stats: Mapping[str, list[PairStats]],
+    matrices: Mapping[str, torch.Tensor],
+) -> list[str]:
     """What the user should know about how each kind of group was aligned."""
     notes = []
     silent = [g for g in observed if has_constant_units(stats[g.name])]
     if silent:
         notes.append(
-            f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs); "
-            f"weight similarity decided their ties: {_names(silent)}"
+            f"{len(silent)} group(s) have units that are constant on the data (dead ReLUs, "
+            f"saturated gates: no variation beyond float rounding), whose correlations say "
+            f"nothing; weight similarity decided them: {_names(silent)}"
+        )
+    tied = [
+        g
+        for g in observed
+        if g not in silent
+        and g.name in matrices
+        and has_tied_units(matrices[g.name], 2 * TIE_SCALE * float(matrices[g.name].abs().max()))
+    ]
+    if tied:
+        notes.append(
+            f"{len(tied)} group(s) have units the data cannot tell apart (their costs are equal "
+            f"to within {TIE_SCALE:g} of the largest: units that fire on the same few inputs); "
+            f"weight similarity decided them: {_names(tied)}"
         )
     paired = paired_sites(units)
     unpaired = [g for g in units.permutable if g.sites and not paired[g.name]]
@@ -262,7 +281,7 @@ def align(
             perms = solve_groups(
                 units, matrices, maximize=cost_obj.maximize, state_a=state_a, state_b=state_b, heads=view
             )
-            notes = _notes(units, observed, stats)
+            notes = _notes(units, observed, stats, matrices)
             signature = CorrelationSignature.of(observed, stats, perms) if stats else None
             perms = {**spec.identity(), **view.expand(perms)}
         else:

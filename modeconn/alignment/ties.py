@@ -96,7 +96,8 @@ _DIRECTIONS = 16
 
 
 def has_constant_units(site_stats: Sequence[PairStats]) -> bool:
-    """Whether some unit of model A or B has no variance at every site (a dead unit)."""
-    dead_a = torch.stack([s.var_a <= 0 for s in site_stats]).all(0)
-    dead_b = torch.stack([s.var_b <= 0 for s in site_stats]).all(0)
+    """Whether some unit of model A or B is constant at every site (a dead unit)."""
+    constant = [s.constant() for s in site_stats]
+    dead_a = torch.stack([a for a, _ in constant]).all(0)
+    dead_b = torch.stack([b for _, b in constant]).all(0)
     return bool(dead_a.any() or dead_b.any())

@@ -72,6 +72,11 @@ def test_derived_statistics_equal_observed_ones(kind, monkeypatch):
             assert got.n == want.n and got.kind == want.kind
             for field in ("mean_a", "mean_b", "var_a", "var_b", "cov"):
                 torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-9, atol=1e-9)
+            # the norm's rounding floor is its input's, scaled: a shift does not make a unit vary
+            parent = observed[name][0]
+            if got is not with_derived[name][0] and kind == "pre":
+                scale = got.var_a / parent.var_a
+                torch.testing.assert_close(got.floor_a, scale * parent.floor_a, rtol=1e-9, atol=0)
 
 
 def test_a_norm_with_its_own_forward_or_in_train_mode_is_observed():

@@ -190,8 +190,51 @@ def test_dead_units_are_recovered_by_their_weights():
     x = torch.randn(64, 1, 4, 4)
     result = align(a, b, x, spec=spec)
     assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in a.state_dict().items())
-    assert "constant on the data (dead ReLUs)" in result.notes[0]
+    assert "constant on the data (dead ReLUs" in result.notes[0]
     assert all(torch.isfinite(torch.tensor(v)) for v in result.signature.after.values())
+
+
+def test_units_constant_up_to_rounding_are_decided_by_their_weights():
+    """torchvision's LR-ASPP MobileNetV3 at random init: deep squeeze-excitation gates are
+    constant to float rounding, so their copies correlate at random (-0.6 measured) unless such
+    units count as constant. Every tensor of a permuted copy comes back, and the notes say
+    which groups the weights decided."""
+    import torchvision.models.segmentation as seg
+
+    torch.manual_seed(0)
+    a = seg.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for bn in (m for m in a.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.normal_(0, 0.5, generator=g)
+            bn.running_var.uniform_(0.5, 2, generator=g)
+            bn.weight.uniform_(0.5, 1.5, generator=g)
+            bn.bias.normal_(0, 0.3, generator=g)
+    x = torch.randn(32, 3, 64, 64, generator=g)
+    spec = discover(a, x[:2])
+    b = permute(a, spec, spec.random_permutation(2))
+    result = align(a, b, x, spec=spec, batch_size=16)
+    wrong = [k for k, v in a.state_dict().items() if not torch.equal(v, result.model.state_dict()[k])]
+    assert wrong == []
+    assert "backbone.12.block.2.fc1" in spec.groups and "saturated gates" in result.notes[0]
+
+
+def test_units_firing_on_the_same_inputs_are_decided_by_their_weights_and_noted():
+    """Three units that fire on one input only have equal correlations with every unit that
+    does: the data cannot tell them apart, the weights do, and the notes say so."""
+    torch.manual_seed(0)
+    a = modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6,))
+    x = torch.randn(64, 1, 4, 4)
+    x[0] = 5.0
+    with torch.no_grad():
+        a.net[1].weight[:3] = torch.tensor([1.0, 2.0, 3.0])[:, None] / 16
+        a.net[1].bias[:3] = -4.0 * torch.tensor([1.0, 2.0, 3.0])  # they fire on x[0] only
+    spec = discover(a, x[:2])
+    perms = {"net.1": torch.tensor([2, 0, 1, 3, 4, 5])}
+    b = permute(a, spec, perms)
+    result = align(a, b, x, spec=spec)
+    assert all(torch.equal(v, result.model.state_dict()[k]) for k, v in a.state_dict().items())
+    assert any("cannot tell apart" in n and "net.1" in n for n in result.notes), result.notes
 
 
 def test_clear_errors():

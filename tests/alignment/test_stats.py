@@ -5,13 +5,14 @@ have their own tests in test_align.py)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn as nn
 
 from modeconn import discover, permute
-from modeconn.alignment.stats import PairStats, choose_sites, collect_statistics, paired_sites
+from modeconn.alignment.stats import Accumulator, PairStats, choose_sites, collect_statistics, paired_sites
 from modeconn.errors import AlignmentError
 from modeconn.symmetry.spec import Group, PermutationSpec, Site
 
@@ -132,6 +133,45 @@ def test_pair_stats_correlation_and_cross_by_hand():
     expected = torch.tensor([[0.5, 1.0], [0.0, 0.0]], dtype=torch.double)
     assert torch.equal(pair.correlation(), expected)
     assert torch.equal(pair.cross, torch.tensor([[4.0, 6.0], [6.0, -2.0]], dtype=torch.double))
+
+
+def test_a_unit_varying_within_rounding_of_its_site_is_constant():
+    """Copies of a unit that varies by less than float rounding of its site's magnitude
+    correlate at random (a permuted model sums its inputs in another order): such a unit is
+    constant, and correlates 0 with everything."""
+    pair = PairStats(
+        n=10,
+        mean_a=torch.tensor([1.0, 1.0, 0.0], dtype=torch.double),
+        mean_b=torch.tensor([1.0, 1.0, 0.0], dtype=torch.double),
+        var_a=torch.tensor([1e-12, 1.0, 4.0], dtype=torch.double),
+        var_b=torch.tensor([1.0, 1e-12, 4.0], dtype=torch.double),
+        cov=torch.tensor([[1e-12, 1e-12, 2e-6], [1.0, 1e-12, 1.0], [2.0, 2e-6, 4.0]], dtype=torch.double),
+        kind="post",
+        floor_a=torch.full((3,), 1e-10, dtype=torch.double),
+        floor_b=torch.full((3,), 1e-10, dtype=torch.double),
+    )
+    const_a, const_b = pair.constant()
+    assert const_a.tolist() == [True, False, False] and const_b.tolist() == [False, True, False]
+    corr = pair.correlation()
+    assert corr[0].eq(0).all() and corr[:, 1].eq(0).all()
+    torch.testing.assert_close(corr[1:, [0, 2]], torch.tensor([[1.0, 0.5], [1.0, 1.0]], dtype=torch.double))
+    # without floors only a zero variance is constant: the rounding noise correlates fully
+    assert dataclasses.replace(pair, floor_a=None, floor_b=None).correlation()[0, 1] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_floor_is_rounding_of_the_sites_magnitude_in_the_activations_dtype(dtype):
+    """One unit offset by 1000 sets the site's magnitude; a unit varying by 1e-4 of it is
+    constant in float32 (64 steps of 1.2e-7 · ~600 ≈ 5e-3) but not in float64."""
+    big = torch.full((32,), 1000.0, dtype=torch.float64)
+    tiny = 1e-4 * torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    varying = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.stack([big + varying, tiny + 0.5, varying]).to(dtype)  # (units, samples)
+    acc = Accumulator(3, "post")
+    acc.update(x[None], x[None])
+    const_a, const_b = acc.result().constant()
+    assert torch.equal(const_a, const_b)
+    assert const_a.tolist() == ([False, True, False] if dtype == torch.float32 else [False, False, False])
 
 
 def test_groups_and_sites_narrow_what_is_collected():
