@@ -43,7 +43,7 @@ def test_discover_checks_a_random_permutation_on_digits(capsys, tmp_path):
     spec_file = tmp_path / "spec.json"
     assert main(["discover", "tinyten", "--batch", "16", "--json", str(spec_file)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("PermutationSpec(TinyTen): 8 permutable / 9 groups")
+    assert out.startswith("PermutationSpec(TinyTen): 8/8 groups of hidden units permutable")
     assert (
         "on 16 embedded digits: 17 tensors moved" in out
     )  # 8 convs x (weight, bias) + fc.weight; fresh BN tensors are constant

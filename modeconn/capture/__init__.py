@@ -12,7 +12,7 @@ from modeconn.capture.fx import LAYER, graph_name, kept_whole, trace
 from modeconn.capture.graph import CAPTURES, Capture, Leaves, capture, captures_made, structure_of
 from modeconn.capture.inputs import ModelInputs, model_inputs
 from modeconn.capture.lockstep import observe_pairs
-from modeconn.capture.names import op_name, target_name
+from modeconn.capture.names import node_place, op_name, target_name
 from modeconn.capture.values import FieldTuple, record_values
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "record_values",
     "FieldTuple",
     "observe_pairs",
+    "node_place",
     "op_name",
     "target_name",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-__all__ = ["op_name", "target_name"]
+__all__ = ["node_place", "op_name", "target_name"]
 
 
 def target_name(node: fx.Node) -> str:
@@ -19,6 +19,19 @@ def target_name(node: fx.Node) -> str:
     if isinstance(t, str):
         return t
     return op_name(t)
+
+
+def node_place(node: fx.Node) -> str:
+    """Where a node's op runs, for messages: ``"aten.mul at node 'mul_3' in `layers.0.attn`"``
+    (the innermost module whose forward called it, as both captures record it; nothing more at
+    the model's top level)."""
+    place = f"{target_name(node)} at node {node.name!r}"
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return place
+    path, _ = list(stack.values())[-1]
+    path = str(path).removeprefix("L['self'].").removeprefix("L__self__.")
+    return f"{place} in `{path}`" if path else place
 
 
 def op_name(t: Any) -> str:

@@ -22,7 +22,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import map_aggregate
 
-from modeconn.capture.names import op_name, target_name
+from modeconn.capture.names import node_place, op_name, target_name
 from modeconn.plugin_manager import PluginEntry, declare_kind
 from modeconn.symmetry.arguments import Arguments, ArgumentsNotUnderstood, normalize, python_type
 from modeconn.symmetry.spaces import Fold, Layout, TensorLayout, layout_size
@@ -201,7 +201,7 @@ class RuleContext:
     def where(self) -> str:
         if self.node.op == "call_module":
             return f"{type(self.module).__name__} {self.module_name!r}"
-        return f"{target_name(self.node)} at node {self.node.name!r}"
+        return node_place(self.node)
 
     @property
     def op(self) -> str:

@@ -17,6 +17,7 @@ from modeconn.capture import (
     capture,
     graph_name,
     model_inputs,
+    node_place,
     record_values,
     target_name,
 )
@@ -204,7 +205,8 @@ class _Discovery:
             if module is not None
             else target_name(node)
         )
-        fix = Fix(kind, f"{op} at node {node.name!r}: {why}", op)
+        place = f"{op} at node {node.name!r}" if module is not None else node_place(node)
+        fix = Fix(kind, f"{place}: {why}", op)
         if no_rule:
             self.no_rule.append(fix)
         for ta in tensor_layouts([self.ann_of(x) for x in (*node.args, *node.kwargs.values())]):
@@ -458,6 +460,15 @@ def _units_group(name: str, entry: dict) -> Group:
     fixes = tuple(root.fixed)
     if not fixes and not root.has_producer:
         fixes = (Fix("no_layer", "not tied to any layer's units (a parameter axis that nothing permutes)"),)
+    elif not fixes and entry["size"] == 1 and root.shifted is not None:
+        fixes = (
+            Fix(
+                "single_unit",
+                f"a single unit: pieces of one layer's units meet at other offsets ({root.shifted.message}), "
+                f"as in h[:, 1:] - h[:, :-1], which ties each unit to its neighbour",
+                root.shifted.op,
+            ),
+        )
     elif not fixes and entry["size"] == 1:
         fixes = (Fix("single_unit", "a single unit"),)
     return Group(

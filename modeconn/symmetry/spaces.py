@@ -44,6 +44,7 @@ class Space:
     fixed: list[Fix] = field(default_factory=list)  # on roots: why the class may not be permuted
     has_producer: bool = False  # on roots: some member holds a layer's output units
     has_heads: bool = False  # on roots: some member is a head space
+    shifted: Fix | None = None  # on roots: an op that coupled two pieces of one space at different offsets
     split_from: Space | None = None  # the space this one is a piece of
     blocks: list[tuple[Layout, ...]] = field(default_factory=list)  # head spaces: each head's units
     uid: int = 0
@@ -179,6 +180,7 @@ class SpaceGraph:
         rb.members = []
         ra.has_producer = ra.has_producer or rb.has_producer
         ra.has_heads = ra.has_heads or rb.has_heads
+        ra.shifted = ra.shifted or rb.shifted
         for reason in rb.fixed:
             self._add_reason(ra, reason)
 
@@ -204,6 +206,7 @@ class SpaceGraph:
             new_root = self.find(pieces[0])
             new_root.has_producer = root.has_producer
             new_root.has_heads = root.has_heads
+            new_root.shifted = new_root.shifted or root.shifted
             for reason in root.fixed:
                 self._add_reason(new_root, reason)
 
@@ -319,8 +322,17 @@ class SpaceGraph:
                 self.fix(a, reason.because("incompatible flattening"))
                 self.fix(b, reason.because("incompatible flattening"))
                 return None
+            if _origin(sa) is _origin(sb) and sa.start != sb.start:
+                self.find(sa).shifted = self.find(sa).shifted or reason
             self.union(sa, sb)
         return ra
+
+
+def _origin(s: Space) -> Space:
+    """The space ``s`` is a piece of, before any split."""
+    while s.split_from is not None:
+        s = s.split_from
+    return s
 
 
 def _boundaries(layout: Layout) -> set[int]:

@@ -128,6 +128,15 @@ class Group:
     def tensors(self) -> list[str]:
         return sorted({s.tensor for s in self.slices})
 
+    @property
+    def layer_units(self) -> int:
+        """How many of a layer's units the group holds: its size times the pieces it holds of
+        one tensor axis. A layer's units cut into pieces that must move alike (halves gated
+        against each other, units met with their neighbours by ``h[:, 1:] - h[:, :-1]``, a
+        ``Linear`` viewed as channels by positions) are one group of the pieces' size."""
+        pieces = Counter((s.tensor, s.axis) for s in self.slices)
+        return self.size * max(pieces.values(), default=1)
+
 
 @dataclass
 class PermutationSpec:
@@ -171,17 +180,18 @@ class PermutationSpec:
         return [g for g in self.groups.values() if g.kind == "heads"]
 
     def units(self) -> tuple[int, int]:
-        """(permutable units, hidden units): units counted once per group, over the groups of
-        hidden units (outputs, token and kernel axes excluded)."""
+        """(permutable units, hidden units): the units of every layer's outputs
+        (:attr:`Group.layer_units`; outputs, input, token and kernel axes excluded), whichever
+        graph capture found them."""
         hidden = [g for g in self.groups.values() if g.hidden]
-        return sum(g.size for g in hidden if g.permutable), sum(g.size for g in hidden)
+        return sum(g.layer_units for g in hidden if g.permutable), sum(g.layer_units for g in hidden)
 
     def fixed_units(self) -> dict[str, int]:
         """Fixed hidden units by the kind of their group's first fix (see :data:`FIX_KINDS`)."""
         counts: Counter[str] = Counter()
         for g in self.groups.values():
             if g.hidden and not g.permutable:
-                counts[g.fixes[0].kind if g.fixes else "constraint"] += g.size
+                counts[g.fixes[0].kind if g.fixes else "constraint"] += g.layer_units
         return dict(counts)
 
     def fixed_ops(self) -> dict[str, int]:
@@ -190,7 +200,7 @@ class PermutationSpec:
         for g in self.groups.values():
             if g.hidden and not g.permutable:
                 for op in {f.op for f in g.fixes if f.kind == "unsupported" and f.op}:
-                    counts[op] += g.size
+                    counts[op] += g.layer_units
         return dict(counts)
 
     def fixing(self, names: Iterable[str], why: str) -> PermutationSpec:
@@ -275,20 +285,44 @@ class PermutationSpec:
     def __str__(self) -> str:
         perm_units, all_units = self.units()
         share = 100.0 * perm_units / all_units if all_units else 0.0
+        shown = [g for g in self.groups.values() if g.hidden or g.kind == "heads"]
+        units = [g for g in shown if g.kind != "heads"]
         head = (
-            f"PermutationSpec({self.model}): {len(self.permutable)} permutable / {len(self.groups)} groups, "
-            f"{perm_units}/{all_units} hidden units permutable ({share:.1f}%)"
+            f"PermutationSpec({self.model}): {sum(g.permutable for g in units)}/{len(units)} groups of "
+            f"hidden units permutable, {perm_units}/{all_units} units ({share:.1f}%)"
         )
         if self.capture != "fx":
             head += f", captured with torch.{self.capture}"
-        width = max([len(g.name) for g in self.groups.values()] + [5])
+        width = max([len(g.name) for g in shown] + [5])
         rows = [head, f"  {'group':<{width}}  {'size':>6}  {'tensors':>7}  {'sites':>5}  status"]
-        for g in self.groups.values():
+        for g in shown:
             status = "permutable" if g.permutable else f"fixed: {g.reason}"
-            rows.append(f"  {g.name:<{width}}  {g.size:>6}  {len(g.tensors):>7}  {len(g.sites):>5}  {status}")
+            pieces = g.layer_units // g.size if g.hidden else 1
+            size = f"{g.size}x{pieces}" if pieces > 1 else str(g.size)
+            rows.append(f"  {g.name:<{width}}  {size:>6}  {len(g.tensors):>7}  {len(g.sites):>5}  {status}")
+        other = Counter(
+            g.fixes[0].kind if g.fixes else "constraint"
+            for g in self.groups.values()
+            if not (g.hidden or g.kind == "heads")
+        )
+        if other:
+            what = ", ".join(f"{n} {_OTHER_AXES.get(k, (k, k))[n > 1]}" for k, n in other.most_common())
+            rows.append(f"  never permuted, not hidden units: {what}")
         for name, reason in self.unreached.items():
             rows.append(f"  (unreached) {name}: {reason}")
         return "\n".join(rows)
 
     def __repr__(self) -> str:
-        return f"<PermutationSpec {self.model}: {len(self.permutable)}/{len(self.groups)} groups permutable>"
+        units = [g for g in self.groups.values() if g.hidden]
+        return (
+            f"<PermutationSpec {self.model}: {sum(g.permutable for g in units)}/{len(units)} groups of "
+            f"hidden units permutable>"
+        )
+
+
+_OTHER_AXES = {
+    "output": ("model output", "model outputs"),
+    "no_layer": ("kernel, token or input axis", "kernel, token or input axes"),
+    "constraint": ("axis coupled with an input", "axes coupled with inputs"),
+}
+"""How the summary names the axes that are not hidden units (one, several), by their first fix."""

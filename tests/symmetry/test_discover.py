@@ -241,3 +241,44 @@ def test_timm_same_padding_convolutions(check):
     spec = check.assert_equivalent(net, torch.randn(4, 3, 9, 9, dtype=torch.double), seeds=(0, 1))
     assert [g.name for g in spec.permutable] == ["0", "2", "4"]
     assert "4.gain" in spec["4"].tensors
+
+
+class _Shifted(nn.Module):
+    """Each unit of fc1 meets its neighbour: no two units may swap."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(7, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h[:, 1:] - h[:, :-1])
+
+
+class _Viewed(nn.Module):
+    """fc1's 256 units viewed as 16 channels of 4x4 positions that a convolution mixes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.conv = nn.Linear(4, 256), nn.Conv2d(16, 5, 3)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.fc1(x)).view(-1, 16, 4, 4)).flatten(1)
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_fixed_group_counts_its_layers_units_and_names_the_op_that_fixed_it(capture):
+    shifted = discover(nn.Sequential(_Shifted()).eval(), torch.randn(2, 4), capture=capture)
+    (group,) = [g for g in shifted.groups.values() if g.hidden]
+    assert shifted.units() == (0, 8) and group.layer_units == 8 and group.size == 1
+    assert "sub at node 'sub' in `0`" in group.reason, group.reason  # the op, and the module it ran in
+    assert "h[:, 1:] - h[:, :-1]" in group.reason, group.reason
+    assert group.fixes[0].op.endswith("sub")
+    viewed = discover(_Viewed().eval(), torch.randn(2, 4), capture=capture)
+    assert viewed.units() == (0, 256), str(viewed)
+    units = [g for g in viewed.groups.values() if g.hidden]
+    assert len(units) == 1 and units[0].reason.count(units[0].fixes[0].op) == 1, units[0].reason  # named once
+    # axes that are not hidden units are summed up, not listed as fixed groups
+    lines = str(viewed).splitlines()
+    assert sum("fixed:" in line for line in lines) == 2  # fc1's units, and its heads
+    assert lines[-1].startswith("  never permuted, not hidden units: ") and "1 model output" in lines[-1]

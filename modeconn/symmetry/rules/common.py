@@ -137,5 +137,5 @@ def channel_axis(ctx: RuleContext, x: TensorLayout, spatial: int, why: str = "sp
     if x.ndim not in (spatial + 1, spatial + 2):
         raise ValueError(f"expected {spatial + 1} or {spatial + 2} dimensions, got {x.ndim}")
     cax = x.ndim - spatial - 1
-    fix_axes(ctx, x, range(cax + 1, x.ndim), f"{why} of {ctx.op}")
+    fix_axes(ctx, x, range(cax + 1, x.ndim), f"{why}, whose positions the layer mixes")
     return cax

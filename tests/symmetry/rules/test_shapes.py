@@ -98,7 +98,12 @@ def test_falcon_hidden_units_move_and_keep_the_logits(changes):
     spec = discover(model, inputs)
     assert spec.capture == "export"
     permutable, hidden = spec.units()
-    assert permutable > 0.9 * hidden, str(spec)
+    # what stays is each head's dims in the fused projection, held by the rotary cos/sin
+    # products: q's and k's, and v's too, which Falcon's one view of q, k and v merges with
+    # them (a view discovery does not keep apart yet: sound, but less than the function allows)
+    fixed = [g for g in spec.groups.values() if g.hidden and not g.permutable]
+    assert all(g.tensors == [g.tensors[0]] and g.tensors[0].endswith("query_key_value.weight") for g in fixed)
+    assert all("aten.mul" in g.reason for g in fixed) and permutable > 0.65 * hidden, str(spec)
     mlp = [g for g in spec.permutable if g.name.endswith("dense_h_to_4h.weight")]
     assert len(mlp) == 2 and all(g.size == 128 for g in mlp), str(spec)
     assert not any("numpy_T" in (g.reason or "") for g in spec)
