@@ -167,6 +167,15 @@ def _every_heads(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> bool:
     return all(c in shared for c, _, _ in segs if c in hg.classes)
 
 
+def _once_for_all_heads(hg: HeadGroup, segs: Sequence[tuple[int, int, int]]) -> bool:
+    """Whether an axis holds, of the heads' units, only units every head shares, each once: one
+    copy of what all heads hold alike (Qwen3's and Gemma-3's q/k norm weight of ``head_dim``),
+    which no move of whole heads changes."""
+    mine = [c for c, _, _ in segs if c in hg.classes]
+    shared = hg.shared
+    return all(c in shared for c in mine) and len(mine) == len(set(mine))
+
+
 def _check_tensor(
     sp: SpaceGraph, hg: HeadGroup, layouts: Sequence[Layout | None], extra: Iterable[Layout], what: str
 ) -> list[tuple[int, int, int]]:
@@ -181,6 +190,7 @@ def _check_tensor(
             continue
         runs, ok = _runs(hg, segs)
         beside = _beside_heads(sp, hg, layouts, axis) if axis >= 0 else _every_heads(hg, segs)
+        beside = beside or _once_for_all_heads(hg, segs)
         if not ok and not beside:
             hg.fix("constraint", f"{what} holds the units of some heads only, or out of order")
         out += [(axis, start, step) for start, step in runs]
@@ -244,13 +254,17 @@ def _unite_recuts(sp: SpaceGraph, heads: Sequence[Space], queries: set[int]) -> 
     for s in heads:
         query = id(sp.find(s)) in queries
         sig = _signature(sp, s.blocks[0])
+        own = _own_units(sig)
         for c in {c for head in sig for c, _ in head}:
             other, other_sig = first.setdefault((query, c), (s, sig))
             if other is s:
                 continue
             if other_sig == sig:
                 sp.union(other, s)
-            elif not query:
+            elif not query and (c in own or len(other_sig) != len(sig)):
+                # units every head holds alike (q and k dims merged across heads by a partial
+                # rotary's concatenation, then with each other by q·kᵀ) are in q's heads and in
+                # k's: as many heads on both sides is not another cut
                 conflicts |= {id(other), id(s)}
     return conflicts
 

@@ -28,6 +28,7 @@ BREAKERS = {
     "group_norm": "splits an axis holding several heads into groups",
     "head_bias": "never permuted",
     "mask_bias": "attention mask",  # the same slopes, as SDPA's attn_mask
+    "head_scale": "never permuted",  # a constant of (heads, dims): every head scaled its own way
 }
 
 
@@ -45,6 +46,7 @@ class Attention(nn.Module):
         breaker: str | None = None,
         kv_heads: int | None = None,
         repeat: str = "expand",
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.h, self.dh, self.inner = heads, dh, heads * dh
@@ -62,10 +64,15 @@ class Attention(nn.Module):
         self.o = nn.Linear(self.inner, d)
         if breaker == "group_norm":
             self.norm = nn.GroupNorm(2, self.inner)
+        # Qwen3's and Gemma-3's q/k norms: one RMSNorm of `dh` for every head
+        self.q_norm, self.k_norm = (nn.RMSNorm(dh) if qk_norm else nn.Identity() for _ in range(2))
 
-    def _heads(self, x: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+    def _heads(
+        self, x: torch.Tensor, heads: int | None = None, norm: nn.Module | None = None
+    ) -> torch.Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, heads or self.h, self.dh).transpose(1, 2)
+        x = x.view(b, t, heads or self.h, self.dh)
+        return (x if norm is None else norm(x)).transpose(1, 2)
 
     def _shared(self, x: torch.Tensor) -> torch.Tensor:
         """Key/value heads, each repeated for the query heads that share it."""
@@ -78,11 +85,11 @@ class Attention(nn.Module):
         return x[:, :, None].expand(b, self.kv, r, t, self.dh).reshape(b, self.h, t, self.dh)
 
     def _rotate(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[-2]
+        t, dims = x.shape[-2], x.shape[-1]
         pos = torch.arange(t, dtype=x.dtype)[:, None]
-        freq = torch.arange(self.dh // 2, dtype=x.dtype)[None] + 1.0
+        freq = torch.arange(dims // 2, dtype=x.dtype)[None] + 1.0
         angle = torch.cat([pos * freq, pos * freq], -1)
-        x1, x2 = x[..., : self.dh // 2], x[..., self.dh // 2 :]
+        x1, x2 = x[..., : dims // 2], x[..., dims // 2 :]
         return x * angle.cos() + torch.cat([-x2, x1], -1) * angle.sin()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,8 +102,17 @@ class Attention(nn.Module):
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
         extra = q[..., : self.dh].sum(-1, keepdim=True) if self.breaker == "first_head" else 0
-        q, k, v = self._heads(q), self._heads(k, self.kv), self._heads(v, self.kv)
-        if self.rope:
+        q, k, v = (
+            self._heads(q, norm=self.q_norm),
+            self._heads(k, self.kv, self.k_norm),
+            self._heads(v, self.kv),
+        )
+        if self.breaker == "head_scale":
+            q = q * torch.linspace(0.5, 1.5, self.inner, dtype=x.dtype).view(self.h, 1, self.dh)
+        if self.rope == "partial":  # Phi's and GPT-NeoX's: the first half of each head's dims
+            r = self.dh // 2
+            q, k = (torch.cat([self._rotate(z[..., :r]), z[..., r:]], -1) for z in (q, k))
+        elif self.rope:
             q, k = self._rotate(q), self._rotate(k)
         k, v = self._shared(k), self._shared(v)
         if self.breaker == "mask_bias":
@@ -266,6 +282,57 @@ def test_grouped_query_heads_stay_in_place_when_their_query_heads_are_held():
         assert not torch.allclose(model(_x()), moved(_x()), atol=1e-5)
 
 
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_partial_rotary_moves_heads_and_the_dims_it_does_not_rotate(capture, fused):
+    """Phi and GPT-NeoX rotate part of each head's q/k dims and concatenate the rest back: the
+    heads move, the rotated dims stay (with the reason), the others move (one permutation for
+    every head: the concatenation treats every head alike)."""
+    torch.manual_seed(0)
+    model = Net(heads=4, dh=4, layers=2, rope="partial", fused=fused).eval()
+    x = _x(batch=32, seed=2)
+    spec = discover(model, x[:2], capture=capture)
+    assert len(spec.heads) == 2 and all(h.permutable for h in spec.heads), str(spec)
+    qk = [
+        g
+        for g in spec.groups.values()
+        if g.hidden and {t.split(".")[-2] for t in g.tensors} <= {"q", "k", "qkv"}
+    ]
+    rotated = [g for g in qk if not g.permutable]
+    assert rotated and all("never permuted" in g.reason for g in rotated), str(spec)
+    assert sum(g.layer_units for g in rotated) == 2 * 2 * 4 * 2  # layers x (q, k) x heads x rotated dims
+    assert any(g.permutable for g in qk), str(spec)  # the dims left as they are
+    assert_equivalent(model, x[:4], spec=spec, seeds=(0, 1))
+    perms = {**spec.random_permutation(4), **{h.name: torch.tensor([2, 0, 3, 1]) for h in spec.heads}}
+    for cost in ("weight_matching", "correlation"):
+        result = align(model, permute(model, spec, perms), x, cost=cost, spec=spec, labels=False)
+        for k, v in model.state_dict().items():
+            assert torch.allclose(v, result.model.state_dict()[k], atol=1e-6), (cost, k)
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize(("kv_heads", "rope"), [(None, False), (None, True), (2, True)])
+def test_a_q_k_norm_shared_by_every_head_leaves_the_heads_free(capture, kv_heads, rope):
+    """Qwen3's and Gemma-3's RMSNorm of ``head_dim`` on q and k: its weight gives every head's
+    q/k dims one permutation, and whole heads still move (their key/value heads, under
+    grouped-query attention, with rotary embeddings as those models have)."""
+    torch.manual_seed(0)
+    model = Net(heads=4, dh=4, layers=2, qk_norm=True, kv_heads=kv_heads, rope=rope).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.q_norm.weight.uniform_(0.5, 1.5)
+            block.k_norm.weight.uniform_(0.5, 1.5)
+    x = _x(batch=32, seed=1)
+    spec = discover(model, x[:2], capture=capture)
+    moving = [h for h in spec.heads if h.permutable]
+    assert len(moving) == 2 and all(h.size == (kv_heads or 4) for h in moving), str(spec)
+    assert_equivalent(model, x[:4], spec=spec, seeds=(0, 1))
+    perms = {**spec.random_permutation(3), **{h.name: torch.arange(h.size).flip(0) for h in moving}}
+    result = align(model, permute(model, spec, perms), x, cost="weight_matching", spec=spec, labels=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, result.model.state_dict()[k]), k
+
+
 @st.composite
 def attention_nets(draw):
     rope = draw(st.booleans())
@@ -283,6 +350,9 @@ def attention_nets(draw):
         product=draw(st.sampled_from(["sdpa", "matmul"])),
         causal=draw(st.booleans()),
         layers=draw(st.integers(1, 2)),
+        # a q/k norm shared by every head, without rotary dims to tell the heads' q and k apart,
+        # makes key/value heads and the query heads that share them read alike: those stay fixed
+        qk_norm=draw(st.booleans()) if rope or kv_heads is None else False,
     )
 
 
