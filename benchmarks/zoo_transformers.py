@@ -3,8 +3,9 @@
 Hugging Face families (configs of hidden size 32, 2 layers, 4 heads, random init; Llama and
 Qwen2 with 2 key/value heads, and Llama with 4; T5 with 2 encoder and 2 decoder layers) and the vision transformers of timm and
 torchvision (small configs, random init, the classifier re-initialized so that it is not zero):
-permutable / all groups, permutable hidden units, movable head groups, the largest output
-difference over three random permutations, and why the head groups that stay in place do.
+permutable / all groups of hidden units, permutable hidden units, movable head groups, the
+largest output difference over three random permutations, and why the head groups and hidden
+units that stay in place do.
 The tables in docs/zoo.md come from this script.
 
     python benchmarks/zoo_transformers.py
@@ -50,6 +51,32 @@ def families() -> dict:
         "T5ForConditionalGeneration": lambda: T.T5ForConditionalGeneration(
             T.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
         ),
+        # the families issue 30 found holding heads or units
+        "FalconForCausalLM (multi-query)": lambda: T.FalconForCausalLM(
+            T.FalconConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+        ),
+        "GPTNeoXForCausalLM (rotary on 25%)": lambda: T.GPTNeoXForCausalLM(
+            T.GPTNeoXConfig(**dict(decoder, num_key_value_heads=None), rotary_pct=0.25)
+        ),
+        "PhiForCausalLM (partial rotary)": lambda: T.PhiForCausalLM(
+            T.PhiConfig(**dict(decoder, num_key_value_heads=None), partial_rotary_factor=0.5)
+        ),
+        "Phi3ForCausalLM (GQA, fused qkv)": lambda: T.Phi3ForCausalLM(
+            T.Phi3Config(**decoder, pad_token_id=0)
+        ),
+        "BloomForCausalLM (ALiBi)": lambda: T.BloomForCausalLM(
+            T.BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=4)
+        ),
+        "Qwen3ForCausalLM (GQA, q/k norm)": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(**decoder, head_dim=8)),
+        "Gemma3ForCausalLM (GQA, q/k norm)": lambda: T.Gemma3ForCausalLM(
+            T.Gemma3TextConfig(**decoder, head_dim=8)
+        ),
+        "MixtralForCausalLM (4 experts, top 2)": lambda: T.MixtralForCausalLM(
+            T.MixtralConfig(**decoder, num_local_experts=4, num_experts_per_tok=2)
+        ),
+        "DebertaV2ForSequenceClassification": lambda: T.DebertaV2ForSequenceClassification(
+            T.DebertaV2Config(**bert)
+        ),
     }
 
 
@@ -75,6 +102,7 @@ def row(name: str, model: torch.nn.Module, inputs: dict, notes: dict) -> str:
     spec = discover(model, inputs)
     permutable, hidden = spec.units()
     heads = spec.heads
+    units = [g for g in spec.groups.values() if g.hidden]
 
     def out(m: torch.nn.Module) -> torch.Tensor:
         y = m(**inputs)
@@ -85,11 +113,16 @@ def row(name: str, model: torch.nn.Module, inputs: dict, notes: dict) -> str:
         diff = max(
             float((out(permute(model, spec, spec.random_permutation(s))) - y).abs().max()) for s in range(3)
         )
-    fixed = [h.reason for h in heads if not h.permutable]
-    if fixed:
-        notes[name] = "; ".join(dict.fromkeys(why.split(" (")[0] for why in fixed))
+
+    def short(why: str) -> str:  # without the node that gave it
+        return why.split(" (")[0].split(" at node")[0]
+
+    held = [f"heads: {short(h.reason)}" for h in heads if not h.permutable]
+    held += [f"units: {short(g.fixes[0].message)}" for g in units if not g.permutable]
+    if held:
+        notes[name] = "; ".join(dict.fromkeys(held))
     return (
-        f"| `{name}` | {len(spec.permutable)} / {len(spec)} | {permutable} / {hidden} "
+        f"| `{name}` | {sum(g.permutable for g in units)} / {len(units)} | {permutable} / {hidden} "
         f"({100 * permutable / hidden:.1f}%) | {sum(h.permutable for h in heads)} / {len(heads)} | {diff:.1e} |"
     )
 
@@ -97,7 +130,7 @@ def row(name: str, model: torch.nn.Module, inputs: dict, notes: dict) -> str:
 def main() -> None:
     torch.manual_seed(0)
     text = {"input_ids": torch.randint(0, 100, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
-    header = "groups (permutable / all) | hidden units permutable | head groups movable | max output diff |"
+    header = "groups of hidden units (permutable / all) | hidden units permutable | head groups movable | max output diff |"
     notes: dict[str, str] = {}
     print(f"| family | {header}\n| --- | --- | --- | --- | --- |")
     for name, build in families().items():
@@ -118,7 +151,7 @@ def main() -> None:
         size = 56 if "swin" in name else 32
         print(row(name, model, {"x": torch.randn(2, 3, size, size)}, notes))
     for name, why in notes.items():
-        print(f"- {name}: heads stay in place: {why}")
+        print(f"- {name}: what stays, and why: {why}")
 
 
 if __name__ == "__main__":
