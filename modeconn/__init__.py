@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     )
     from modeconn.batchnorm import update_bn
     from modeconn.curves import Curve, CurveFamily, curve_ensemble, evaluate_curve
-    from modeconn.merging import MergeResult, merge, repair
+    from modeconn.merging import FilesResult, MergeResult, align_files, merge, merge_files, repair
     from modeconn.metrics import Classification, Metric, evaluate, measure
     from modeconn.path_report import PathReport, evaluate_line
     from modeconn.plugin import get_plugin, list_plugins, register_plugin
