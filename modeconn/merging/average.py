@@ -106,12 +106,16 @@ def average_models(models: Sequence[nn.Module], weights: Sequence[float]) -> nn.
 
 
 def _similarity(models: Sequence[nn.Module]) -> float:
-    """The mean cosine similarity of the models' parameter vectors, over all pairs."""
-    flat = [torch.cat([p.detach().reshape(-1).double() for p in m.parameters()]) for m in models]
+    """The mean cosine similarity of the models' parameter vectors, over all pairs. Summed one
+    parameter at a time: whole float64 vectors of every model would hold twice their weights."""
+    n = len(models)
+    dots = torch.zeros(n, n, dtype=torch.float64)
+    for params in zip(*(m.parameters() for m in models)):
+        flat = torch.stack([p.detach().reshape(-1).double().cpu() for p in params])
+        dots += flat @ flat.T
+    norms = dots.diagonal().sqrt()
     sims = [
-        float(torch.nn.functional.cosine_similarity(flat[i], flat[j], dim=0))
-        for i in range(len(flat))
-        for j in range(i + 1, len(flat))
+        float(dots[i, j] / (norms[i] * norms[j]).clamp_min(1e-8)) for i in range(n) for j in range(i + 1, n)
     ]
     return sum(sims) / len(sims)
 

@@ -212,3 +212,18 @@ def test_mean_with_an_activation_cost_improves_on_the_star_basis_and_ends():
     assert all(b >= a for a, b in zip(objective, objective[1:]))
     for model, perms, aligned in zip(models, result.perms, result.aligned):
         _states_equal(modeconn.permute(model, result.spec, perms), aligned)
+
+
+def test_the_similarity_history_is_the_cosine_of_the_whole_parameter_vectors():
+    """Summed one parameter at a time (whole float64 vectors would hold twice the models), it is
+    the mean pairwise cosine of the concatenated parameters."""
+    from modeconn.merging.average import _similarity
+
+    models = [modeconn.create_model("mlp", in_chans=1, img_size=4, hidden=(6, 5)) for _ in range(3)]
+    flat = [torch.cat([p.detach().reshape(-1).double() for p in m.parameters()]) for m in models]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    expected = (
+        sum(float(torch.nn.functional.cosine_similarity(flat[i], flat[j], dim=0)) for i, j in pairs) / 3
+    )
+    assert abs(_similarity(models) - expected) < 1e-12
+    assert abs(_similarity(models[:1] * 2) - 1.0) < 1e-12
