@@ -51,6 +51,8 @@ class LazyState(Mapping[str, torch.Tensor]):
             self._handles.append(handle)
             for name in handle.keys():
                 self._where[name] = i
+        # by name, however the tensors are sharded: two checkpoints of one model list alike
+        self._where = dict(sorted(self._where.items()))
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._handles[self._where[name]].get_tensor(name)

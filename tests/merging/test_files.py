@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import modeconn
 from modeconn import AlignmentError, align_files, discover, merge_files, permute
-from modeconn.tensor_files import LazyState
+from modeconn.tensor_files import LazyState, ShardWriter
 
 
 def _net(seed: int) -> nn.Module:
@@ -42,6 +42,18 @@ def test_a_permuted_copy_comes_back_exactly_from_files(tmp_path):
     assert sorted(written) == sorted(a.state_dict())
     assert all(torch.equal(written[k], v) for k, v in a.state_dict().items())
     assert result.notes == []
+
+
+def test_checkpoints_sharded_differently_are_one_architecture(tmp_path):
+    a = _net(0)
+    spec = discover(a, torch.randn(2, 6))
+    b = permute(a, spec, spec.random_permutation(2))
+    with ShardWriter(tmp_path / "b", max_shard_bytes=300) as writer:  # B in shards, by size
+        for name, t in reversed(b.state_dict().items()):
+            writer.add(name, t)
+    result = align_files(spec, _save(a, tmp_path / "a.safetensors"), tmp_path / "b", tmp_path / "out")
+    written = LazyState(result.path)
+    assert all(torch.equal(written[k], v) for k, v in a.state_dict().items())
 
 
 def test_files_give_what_align_and_an_average_give_in_memory(tmp_path):
