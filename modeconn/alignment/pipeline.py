@@ -34,7 +34,7 @@ from modeconn.modules import device_of, modes_restored, unwrap
 from modeconn.plugin_manager import PluginEntry
 from modeconn.state import check_same_architecture
 from modeconn.symmetry.discovery import discover
-from modeconn.symmetry.permutation import axis_indices, permute
+from modeconn.symmetry.permutation import axis_indices, permute, permute_tensor
 from modeconn.symmetry.spec import Group, Perms, PermutationSpec
 
 __all__ = ["align", "cost_matrices", "solve_groups"]
@@ -93,6 +93,20 @@ def solve_groups(
     return perms
 
 
+def solve_from_weights(
+    entry: PluginEntry,
+    spec: PermutationSpec,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+) -> Perms:
+    """The permutation of every group that the data-free cost registered as ``entry`` finds
+    from the models' state dicts; groups it leaves out keep the identity."""
+    perms = spec.identity()
+    found = entry.invoke(entry.obj.solve, spec, state_a, state_b)
+    perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
+    return perms
+
+
 def _permuted_copy(model: nn.Module, spec: PermutationSpec, perms: Perms) -> nn.Module:
     """``permute(model, spec, perms)`` with no working set beyond the copy: each permuted
     tensor of the copy is written from ``model``'s, gathered a few rows at a time (``permute``
@@ -104,14 +118,10 @@ def _permuted_copy(model: nn.Module, spec: PermutationSpec, perms: Perms) -> nn.
     with torch.no_grad():
         for name in dict.fromkeys(name for name, _ in index):
             src, out = source[name].detach(), state[name].detach()
-            rows = index.get((name, 0), torch.arange(out.shape[0])).to(out.device)
             step = max(1, (1 << 16) // max(1, out[0].numel()))
             for start in range(0, out.shape[0], step):
-                piece = src.index_select(0, rows[start : start + step])
-                for axis in range(1, out.dim()):
-                    if (name, axis) in index:
-                        piece = piece.index_select(axis, index[name, axis].to(out.device))
-                out[start : start + step] = piece
+                rows = slice(start, start + step)
+                out[rows] = permute_tensor(src, name, index, rows)
     return target
 
 
@@ -285,9 +295,7 @@ def align(
             signature = CorrelationSignature.of(observed, stats, perms) if stats else None
             perms = {**spec.identity(), **view.expand(perms)}
         else:
-            perms = spec.identity()
-            found = entry.invoke(cost_obj.solve, spec, state_a, state_b)
-            perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
+            perms = solve_from_weights(entry, spec, state_a, state_b)
             if stream is not None and observed:
                 stats = statistics("post")
             signature = CorrelationSignature.of(observed, stats, view.flatten(perms)) if stats else None

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from modeconn.alignment.costs import COSTS, WeightCost
+from modeconn.alignment.pipeline import solve_from_weights
 from modeconn.errors import AlignmentError
 from modeconn.state import check_same_architecture
-from modeconn.symmetry.permutation import axis_indices
+from modeconn.symmetry.permutation import axis_indices, permute_tensor
 from modeconn.symmetry.spec import Perms, PermutationSpec
 from modeconn.tensor_files import LazyState, ShardWriter
 
@@ -59,7 +59,7 @@ def align_files(
     index = axis_indices(spec, perms, {name: state_b.shape(name) for name in state_b})
     with ShardWriter(out, max_shard_bytes) as writer:
         for name in state_b:
-            writer.add(name, _permuted(state_b[name], name, index))
+            writer.add(name, permute_tensor(state_b[name], name, index))
     return FilesResult(Path(out), perms, notes)
 
 
@@ -89,7 +89,7 @@ def merge_files(
             if not ta.is_floating_point():
                 writer.add(name, ta)
                 continue
-            tb = _permuted(state_b[name], name, index)
+            tb = permute_tensor(state_b[name], name, index)
             writer.add(name, torch.lerp(ta, tb.to(ta.dtype), weight))
     return FilesResult(Path(out), perms, notes)
 
@@ -130,15 +130,6 @@ def _solve(cost: str, spec: PermutationSpec, state_a: LazyState, state_b: LazySt
             f"cost {cost!r} needs activations, which needs both models in memory: use modeconn.align "
             f"there, or a data-free cost here (cost='weight_matching')"
         )
-    perms = spec.identity()
-    found = entry.invoke(entry.obj.solve, spec, state_a, state_b)
-    perms.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in found.items()})
+    perms = solve_from_weights(entry, spec, state_a, state_b)
     spec.check(perms)
     return perms
-
-
-def _permuted(t: torch.Tensor, name: str, index: Mapping[tuple[str, int], torch.Tensor]) -> torch.Tensor:
-    for axis in range(t.dim()):
-        if (name, axis) in index:
-            t = t.index_select(axis, index[name, axis])
-    return t

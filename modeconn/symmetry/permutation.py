@@ -52,14 +52,29 @@ def _ordered(spec: PermutationSpec, items: Mapping[str, torch.Tensor]) -> list[t
     return sorted(items.items(), key=lambda kv: spec.groups[kv[0]].kind == "heads")
 
 
+def permute_tensor(
+    t: torch.Tensor, name: str, index: Mapping[tuple[str, int], torch.Tensor], rows: slice | None = None
+) -> torch.Tensor:
+    """Tensor ``name`` with every axis ``index`` names gathered (``index`` from
+    :func:`axis_indices`); with ``rows``, only those rows of the result, so a large tensor can
+    be written a piece at a time."""
+    if rows is not None:
+        first = index.get((name, 0))
+        t = t[rows] if first is None else t.index_select(0, first[rows].to(t.device))
+    for axis in range(0 if rows is None else 1, t.dim()):
+        if (name, axis) in index:
+            t = t.index_select(axis, index[name, axis].to(t.device))
+    return t
+
+
 def permute_state_dict(
     state: Mapping[str, torch.Tensor], spec: PermutationSpec, perms: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """A new state dict with every permuted axis gathered; untouched entries are shared."""
-    shapes = {k: v.shape for k, v in state.items()}
+    index = axis_indices(spec, perms, {k: v.shape for k, v in state.items()})
     new = dict(state)
-    for (name, axis), index in axis_indices(spec, perms, shapes).items():
-        new[name] = new[name].index_select(axis, index.to(new[name].device))
+    for name in dict.fromkeys(name for name, _ in index):
+        new[name] = permute_tensor(new[name], name, index)
     return new
 
 

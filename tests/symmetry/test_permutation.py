@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import modeconn
 from modeconn import discover, permutation_matrix, permute, permute_state_dict, soft_permute_state_dict
+from modeconn.symmetry.permutation import axis_indices, permute_tensor
 
 
 class _ConvBN(nn.Module):
@@ -115,6 +116,24 @@ def test_soft_permutation_by_permutation_matrices_is_the_hard_permutation(data, 
     )
     for name, tensor in hard.items():
         assert torch.allclose(soft[name], tensor, rtol=0, atol=1e-12), name
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_tensor_permuted_a_few_rows_at_a_time_is_the_tensor_permuted_whole(data, generated, check):
+    plan = data.draw(generated.plans(), label="plan")
+    model = check.randomize(generated.build(plan))
+    spec = discover(model, generated.inputs())
+    state = model.state_dict()
+    perms = spec.random_permutation(data.draw(st.integers(0, 99), label="perm seed"))
+    index = axis_indices(spec, perms, {k: v.shape for k, v in state.items()})
+    whole = permute_state_dict(state, spec, perms)
+    step = data.draw(st.integers(1, 5), label="rows per piece")
+    for name, t in state.items():
+        if t.dim() == 0:
+            continue
+        pieces = [permute_tensor(t, name, index, slice(i, i + step)) for i in range(0, t.shape[0], step)]
+        assert torch.equal(torch.cat(pieces), whole[name]), name
 
 
 def test_soft_permutation_is_differentiable_and_mixes_units():
