@@ -30,7 +30,7 @@ file exists, so an interrupted run resumes where it stopped):
     them and the test loss barrier of the straight line; and the same for two disjoint
     subsets of ``--disjoint-size`` images.
 
-Budget (the defaults, as ``experiments/curves_tinyten.py``): end points trained for 20 epochs
+Budget (the defaults, as ``experiments/table1.py``): end points trained for 20 epochs
 on a fixed 20,000-image training subset; curves for 10 epochs (lr 0.02, halved every 4);
 alignment for ``costs`` on 4,000 plain training images (20% of the subset); 10,000 test
 images; 11 points per path.
