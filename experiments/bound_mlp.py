@@ -43,6 +43,8 @@ import torch.nn.functional as F
 import modeconn
 from modeconn.data import Digits
 
+from common import OUT
+
 LIP_CE = math.sqrt(2.0)
 
 
@@ -53,7 +55,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--points", type=int, default=21)
-    p.add_argument("--out", default="experiments/out/bound_mlp")
+    p.add_argument("--out", default=str(OUT / "bound_mlp"))
     args = p.parse_args()
 
     torch.set_num_threads(2)

@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader, Subset
 
 from modeconn import data
 
+OUT = Path(__file__).resolve().parent / "out"  # the scripts' outputs, wherever they are run from
+
 
 def add_data_args(p: argparse.ArgumentParser, *, train_size: int, test_size: int) -> None:
     p.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))

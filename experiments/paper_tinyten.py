@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Subset
 import modeconn
 from modeconn import data
 
-from common import add_data_args, cifar_subsets
+from common import OUT, add_data_args, cifar_subsets
 
 COSTS = ("correlation", "l2_preact", "weight_matching")
 CURVES = ("unaligned", *COSTS)
@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--sizes", default="100,300,1000,3000,10000", help="alignment-set sizes for part subsets")
     p.add_argument("--disjoint-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="experiments/out/paper_tinyten")
+    p.add_argument("--out", default=str(OUT / "paper_tinyten"))
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)

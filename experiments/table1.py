@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 import modeconn
 
-from common import add_data_args, cifar_subsets
+from common import OUT, add_data_args, cifar_subsets
 
 PAPER = {  # Tatro et al., Table 1, CIFAR-10: end points; average / minimum accuracy along the curve
     "tinyten": {
@@ -70,7 +70,7 @@ def main() -> None:
     paper = PAPER[args.model]
 
     torch.set_num_threads(2)
-    out = Path(args.out or f"experiments/out/table1_{args.model}")
+    out = Path(args.out or OUT / f"table1_{args.model}")
     out.mkdir(parents=True, exist_ok=True)
     sets = cifar_subsets(args)
     quiet = dict(progress=False, callbacks=[lambda s: print(f"  {s.history[-1]}", flush=True)])
