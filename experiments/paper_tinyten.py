@@ -233,7 +233,11 @@ def _multistage(args, sets, out: Path, a, b) -> dict:
                 modeconn.evaluate_curve(segment, sets.test, bn_data=sets.bn, num_points=args.points)
             )
         lines = [modeconn.evaluate_line(s, e, args.points, sets.test, sets.bn) for s, e in segments]
-        result[name] = {"fitted": _joined(reports, name).to_dict(), "lines": _joined(lines, name).to_dict()}
+        joined = {
+            "fitted": modeconn.PathReport.join(reports, name),
+            "lines": modeconn.PathReport.join(lines, name),
+        }
+        result[name] = {k: r.to_dict() for k, r in joined.items()}
         result[name]["barrier_fitted"] = result[name]["fitted"]["barrier"]
         result[name]["barrier_lines"] = result[name]["lines"]["barrier"]
         print(
@@ -242,18 +246,6 @@ def _multistage(args, sets, out: Path, a, b) -> dict:
             flush=True,
         )
     return result
-
-
-def _joined(halves: list, label: str) -> modeconn.PathReport:
-    """One path from two halves, t rescaled to [0, 1/2] and [1/2, 1] (its barrier is then
-    measured against the chord between A and B, not between each half's own ends)."""
-    first, second = halves
-    return modeconn.PathReport(
-        [t / 2 for t in first.t] + [0.5 + t / 2 for t in second.t[1:]],
-        first.loss + second.loss[1:],
-        first.accuracy + second.accuracy[1:],
-        label,
-    )
 
 
 def _subsets(args, sets, out: Path, a, b) -> dict:

@@ -114,6 +114,33 @@ class PathReport:
         else:
             raise InvalidArgumentError(f"save to a .csv or .json file, not {path!r}")
 
+    @classmethod
+    def join(cls, pieces: Sequence[PathReport], label: str = "") -> PathReport:
+        """One path made of consecutive ``pieces`` — a polychain's segments, or the halves of a
+        path through a point re-aligned to each end (A → Q_A·M, then Q_B·M → B: one function
+        at the joint, two permutations of it). Piece k of n is placed on [k/n, (k+1)/n]; where
+        a piece starts at the point the one before ended on, that point is kept once. Metrics
+        in ``extra`` are kept where every piece has them. The barrier is then measured against
+        the line between the whole path's end points, not each piece's."""
+        if not pieces:
+            raise InvalidArgumentError("join needs at least one piece")
+        n = len(pieces)
+        keys = [k for k in pieces[0].extra if all(k in p.extra for p in pieces)]
+        t: list[float] = []
+        loss: list[float] = []
+        acc: list[float] = []
+        extra: dict[str, list[float]] = {k: [] for k in keys}
+        for k, piece in enumerate(pieces):
+            t0, t1 = piece.t[0], piece.t[-1]
+            placed = [(k + (x - t0) / ((t1 - t0) or 1.0)) / n for x in piece.t]
+            skip = 1 if t and math.isclose(placed[0], t[-1]) else 0
+            t += placed[skip:]
+            loss += piece.loss[skip:]
+            acc += piece.accuracy[skip:]
+            for key in keys:
+                extra[key] += piece.extra[key][skip:]
+        return cls(t, loss, acc, label, {"pieces": [p.label for p in pieces]}, extra)
+
     @staticmethod
     def plot(
         reports: Sequence[PathReport], path: str | os.PathLike | None = None, *, title: str | None = None

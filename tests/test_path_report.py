@@ -1,7 +1,11 @@
+import copy
 import json
+import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import modeconn
 from modeconn import PathReport, evaluate, evaluate_line
@@ -74,3 +78,33 @@ def test_best_is_the_highest_accuracy_and_the_lowest_loss():
         modeconn.errors.InvalidArgumentError, match="no metric 'nll'.*loss, accuracy, robust_loss"
     ):
         report.best("nll")
+
+
+def test_a_line_joined_from_its_halves_is_the_line(pair):
+    a, b, data = pair
+    middle = copy.deepcopy(a)
+    middle.load_state_dict(modeconn.state.lerp_state(a.state_dict(), b.state_dict(), 0.5))
+    whole = evaluate_line(a, b, 5, data, label="whole")
+    joined = PathReport.join([evaluate_line(a, middle, 3, data), evaluate_line(middle, b, 3, data)], "joined")
+    assert joined.t == pytest.approx(whole.t)
+    assert joined.loss == pytest.approx(whole.loss, rel=1e-4)
+    assert joined.accuracy == pytest.approx(whole.accuracy)
+    assert joined.barrier == pytest.approx(whole.barrier, rel=1e-3, abs=1e-5)
+
+
+@given(st.lists(st.lists(st.floats(0, 10, allow_nan=False), min_size=2, max_size=6), min_size=1, max_size=4))
+def test_joined_pieces_keep_each_joint_once_and_measure_the_barrier_against_the_whole_chord(losses):
+    pieces = []
+    for k, loss in enumerate(losses):
+        t = [i / (len(loss) - 1) for i in range(len(loss))]
+        if k:  # each piece starts where the one before ended
+            loss = [pieces[-1].loss[-1], *loss[1:]]
+        pieces.append(PathReport(t, loss, [50.0] * len(loss), extra={"robust": list(loss)}))
+    joined = PathReport.join(pieces)
+    assert len(joined.t) == sum(len(p.t) for p in pieces) - (len(pieces) - 1)
+    assert joined.t[0] == 0.0 and joined.t[-1] == pytest.approx(1.0)
+    assert all(u < v for u, v in zip(joined.t, joined.t[1:]))
+    assert joined.extra["robust"] == joined.loss
+    first, last = joined.loss[0], joined.loss[-1]
+    expected = max(x - (first + (last - first) * t) for t, x in zip(joined.t, joined.loss))
+    assert math.isclose(joined.barrier, expected, rel_tol=1e-9, abs_tol=1e-9)
