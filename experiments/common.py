@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import DataLoader, Subset
 
-from modeconn import data
+from modeconn import DatasetNotFoundError, data
 
 OUT = Path(__file__).resolve().parent / "out"  # the scripts' outputs, wherever they are run from
 
@@ -34,7 +35,11 @@ def cifar_subsets(args: argparse.Namespace, normalize: bool = True) -> CifarSubs
     """The fixed training subset (augmented), its alignment and BatchNorm parts, and the test
     subset; ``normalize=False`` keeps pixels in [0, 1] (for models that normalize inside)."""
     kw = dict(verify=args.verify, normalize=normalize)
-    full_train = data.cifar10(args.root, train=True, **kw)
+    try:
+        full_train = data.cifar10(args.root, train=True, **kw)
+    except DatasetNotFoundError as e:  # an experiment without its data is skipped, not failed
+        print(f"skipped: {e}", file=sys.stderr)
+        raise SystemExit(0) from None
     plain_train = data.cifar10(args.root, train=True, augment=False, **kw)
     test = data.cifar10(args.root, train=False, **kw)
     idx = data.alignment_subset(full_train, num_samples=args.train_size, seed=0).indices

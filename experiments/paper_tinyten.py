@@ -96,6 +96,7 @@ def main() -> None:
         result["seconds"] = round(time.time() - t0)
         path.write_text(json.dumps(result, indent=1))
         print(f"{name}: {result['seconds']} s, written to {path}", flush=True)
+    _summary(out)
 
 
 def _quiet() -> dict:
@@ -280,6 +281,64 @@ def _subsets(args, sets, out: Path, a, b) -> dict:
         "barriers": [line_1.barrier, line_2.barrier],
     }
     return {"units": units, "sizes": rows, "disjoint": disjoint}
+
+
+def _summary(out: Path) -> None:
+    """Markdown tables of every part done so far."""
+    read = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    if "costs" in read:
+        c = read["costs"]
+        print(
+            "\n| alignment | curve: average / minimum accuracy (%) | curve barrier | line barrier | final training loss | first epoch at the unaligned final loss |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name, row in c["curves"].items():
+            curve, line = row["curve"], row["line"]
+            reach = c["epoch_reaching_it"].get(name, "")
+            print(
+                f"| {name} | {curve['average_accuracy']:.1f} / {curve['min_accuracy']:.1f} | {curve['barrier']:.3f} "
+                f"| {line['barrier']:.3f} | {row['train_loss'][-1]:.4f} | {reach if reach is not None else 'never'} |"
+            )
+    if "signatures" in read:
+        print(
+            "\n| curve | midpoint's mean correlation with A, as fitted | after aligning the midpoint to A |"
+        )
+        print("|---|---|---|")
+        for name, sig in read["signatures"].items():
+            if isinstance(sig, dict):
+                groups = sig["groups"]
+                total = sum(g["units"] for g in groups)
+                before = sum(g["units"] * g["before"] for g in groups) / total
+                after = sum(g["units"] * g["after"] for g in groups) / total
+                print(f"| {name} | {before:.3f} | {after:.3f} |")
+    if "subsets" in read:
+        sub = read["subsets"]
+        print("\n| alignment images | units matched as with all 50,000 | line barrier |")
+        print("|---|---|---|")
+        for row in sorted(sub["sizes"], key=lambda r: r["images"]):
+            print(f"| {row['images']} | {row['same_as_reference']:.1%} | {row['barrier']:.3f} |")
+        d = sub["disjoint"]
+        print(
+            f"\ntwo disjoint sets of {d['images']}: {d['same_as_each_other']:.1%} of units matched alike; "
+            f"against all 50,000: {d['same_as_reference'][0]:.1%} and {d['same_as_reference'][1]:.1%}; "
+            f"line barriers {d['barriers'][0]:.3f} and {d['barriers'][1]:.3f}"
+        )
+    if "multistage" in read:
+        m = read["multistage"]
+        print(
+            f"\nmulti-stage: re-aligning the midpoint moved {m['moved_to_a']:.1%} of units toward A and "
+            f"{m['moved_to_b']:.1%} toward B; one-piece curve barrier {m['curve_barrier']:.3f}"
+        )
+        print(
+            "\n| path through the midpoint | halves as lines: barrier / min accuracy | halves fitted: barrier / min accuracy |"
+        )
+        print("|---|---|---|")
+        for name in ("through_midpoint", "realigned"):
+            lines, fitted = m[name]["lines"], m[name]["fitted"]
+            print(
+                f"| {name} | {lines['barrier']:.3f} / {lines['min_accuracy']:.1f} "
+                f"| {fitted['barrier']:.3f} / {fitted['min_accuracy']:.1f} |"
+            )
 
 
 def _plot_costs(rows: dict, path: Path) -> None:
