@@ -15,7 +15,8 @@ file exists, so an interrupted run resumes where it stopped):
 ``signatures``
     Fig. 1, middle and right. The correlation signature of each curve's midpoint against end
     point A: before aligning the midpoint (the curve's own units) and after (``align(A,
-    midpoint)``), for the unaligned and the correlation-aligned curves of part ``costs``.
+    midpoint)``), for the unaligned and the correlation-aligned curves of part ``costs``; and,
+    for comparison, that of the midpoint of the straight line the curve started from.
 ``multistage``
     Reviewer 1's multi-stage alignment. The correlation-aligned curve's midpoint M (BatchNorm
     statistics recomputed) is aligned again to A and to aligned B (the permutation may change
@@ -177,10 +178,14 @@ def _signatures(args, sets, out: Path, a, b) -> dict:
             raise SystemExit(f"part signatures needs the {name} curve of part costs: run --parts costs first")
         end_b = b if name == "unaligned" else modeconn.align(a, b, align_data).model
         curve, _ = _curve(args, sets, out, a, end_b, name)
-        midpoint = curve.model_at(0.5, bn_data=sets.bn)
-        signature = modeconn.align(a, midpoint, align_data).signature
-        print(f"{name} curve's midpoint against A\n{signature}", flush=True)
-        result[name] = signature.to_dict()
+        result[name] = {}
+        for which, path in (
+            ("midpoint", curve),
+            ("linear_midpoint", modeconn.Curve(a, end_b, family="linear")),
+        ):
+            signature = modeconn.align(a, path.model_at(0.5, bn_data=sets.bn), align_data).signature
+            print(f"{name} curve: {which} against A\n{signature}", flush=True)
+            result[name][which] = signature.to_dict()
     _plot_signatures(result, out / "signatures.png")
     return result
 
@@ -301,16 +306,21 @@ def _summary(out: Path) -> None:
             )
     if "signatures" in read:
         print(
-            "\n| curve | midpoint's mean correlation with A, as fitted | after aligning the midpoint to A |"
+            "\n| curve | midpoint's mean correlation with A, as fitted | after aligning the midpoint to A "
+            "| linear initialization's midpoint |"
         )
-        print("|---|---|---|")
-        for name, sig in read["signatures"].items():
-            if isinstance(sig, dict):
-                groups = sig["groups"]
-                total = sum(g["units"] for g in groups)
-                before = sum(g["units"] * g["before"] for g in groups) / total
-                after = sum(g["units"] * g["after"] for g in groups) / total
-                print(f"| {name} | {before:.3f} | {after:.3f} |")
+        print("|---|---|---|---|")
+
+        def mean(sig: dict, key: str) -> float:
+            groups = sig["groups"]
+            return sum(g["units"] * g[key] for g in groups) / sum(g["units"] for g in groups)
+
+        for name, sigs in read["signatures"].items():
+            if isinstance(sigs, dict) and "midpoint" in sigs:
+                mid, line = sigs["midpoint"], sigs["linear_midpoint"]
+                print(
+                    f"| {name} | {mean(mid, 'before'):.3f} | {mean(mid, 'after'):.3f} | {mean(line, 'before'):.3f} |"
+                )
     if "subsets" in read:
         sub = read["subsets"]
         print("\n| alignment images | units matched as with all 50,000 | line barrier |")
@@ -373,11 +383,13 @@ def _plot_signatures(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(result), figsize=(5 * len(result), 3.6), sharey=True)
-    for ax, (name, sig) in zip(axes, result.items()):
-        groups = sig["groups"]
+    for ax, (name, sigs) in zip(axes, result.items()):
+        groups = sigs["midpoint"]["groups"]
         x = range(1, len(groups) + 1)
         ax.plot(x, [g["before"] for g in groups], marker="o", label="midpoint as fitted")
         ax.plot(x, [g["after"] for g in groups], marker="s", label="midpoint aligned to A")
+        line = sigs["linear_midpoint"]["groups"]
+        ax.plot(x, [g["before"] for g in line], marker="^", ls=":", label="linear initialization's midpoint")
         ax.set(xlabel="layer", title=f"{name} curve: midpoint against A")
     axes[0].set_ylabel("mean correlation of matched units")
     axes[0].legend()
