@@ -18,13 +18,14 @@ file exists, so an interrupted run resumes where it stopped):
     midpoint)``), for the unaligned and the correlation-aligned curves of part ``costs``; and,
     for comparison, that of the midpoint of the straight line the curve started from.
 ``multistage``
-    Reviewer 1's multi-stage alignment. The correlation-aligned curve's midpoint M (BatchNorm
-    statistics recomputed) is aligned again to A and to aligned B (the permutation may change
-    along the path); the path then runs A → Q_A·M, jumps to Q_B·M (the same function: both
-    are permutations of M) and runs on to B. Each half is fitted as a one-bend Bezier curve
-    for ``--segment-epochs``, and so are the halves through M itself (no re-alignment), so the
-    two differ only in the re-alignment. Reports the units each re-alignment moved and every
-    barrier, next to the one-piece curve's.
+    Reviewer 1's multi-stage alignment, for the correlation-aligned and the unaligned curves
+    of part ``costs``. The curve's midpoint M (BatchNorm statistics recomputed) is aligned
+    again to A and to B (the permutation may change along the path); the path then runs
+    A → Q_A·M, jumps to Q_B·M (the same function: both are permutations of M) and runs on to
+    B. Each half is fitted as a one-bend Bezier curve for ``--segment-epochs``, and so are the
+    halves through M itself (no re-alignment), so the two differ only in the re-alignment;
+    where re-aligning moves no unit the two paths are one and it is fitted once. Reports the
+    units each re-alignment moved and every barrier, next to the one-piece curve's.
 ``subsets``
     Reviewer 3: B aligned to A by correlation on 100 ... 10,000 plain training images and on
     all 50,000 (the reference); for each, the share of units matched as the reference matches
@@ -191,48 +192,56 @@ def _signatures(args, sets, out: Path, a, b) -> dict:
 
 
 def _multistage(args, sets, out: Path, a, b) -> dict:
-    if not (out / "curve_correlation.pt").exists():
-        raise SystemExit("part multistage needs the correlation curve of part costs: run --parts costs first")
     align_data = DataLoader(sets.align, batch_size=256)
     b_aligned = modeconn.align(a, b, align_data).model
-    curve, _ = _curve(args, sets, out, a, b_aligned, "correlation")
+    result = {}
+    for name, end_b in (("correlation", b_aligned), ("unaligned", b)):
+        if not (out / f"curve_{name}.pt").exists():
+            raise SystemExit(f"part multistage needs the {name} curve of part costs: run --parts costs first")
+        curve, _ = _curve(args, sets, out, a, end_b, name)
+        result[name] = _realigned_paths(args, sets, out, a, end_b, curve, name, align_data)
+    return result
+
+
+def _realigned_paths(args, sets, out: Path, a, b, curve, name: str, align_data) -> dict:
+    """The path through the curve's midpoint M, and through M re-aligned to each end (A →
+    Q_A·M, then Q_B·M → B), as lines and with each half fitted."""
     whole = modeconn.evaluate_curve(curve, sets.test, bn_data=sets.bn, num_points=args.points)
     midpoint = curve.model_at(0.5, bn_data=sets.bn)
-    to_a, to_b = modeconn.align(a, midpoint, align_data), modeconn.align(b_aligned, midpoint, align_data)
+    to_a, to_b = modeconn.align(a, midpoint, align_data), modeconn.align(b, midpoint, align_data)
     units = sum(g.size for g in to_a.spec.permutable)
 
     def moved(result) -> float:
         return sum(int((p != torch.arange(len(p))).sum()) for p in result.perms.values()) / units
 
-    result = {
-        "curve_barrier": whole.barrier,
+    row = {
+        "curve": whole.to_dict(),
         "moved_to_a": moved(to_a),
         "moved_to_b": moved(to_b),
         "signature_to_a": to_a.signature.mean(),
         "signature_to_b": to_b.signature.mean(),
     }
     print(
-        f"re-aligning the midpoint moved {result['moved_to_a']:.1%} of units toward A, "
-        f"{result['moved_to_b']:.1%} toward B",
+        f"{name} curve: re-aligning its midpoint moved {row['moved_to_a']:.1%} of units toward A, "
+        f"{row['moved_to_b']:.1%} toward B",
         flush=True,
     )
-    halves = {
-        "through_midpoint": ((a, midpoint), (midpoint, b_aligned)),
-        "realigned": ((a, to_a.model), (to_b.model, b_aligned)),
-    }
-    for name, segments in halves.items():
+    paths = {"through_midpoint": ((a, midpoint), (midpoint, b))}
+    if row["moved_to_a"] or row["moved_to_b"]:  # otherwise the re-aligned path is this one
+        paths["realigned"] = ((a, to_a.model), (to_b.model, b))
+    for path, segments in paths.items():
         reports = []
         for k, (start, end) in enumerate(segments):
             torch.manual_seed(200 + k)
             segment = modeconn.Curve(start, end, family="bezier", num_bends=1)
-            print(f"fitting half {k + 1} of the path {name}", flush=True)
+            print(f"fitting half {k + 1} of the {name} curve's path {path}", flush=True)
             modeconn.fit_curve(
                 segment,
                 sets.train,
                 epochs=args.segment_epochs,
                 lr=args.curve_lr,
                 lr_step=args.curve_lr_step,
-                checkpoint=out / f"half_{name}_{k}.pt",
+                checkpoint=out / f"half_{name}_{path}_{k}.pt",
                 **_quiet(),
             )
             reports.append(
@@ -240,18 +249,16 @@ def _multistage(args, sets, out: Path, a, b) -> dict:
             )
         lines = [modeconn.evaluate_line(s, e, args.points, sets.test, sets.bn) for s, e in segments]
         joined = {
-            "fitted": modeconn.PathReport.join(reports, name),
-            "lines": modeconn.PathReport.join(lines, name),
+            "fitted": modeconn.PathReport.join(reports, path),
+            "lines": modeconn.PathReport.join(lines, path),
         }
-        result[name] = {k: r.to_dict() for k, r in joined.items()}
-        result[name]["barrier_fitted"] = result[name]["fitted"]["barrier"]
-        result[name]["barrier_lines"] = result[name]["lines"]["barrier"]
+        row[path] = {k: r.to_dict() for k, r in joined.items()}
         print(
-            f"{name}: barrier of the fitted halves {result[name]['barrier_fitted']:.3f}, "
-            f"of the lines {result[name]['barrier_lines']:.3f}",
+            f"{name} curve, {path}: barrier of the fitted halves {row[path]['fitted']['barrier']:.3f}, "
+            f"of the lines {row[path]['lines']['barrier']:.3f}",
             flush=True,
         )
-    return result
+    return row
 
 
 def _subsets(args, sets, out: Path, a, b) -> dict:
@@ -334,21 +341,23 @@ def _summary(out: Path) -> None:
             f"line barriers {d['barriers'][0]:.3f} and {d['barriers'][1]:.3f}"
         )
     if "multistage" in read:
-        m = read["multistage"]
         print(
-            f"\nmulti-stage: re-aligning the midpoint moved {m['moved_to_a']:.1%} of units toward A and "
-            f"{m['moved_to_b']:.1%} toward B; one-piece curve barrier {m['curve_barrier']:.3f}"
+            "\n| curve | units re-aligning its midpoint moves, toward A / B | path | barrier: one-piece curve "
+            "| halves as lines | halves fitted | minimum accuracy: curve / lines / fitted |"
         )
-        print(
-            "\n| path through the midpoint | halves as lines: barrier / min accuracy | halves fitted: barrier / min accuracy |"
-        )
-        print("|---|---|---|")
-        for name in ("through_midpoint", "realigned"):
-            lines, fitted = m[name]["lines"], m[name]["fitted"]
-            print(
-                f"| {name} | {lines['barrier']:.3f} / {lines['min_accuracy']:.1f} "
-                f"| {fitted['barrier']:.3f} / {fitted['min_accuracy']:.1f} |"
-            )
+        print("|---|---|---|---|---|---|---|")
+        for name, row in read["multistage"].items():
+            if not isinstance(row, dict):
+                continue
+            for path in ("through_midpoint", "realigned"):
+                if path not in row:
+                    continue
+                lines, fitted, curve = row[path]["lines"], row[path]["fitted"], row["curve"]
+                print(
+                    f"| {name} | {row['moved_to_a']:.1%} / {row['moved_to_b']:.1%} | {path} | {curve['barrier']:.3f} "
+                    f"| {lines['barrier']:.3f} | {fitted['barrier']:.3f} "
+                    f"| {curve['min_accuracy']:.1f} / {lines['min_accuracy']:.1f} / {fitted['min_accuracy']:.1f} |"
+                )
 
 
 def _plot_costs(rows: dict, path: Path) -> None:
