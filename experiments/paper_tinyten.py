@@ -76,6 +76,9 @@ def main() -> None:
     p.add_argument("--curve-lr-step", type=int, default=4)
     p.add_argument("--points", type=int, default=11)
     p.add_argument("--segment-epochs", type=int, default=5, help="epochs per half in part multistage")
+    p.add_argument(
+        "--multistage-curves", default="correlation,unaligned", help="the curves part multistage re-aligns"
+    )
     p.add_argument("--sizes", default="100,300,1000,3000,10000", help="alignment-set sizes for part subsets")
     p.add_argument("--disjoint-size", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
@@ -195,7 +198,8 @@ def _multistage(args, sets, out: Path, a, b) -> dict:
     align_data = DataLoader(sets.align, batch_size=256)
     b_aligned = modeconn.align(a, b, align_data).model
     result = {}
-    for name, end_b in (("correlation", b_aligned), ("unaligned", b)):
+    ends = {"correlation": b_aligned, "unaligned": b}
+    for name, end_b in ((n, ends[n]) for n in args.multistage_curves.split(",")):
         if not (out / f"curve_{name}.pt").exists():
             raise SystemExit(f"part multistage needs the {name} curve of part costs: run --parts costs first")
         curve, _ = _curve(args, sets, out, a, end_b, name)
