@@ -75,7 +75,12 @@ def main() -> None:
     p.add_argument("--curve-lr", type=float, default=0.02)
     p.add_argument("--curve-lr-step", type=int, default=4)
     p.add_argument("--points", type=int, default=11)
-    p.add_argument("--segment-epochs", type=int, default=5, help="epochs per half in part multistage")
+    p.add_argument(
+        "--segment-epochs",
+        type=int,
+        default=5,
+        help="epochs per half in part multistage (0: the halves as lines only)",
+    )
     p.add_argument(
         "--multistage-curves", default="correlation,unaligned", help="the curves part multistage re-aligns"
     )
@@ -235,7 +240,7 @@ def _realigned_paths(args, sets, out: Path, a, b, curve, name: str, align_data) 
         paths["realigned"] = ((a, to_a.model), (to_b.model, b))
     for path, segments in paths.items():
         reports = []
-        for k, (start, end) in enumerate(segments):
+        for k, (start, end) in enumerate(segments if args.segment_epochs else ()):
             torch.manual_seed(200 + k)
             segment = modeconn.Curve(start, end, family="bezier", num_bends=1)
             print(f"fitting half {k + 1} of the {name} curve's path {path}", flush=True)
@@ -252,16 +257,11 @@ def _realigned_paths(args, sets, out: Path, a, b, curve, name: str, align_data) 
                 modeconn.evaluate_curve(segment, sets.test, bn_data=sets.bn, num_points=args.points)
             )
         lines = [modeconn.evaluate_line(s, e, args.points, sets.test, sets.bn) for s, e in segments]
-        joined = {
-            "fitted": modeconn.PathReport.join(reports, path),
-            "lines": modeconn.PathReport.join(lines, path),
-        }
+        joined = {"lines": modeconn.PathReport.join(lines, path)}
+        if reports:
+            joined["fitted"] = modeconn.PathReport.join(reports, path)
         row[path] = {k: r.to_dict() for k, r in joined.items()}
-        print(
-            f"{name} curve, {path}: barrier of the fitted halves {row[path]['fitted']['barrier']:.3f}, "
-            f"of the lines {row[path]['lines']['barrier']:.3f}",
-            flush=True,
-        )
+        print(f"{name} curve, {path}: {joined['lines']}", flush=True)
     return row
 
 
@@ -356,7 +356,8 @@ def _summary(out: Path) -> None:
             for path in ("through_midpoint", "realigned"):
                 if path not in row:
                     continue
-                lines, fitted, curve = row[path]["lines"], row[path]["fitted"], row["curve"]
+                lines, curve = row[path]["lines"], row["curve"]
+                fitted = row[path].get("fitted", {"barrier": float("nan"), "min_accuracy": float("nan")})
                 print(
                     f"| {name} | {row['moved_to_a']:.1%} / {row['moved_to_b']:.1%} | {path} | {curve['barrier']:.3f} "
                     f"| {lines['barrier']:.3f} | {fitted['barrier']:.3f} "
