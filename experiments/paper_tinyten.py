@@ -35,9 +35,17 @@ file exists, so an interrupted run resumes where it stopped):
 Budget (the defaults, as ``experiments/table1.py``): end points trained for 20 epochs
 on a fixed 20,000-image training subset; curves for 10 epochs (lr 0.02, halved every 4);
 alignment for ``costs`` on 4,000 plain training images (20% of the subset); 10,000 test
-images; 11 points per path.
+images; 11 points per path. ``--segment-epochs 0`` evaluates part ``multistage``'s halves as
+lines only.
 
-    python experiments/paper_tinyten.py --root ../shared/data
+Runtime on two CPU cores (2026-12-07, partly beside other work): end points 30 min, ``costs``
+31 min, ``signatures`` under a minute; ``subsets`` 16 min and ``multistage`` (lines only) 7 min
+with ``--test-size 2000 --points 6``, as docs/paper.md ran them:
+
+    python experiments/paper_tinyten.py --root ../shared/data --parts costs,signatures
+    python experiments/paper_tinyten.py --root ../shared/data --parts subsets --test-size 2000 --points 6
+    python experiments/paper_tinyten.py --root ../shared/data --parts multistage --segment-epochs 0 \
+        --test-size 2000 --points 6
 """
 
 from __future__ import annotations
