@@ -7,8 +7,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Subset
 
+import modeconn
 from modeconn import DatasetNotFoundError, data
 
 OUT = Path(__file__).resolve().parent / "out"  # the scripts' outputs, wherever they are run from
@@ -49,3 +51,25 @@ def cifar_subsets(args: argparse.Namespace, normalize: bool = True) -> CifarSubs
         bn=DataLoader(Subset(plain_train, idx[:2000]), batch_size=256),
         test=DataLoader(Subset(test, range(args.test_size)), batch_size=256),
     )
+
+
+def quiet() -> dict:
+    """Training options that print one line per epoch instead of a progress bar."""
+    return dict(progress=False, callbacks=[lambda s: print(f"  {s.history[-1]}", flush=True)])
+
+
+def trained_end_point(args: argparse.Namespace, sets: CifarSubsets, model: str, seed: int, checkpoint: Path):
+    """Model ``model`` trained from ``seed`` on ``sets.train`` as ``args`` say (``--epochs``,
+    ``--lr``, ``--lr-step``), resumed from ``checkpoint``."""
+    torch.manual_seed(seed)
+    net = modeconn.create_model(model, num_classes=10)
+    modeconn.train_model(
+        net,
+        sets.train,
+        epochs=args.epochs,
+        lr=args.lr,
+        lr_step=args.lr_step,
+        checkpoint=checkpoint,
+        **quiet(),
+    )
+    return net

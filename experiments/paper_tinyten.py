@@ -61,7 +61,7 @@ from torch.utils.data import DataLoader, Subset
 import modeconn
 from modeconn import data
 
-from common import OUT, add_data_args, cifar_subsets
+from common import OUT, add_data_args, cifar_subsets, quiet, trained_end_point
 
 COSTS = ("correlation", "l2_preact", "weight_matching")
 CURVES = ("unaligned", *COSTS)
@@ -117,26 +117,11 @@ def main() -> None:
     _summary(out)
 
 
-def _quiet() -> dict:
-    return dict(progress=False, callbacks=[lambda s: print(f"  {s.history[-1]}", flush=True)])
-
-
 def _end_points(args, sets, out: Path):
     ends = []
     for k, seed in enumerate(int(s) for s in args.seeds.split(",")):
-        torch.manual_seed(seed)
-        model = modeconn.create_model("tinyten", num_classes=10)
         print(f"end point {'AB'[k]} (seed {seed})", flush=True)
-        modeconn.train_model(
-            model,
-            sets.train,
-            epochs=args.epochs,
-            lr=args.lr,
-            lr_step=args.lr_step,
-            checkpoint=out / f"end_{'ab'[k]}.pt",
-            **_quiet(),
-        )
-        ends.append(model.eval())
+        ends.append(trained_end_point(args, sets, "tinyten", seed, out / f"end_{'ab'[k]}.pt").eval())
     return ends
 
 
@@ -152,7 +137,7 @@ def _curve(args, sets, out: Path, a, b, name: str):
         lr=args.curve_lr,
         lr_step=args.curve_lr_step,
         checkpoint=out / f"curve_{name}.pt",
-        **_quiet(),
+        **quiet(),
     )
     return curve, history
 
@@ -259,7 +244,7 @@ def _realigned_paths(args, sets, out: Path, a, b, curve, name: str, align_data) 
                 lr=args.curve_lr,
                 lr_step=args.curve_lr_step,
                 checkpoint=out / f"half_{name}_{path}_{k}.pt",
-                **_quiet(),
+                **quiet(),
             )
             reports.append(
                 modeconn.evaluate_curve(segment, sets.test, bn_data=sets.bn, num_points=args.points)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 import modeconn
 
-from common import OUT, add_data_args, cifar_subsets
+from common import OUT, add_data_args, cifar_subsets, quiet, trained_end_point
 
 PAPER = {  # Tatro et al., Table 1, CIFAR-10: end points; average / minimum accuracy along the curve
     "tinyten": {
@@ -73,26 +73,14 @@ def main() -> None:
     out = Path(args.out or OUT / f"table1_{args.model}")
     out.mkdir(parents=True, exist_ok=True)
     sets = cifar_subsets(args)
-    quiet = dict(progress=False, callbacks=[lambda s: print(f"  {s.history[-1]}", flush=True)])
 
     rows = []
     for pair in range(args.pairs):
         t0 = time.time()
         ends = []
         for k, seed in enumerate((2 * pair + 1, 2 * pair + 2)):
-            torch.manual_seed(seed)
-            model = modeconn.create_model(args.model, num_classes=10)
             print(f"pair {pair}: training end point {'AB'[k]} (seed {seed})", flush=True)
-            modeconn.train_model(
-                model,
-                sets.train,
-                epochs=args.epochs,
-                lr=args.lr,
-                lr_step=args.lr_step,
-                checkpoint=out / f"pair{pair}_{'ab'[k]}.pt",
-                **quiet,
-            )
-            ends.append(model)
+            ends.append(trained_end_point(args, sets, args.model, seed, out / f"pair{pair}_{'ab'[k]}.pt"))
         a, b = ends
         t_train = time.time() - t0
         result = modeconn.align(a, b, DataLoader(sets.align, batch_size=256))
@@ -122,7 +110,7 @@ def main() -> None:
                 lr_step=args.curve_lr_step,
                 checkpoint=out / f"pair{pair}_{name}_curve.pt",
                 **pam,
-                **quiet,
+                **quiet(),
             )
             if pam:
                 pam_logs[name] = history.summary["log"]
