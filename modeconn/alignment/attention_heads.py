@@ -43,9 +43,14 @@ class HeadFamily:
 
 @dataclass(frozen=True)
 class HeadStructure:
+    """A head group and its families; ``external`` names the groups shared by all heads that
+    also permute tensors outside them (a head's units that are the residual stream's
+    channels): they stay in the view with their other slices and are solved with the heads."""
+
     heads: str
     size: int
     families: tuple[HeadFamily, ...]
+    external: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,12 @@ class HeadView:
     def flat(self) -> dict[str, tuple[HeadStructure, HeadFamily]]:
         """Flat group name -> its head structure and family."""
         return {f.name: (s, f) for s in self.structures for f in s.families}
+
+    @property
+    def joint(self) -> dict[str, HeadStructure]:
+        """Every view group solved with a head structure (its flat groups and its external
+        groups) -> the structure."""
+        return {n: s for s in self.structures for n in (*(f.name for f in s.families), *s.external)}
 
     def solve(
         self, structure: HeadStructure, matrices: Mapping[str, torch.Tensor], maximize: bool
@@ -89,11 +100,14 @@ class HeadView:
                     value[a, b] += blocks[a, b][torch.arange(len(perm)), perm].sum()
         sigma = solve_assignment(value, maximize=maximize)
         shared = {
-            key: solve_assignment(sum(blocks[a, sigma[a]] for a in range(n)), maximize=maximize)
+            key: solve_assignment(
+                sum(blocks[a, sigma[a]] for a in range(n)) + _outside(matrices, structure, key[0]),
+                maximize=maximize,
+            )
             for key, blocks in sums.items()
             if len(set(key)) == 1
         }
-        out = {}
+        out = {key[0]: perm for key, perm in shared.items() if key[0] in structure.external}
         for f in structure.families:
             flat = torch.empty(n * f.block, dtype=torch.long)
             for p, (off, size) in enumerate(f.pieces):
@@ -167,6 +181,14 @@ class HeadView:
         return out
 
 
+def _outside(
+    matrices: Mapping[str, torch.Tensor], structure: HeadStructure, name: str
+) -> torch.Tensor | float:
+    """An external group's matrix over its slices outside the heads (0 for the others)."""
+    m = matrices.get(name) if name in structure.external else None
+    return 0.0 if m is None else m.double()
+
+
 def _slot(f: HeadFamily, p: int) -> tuple[str, ...]:
     """The groups permuting piece ``p`` of ``f``, head by head: pieces with the same groups are
     one set of units, assigned together."""
@@ -180,9 +202,11 @@ def _blocks(m: torch.Tensor, n: int, block: int, off: int, size: int) -> torch.T
 
 def head_view(spec: PermutationSpec) -> HeadView:
     """``spec`` with each permutable head group and the groups inside its heads replaced by
-    one flat group per family (see the module docstring). A head group whose heads hold
-    anything else (a tensor along the heads axis, units shared in part) stays as it is, and
-    alignment leaves its heads in place."""
+    one flat group per family (see the module docstring). A group shared by all heads that
+    also permutes tensors outside them stays, with those other slices, and is solved with the
+    heads (:attr:`HeadStructure.external`). A head group whose heads hold anything else (units
+    shared by some heads only, a head's own group that also moves another tensor) stays as it
+    is, and alignment leaves its heads in place."""
     owner_slice: dict[tuple[str, int, int], tuple[Group, int]] = {}
     owner_site: dict[tuple[str, int, int], tuple[Group, int]] = {}
     for g in spec.groups.values():
@@ -193,7 +217,7 @@ def head_view(spec: PermutationSpec) -> HeadView:
         for st in g.sites:
             owner_site[st.node, st.axis, st.start] = (g, st.inner)
     groups = {k: g for k, g in spec.groups.items() if g.kind != "heads" or not g.permutable}
-    structures, removed = [], set()
+    structures, removed, kept = [], set(), {}
     for hg in spec.heads:
         if not hg.permutable:
             continue
@@ -234,14 +258,50 @@ def head_view(spec: PermutationSpec) -> HeadView:
                     hidden=False,
                 )
             )
-        if not ok:
+        inside = {g for f in fams for head in f.groups for g in head if _permutable(spec, g)}
+        outside = {g for g in inside if not _within(spec.groups[g], hg)}
+        shared = {f.groups[0][p] for f in fams for p in range(len(f.pieces)) if f.kind(p) == "shared"}
+        if not ok or outside - shared:  # a head's own group that also moves something else
             groups[hg.name] = hg
             continue
         groups.update({g.name: g for g in flat_groups})
-        removed |= {g for f in fams for head in f.groups for g in head if g is not None}
-        structures.append(HeadStructure(hg.name, hg.size, tuple(fams)))
-    groups = {k: g for k, g in groups.items() if k not in removed}
+        removed |= inside - outside
+        for g in outside:
+            kept[g] = _without(spec.groups[g], hg)
+        structures.append(HeadStructure(hg.name, hg.size, tuple(fams), tuple(sorted(outside))))
+    groups = {k: kept.get(k, g) for k, g in groups.items() if k not in removed}
     return HeadView(replace(spec, groups=groups), tuple(structures))
+
+
+def _covers(heads: Group):
+    """A test of whether a slice or site lies in one of ``heads``' ranges."""
+    spans: dict[tuple, list[tuple[int, int]]] = {}
+    for x in (*heads.slices, *heads.sites):
+        where = (x.tensor if isinstance(x, TensorSlice) else x.node, x.axis)
+        spans.setdefault(where, []).append((x.start, x.start + heads.size * x.inner))
+
+    def covered(x: TensorSlice | Site) -> bool:
+        where = (x.tensor if isinstance(x, TensorSlice) else x.node, x.axis)
+        return any(lo <= x.start < hi for lo, hi in spans.get(where, ()))
+
+    return covered
+
+
+def _within(group: Group, heads: Group) -> bool:
+    """Whether every slice and site of ``group`` lies inside ``heads``' ranges: only then do
+    the flat groups carry all of it."""
+    covered = _covers(heads)
+    return all(map(covered, group.slices)) and all(map(covered, group.sites))
+
+
+def _without(group: Group, heads: Group) -> Group:
+    """``group`` less its slices and sites inside ``heads``' ranges (the flat groups hold those)."""
+    covered = _covers(heads)
+    return replace(
+        group,
+        slices=tuple(sl for sl in group.slices if not covered(sl)),
+        sites=tuple(st for st in group.sites if not covered(st)),
+    )
 
 
 def _permutable(spec: PermutationSpec, name: str | None) -> bool:

@@ -73,16 +73,16 @@ def solve_groups(
     of a structure's groups have a matrix, and by weight matching otherwise. Head groups left
     in a spec keep their heads in place."""
     heads = heads or HeadView(spec, ())
-    flat = heads.flat
+    joint = heads.joint
     perms = spec.identity()
-    groups = [g for g in spec.permutable if g.name in matrices and g.name not in flat and g.kind != "heads"]
+    groups = [g for g in spec.permutable if g.name in matrices and g.name not in joint and g.kind != "heads"]
     found = solve_assignments([matrices[g.name] for g in groups], maximize=maximize)
     perms.update({g.name: p for g, p in zip(groups, found)})
     solved = {g.name for g in groups}
     for structure in heads.structures:
-        if all(f.name in matrices for f in structure.families):
+        if all(f.name in matrices for f in structure.families):  # an external group's may be missing
             perms.update(heads.solve(structure, matrices, maximize=maximize))
-            solved |= {f.name for f in structure.families}
+            solved |= {n for n, s in joint.items() if s is structure}
     if state_a is None or state_b is None:
         return perms
     perms = break_ties(spec, groups, matrices, maximize, state_a, state_b, perms)

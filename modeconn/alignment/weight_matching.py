@@ -76,13 +76,13 @@ def match_weights(
             groups = heads.groups_for(groups)
         init = heads.flatten(init) if init else init
     spec = heads.spec
-    flat = heads.flat
+    joint = heads.joint
     todo = list(groups) if groups is not None else [g for g in spec.permutable if g.kind != "heads"]
     layout = _Layout(spec, state_a, state_b)
     init = dict(init or {})
     base = {g.name: torch.arange(g.size) for g in spec.permutable}
-    plain = [g for g in todo if g.name not in init and g.name not in flat]
-    unplaced = [g.name for g in todo if g.name in flat and g.name not in init]
+    plain = [g for g in todo if g.name not in init and g.name not in joint]
+    unplaced = [g.name for g in todo if g.name in joint and g.name not in init]
     found: dict[str, dict[str, torch.Tensor]] = {}
 
     def signatures() -> dict[str, torch.Tensor]:
@@ -90,11 +90,14 @@ def match_weights(
             found["signatures"] = _signature_matching(layout, plain)
         return found["signatures"]
 
-    for structure in {flat[g.name][0] for g in todo if g.name in flat and g.name not in init}:
+    for structure in {joint[g.name] for g in todo if g.name in joint and g.name not in init}:
         mats = {}
-        for f in structure.families:
-            sa, sb = layout.signature(f.name, "a"), layout.signature(f.name, "b")
-            mats[f.name] = -torch.cdist(sa, sb).square() if sa is not None else torch.zeros(f.block, f.block)
+        for name in _names(structure):
+            sa, sb = layout.signature(name, "a"), layout.signature(name, "b")
+            if sa is not None:
+                mats[name] = -torch.cdist(sa, sb).square()
+            elif name not in structure.external:
+                mats[name] = torch.zeros(spec.groups[name].size, spec.groups[name].size)
         base.update(heads.solve(structure, mats, maximize=True))
     base.update({k: torch.as_tensor(v, dtype=torch.long).cpu() for k, v in init.items() if k in base})
     bound = layout.bound()
@@ -154,7 +157,7 @@ def _descend(
     bound: float,
 ) -> dict[str, torch.Tensor]:
     """Coordinate descent over ``todo`` from ``perms`` (updated in place and returned)."""
-    flat = heads.flat
+    joint = heads.joint
     # A group's matrix depends only on its neighbours' permutations (and on its own when it
     # permutes a tensor on two axes): a group none of them has moved since it was last solved
     # would get the same assignment again, so it is skipped.
@@ -169,14 +172,14 @@ def _descend(
         batch: list[Group] = []
         for gi in torch.randperm(len(todo), generator=gen).tolist():
             g = todo[gi]
-            alone = g.name in flat or g.name in layout.quadratic
+            alone = g.name in joint or g.name in layout.quadratic
             if batch and (alone or len(batch) == width or _touches(layout, g, batch)):
                 gain += _steps(layout, batch, perms, stale)
                 batch = []
             if g.name not in stale:
                 continue
-            if g.name in flat:  # a head structure: all its families at once
-                gain += _heads_step(layout, heads, flat[g.name][0], perms, stale)
+            if g.name in joint:  # a head structure: all its groups at once
+                gain += _heads_step(layout, heads, joint[g.name], perms, stale)
             elif alone:
                 gain += _steps(layout, [g], perms, stale)
             else:
@@ -268,14 +271,16 @@ def _steps(layout: _Layout, groups: Sequence[Group], perms: dict, stale: set) ->
 def _heads_step(layout: _Layout, heads: HeadView, structure: HeadStructure, perms: dict, stale: set) -> float:
     """One coordinate step on a head structure's flat groups: heads, then units within them.
     Updates ``perms`` and ``stale``; returns the gain."""
-    names = [f.name for f in structure.families]
+    names = _names(structure)
     stale.difference_update(names)
     mats = {n: layout.similarity(n, perms) for n in names}
     new = heads.solve(structure, mats, maximize=True)
     if all(torch.equal(new[n], perms[n]) for n in names):
         return 0.0
     trial = {**perms, **new}
-    if any(n in layout.quadratic for n in names):
+    if structure.external:  # the heads and an outside group move one tensor on two axes
+        before, after = layout.total(perms), layout.total(trial)
+    elif any(n in layout.quadratic for n in names):
         before = sum(layout.objective(n, perms) for n in names)
         after = sum(layout.objective(n, trial) for n in names)
     else:
@@ -287,6 +292,11 @@ def _heads_step(layout: _Layout, heads: HeadView, structure: HeadStructure, perm
     for n in names:
         stale |= layout.neighbours.get(n, set())
     return after - before
+
+
+def _names(structure: HeadStructure) -> list[str]:
+    """The view groups a head structure's step solves: its flat groups and external groups."""
+    return [*(f.name for f in structure.families), *structure.external]
 
 
 def weight_similarity(
