@@ -37,7 +37,9 @@ class L2PreActivation(ActivationCost):
     def matrix(self, stats: PairStats) -> torch.Tensor:
         ea2 = stats.var_a + stats.mean_a**2
         eb2 = stats.var_b + stats.mean_b**2
-        return ea2[:, None] + eb2[None, :] - 2 * stats.cross
+        # E|a|² + E|b|² - 2 E[a b], built in one units x units tensor (large models have many)
+        m = torch.outer(stats.mean_a, stats.mean_b).add_(stats.cov).mul_(-2.0)
+        return m.add_(ea2[:, None]).add_(eb2[None, :])
 
 
 class WeightMatching(WeightCost):

@@ -35,8 +35,9 @@ def solve_assignment(matrix: torch.Tensor, maximize: bool = False) -> torch.Tens
     # One working copy, changed in place: the solver's input is all the memory it takes.
     m = -m if maximize else m.copy()
     row = m.mean(1, keepdims=True)
-    col = (m - row).mean(0, keepdims=True)
-    if row.var() + col.var() > _ADDITIVE * m.var():
+    col = m.mean(0, keepdims=True) - row.mean()  # the column means of m - row, without it
+    variance = np.einsum("ij,ij->", m, m) / m.size - m.mean() ** 2  # m.var(), without a temporary
+    if row.var() + col.var() > _ADDITIVE * variance:
         m -= row
         m -= col
     m -= m.min(1, keepdims=True)

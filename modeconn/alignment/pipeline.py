@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,10 +27,11 @@ from modeconn.alignment.stats import (
     first_batch,
     paired_sites,
 )
-from modeconn.alignment.ties import TIE_SCALE, break_ties, has_constant_units, has_tied_units
+from modeconn.alignment.ties import TIE_SCALE, break_ties, has_constant_units, has_tied_units, largest
 from modeconn.alignment.weight_matching import match_weights
 from modeconn.data.batches import batches
 from modeconn.errors import AlignmentError
+from modeconn.memory import release_freed_memory
 from modeconn.modules import device_of, modes_restored, unwrap
 from modeconn.plugin_manager import PluginEntry
 from modeconn.state import check_same_architecture
@@ -49,8 +51,11 @@ def cost_matrices(
     entry = cost if isinstance(cost, PluginEntry) else COSTS.resolve(cost, "cost_matrices")
     out = {}
     for name, site_stats in stats.items():
-        mats = [entry.invoke(entry.obj.matrix, s) for s in site_stats]
-        out[name] = torch.stack(mats).mean(0).double()
+        total = None  # summed site by site: one site's matrix alive at a time
+        for s in site_stats:
+            m = entry.invoke(entry.obj.matrix, s)
+            total = m.to(torch.float64, copy=True) if total is None else total.add_(m)
+        out[name] = total.div_(len(site_stats))
     return out
 
 
@@ -127,7 +132,8 @@ def _permuted_copy(model: nn.Module, spec: PermutationSpec, perms: Perms) -> nn.
 
 def _check_finite(model: nn.Module, label: str) -> None:
     for name, t in model.state_dict().items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        # aminmax carries a NaN through, and makes no tensor of t's size (isfinite would)
+        if t.is_floating_point() and t.numel() and not all(map(math.isfinite, map(float, torch.aminmax(t)))):
             raise AlignmentError(f"{label} has NaN or Inf in `{name}`; align needs finite weights.")
 
 
@@ -168,7 +174,7 @@ def _notes(
         for g in observed
         if g not in silent
         and g.name in matrices
-        and has_tied_units(matrices[g.name], 2 * TIE_SCALE * float(matrices[g.name].abs().max()))
+        and has_tied_units(matrices[g.name], 2 * TIE_SCALE * largest(matrices[g.name]))
     ]
     if tied:
         notes.append(
@@ -294,6 +300,7 @@ def align(
             notes = _notes(units, observed, stats, matrices)
             signature = CorrelationSignature.of(observed, stats, perms) if stats else None
             perms = {**spec.identity(), **view.expand(perms)}
+            matrices = None
         else:
             perms = solve_from_weights(entry, spec, state_a, state_b)
             if stream is not None and observed:
@@ -302,5 +309,9 @@ def align(
         # solved on every rank from the same all-reduced statistics; rank 0's answer is the one
         perms = distributed.current().broadcast(perms)
         spec.check(perms)
+        # the statistics and matrices (units x units per site and group: of the order of the
+        # models' weights on large models) are done with: the aligned copy takes their place
+        stats = None
+        release_freed_memory()
     aligned = _permuted_copy(model_b, spec, perms)
     return AlignResult(model=aligned, perms=perms, spec=spec, cost=cost, signature=signature, notes=notes)

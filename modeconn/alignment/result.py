@@ -34,12 +34,12 @@ class CorrelationSignature:
             site_stats = stats.get(g.name)
             if not site_stats:
                 continue
-            corr = torch.stack([s.correlation() for s in site_stats]).mean(0)
             kinds.update(s.kind for s in site_stats)
-            idx = torch.arange(g.size)
-            rows.append(
-                (g.name, g.size, float(corr[idx, idx].mean()), float(corr[idx, perms[g.name]].mean()))
-            )
+            idx, perm = torch.arange(g.size), torch.as_tensor(perms[g.name], dtype=torch.long)
+            # the matched pairs' correlations only, not the units x units matrices
+            before = sum(s.correlation_at(idx, idx) for s in site_stats) / len(site_stats)
+            after = sum(s.correlation_at(idx, perm) for s in site_stats) / len(site_stats)
+            rows.append((g.name, g.size, float(before.mean()), float(after.mean())))
         return cls(rows, "/".join(sorted(kinds)) or "none")
 
     @property

@@ -24,6 +24,7 @@ from modeconn.alignment.derived import derive, derived_sites
 from modeconn.capture import ModelInputs, model_inputs, observe_pairs
 from modeconn.data.batches import Batch, batches
 from modeconn.errors import AlignmentError
+from modeconn.memory import release_freed_memory
 from modeconn.modules import device_of, float_dtype_of, modes_restored, unwrap
 from modeconn.symmetry.discovery import capture_graph
 from modeconn.symmetry.spec import Group, PermutationSpec, Site, unit_view
@@ -106,11 +107,23 @@ class PairStats:
     def correlation(self) -> torch.Tensor:
         """Pearson correlation of every unit pair (paper eq. 3); 0 where a unit is constant
         (:meth:`constant`: the correlation of rounding errors says nothing about the units)."""
-        std_a, std_b = self.var_a.clamp_min(0).sqrt(), self.var_b.clamp_min(0).sqrt()
+        std_a, std_b = self._stds()
+        corr = torch.outer(std_a, std_b).clamp_min_(1e-300)  # one units x units tensor, in place
+        torch.div(self.cov, corr, out=corr)
         const_a, const_b = self.constant()
-        varies = ~const_a[:, None] & ~const_b[None, :]
-        corr = torch.where(varies, self.cov / torch.outer(std_a, std_b).clamp_min(1e-300), 0.0)
-        return corr.clamp(-1.0, 1.0)
+        corr[const_a] = 0.0
+        corr[:, const_b] = 0.0
+        return corr.clamp_(-1.0, 1.0)
+
+    def correlation_at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """:meth:`correlation` at the pairs ``(rows[i], cols[i])`` only."""
+        std_a, std_b = self._stds()
+        corr = self.cov[rows, cols] / (std_a[rows] * std_b[cols]).clamp_min(1e-300)
+        const_a, const_b = self.constant()
+        return corr.masked_fill_(const_a[rows] | const_b[cols], 0.0).clamp_(-1.0, 1.0)
+
+    def _stds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.var_a.clamp_min(0).sqrt(), self.var_b.clamp_min(0).sqrt()
 
 
 def _constant(var: torch.Tensor, floor: torch.Tensor | None) -> torch.Tensor:
@@ -129,11 +142,17 @@ copies); relative to the unit's own magnitude the difference is unbounded (1,600
 class Accumulator:
     """Accumulates :class:`PairStats` for one (group, site) over batches."""
 
-    def __init__(self, size: int, kind: str):
+    def __init__(self, size: int, kind: str, device: torch.device | str | None = None):
+        """``device``: where to allocate the sums now (else at the first batch). A pass
+        allocates all its sums before its first batch, so that the batches' temporaries do not
+        sit between them and fragment the heap (measured: +0.9 W of resident memory)."""
         self.size, self.kind = size, kind
         self.n = 0
         self.shift_a = self.shift_b = None
         self.eps = 0.0
+        self.sab = None
+        if device is not None:
+            self._allocate(torch.device(device))
 
     def update(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
         """Add one batch, given as (outer, units, samples) views (see :func:`site_view`); the
@@ -153,7 +172,7 @@ class Accumulator:
         if samples > 1 and units <= samples:
             # many positions per unit (early feature maps): one small product per outer index
             xa, xb = xa - self.shift_a, xb - self.shift_b
-            self.sab += torch.bmm(xa, xb.transpose(1, 2)).sum(0).double()
+            self.sab += torch.bmm(xa, xb.transpose(1, 2)).sum(0)  # added into float64, no float64 copy
             # reductions over the contiguous sample axis first (~30% faster than over (0, 2) at once)
             self._add_moments(
                 xa.sum(2).sum(0), xb.sum(2).sum(0), _squares(xa, 2).sum(0), _squares(xb, 2).sum(0)
@@ -164,11 +183,11 @@ class Accumulator:
             # (outer, units, units) tensor far larger than the data, so the units go first, as
             # (units, samples) — one pass shifts and copies — and the products are one GEMM
             xa, xb = _units_first(xa, self.shift_a), _units_first(xb, self.shift_b)
-            self.sab += (xa @ xb.T).double()
+            self.sab += xa @ xb.T
             self._add_moments(xa.sum(1), xb.sum(1), _squares(xa, 1), _squares(xb, 1))
             return
         xa, xb = xa[:, :, 0] - self.shift_a[0, :, 0], xb[:, :, 0] - self.shift_b[0, :, 0]  # (samples, units)
-        self.sab += (xa.T @ xb).double()
+        self.sab += xa.T @ xb
         self._add_moments(xa.sum(0), xb.sum(0), _squares(xa, 0), _squares(xb, 0))
 
     def _add_moments(self, sa, sb, saa, sbb) -> None:
@@ -179,11 +198,19 @@ class Accumulator:
 
     def _start_empty(self, shift_a: torch.Tensor, shift_b: torch.Tensor) -> None:
         self.shift_a, self.shift_b = shift_a, shift_b
-        self.sa = torch.zeros(self.size, dtype=torch.float64, device=shift_a.device)
+        if self.sab is None or self.sab.device != shift_a.device:
+            self._allocate(shift_a.device)
+
+    def _allocate(self, device: torch.device) -> None:
+        self.sab = torch.zeros(self.size, self.size, dtype=torch.float64, device=device)
+        self.sa = torch.zeros(self.size, dtype=torch.float64, device=device)
         self.sb, self.saa, self.sbb = self.sa.clone(), self.sa.clone(), self.sa.clone()
-        self.sab = torch.zeros(self.size, self.size, dtype=torch.float64, device=shift_a.device)
 
     def result(self) -> PairStats:
+        """The statistics of the batches added; the accumulator is spent (its cross-product
+        sums become the covariance in place, so that no second units x units copy is made)."""
+        if self.sab is None:
+            raise RuntimeError("Accumulator.result() was already taken: it is computed in place")
         n = self.n
         ma, mb = self.sa / n, self.sb / n
         mean_a, mean_b = (
@@ -200,11 +227,15 @@ class Accumulator:
             mean_b=mean_b,
             var_a=var_a,
             var_b=var_b,
-            cov=(self.sab / n - torch.outer(ma, mb)).cpu(),
+            cov=self._covariance(ma, mb),
             kind=self.kind,
             floor_a=torch.full_like(var_a, floor_a),
             floor_b=torch.full_like(var_b, floor_b),
         )
+
+    def _covariance(self, ma: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+        sab, self.sab = self.sab, None
+        return sab.div_(self.n).sub_(torch.outer(ma, mb)).cpu()
 
 
 def paired_sites(spec: PermutationSpec) -> dict[str, tuple[Site, ...]]:
@@ -368,9 +399,9 @@ def collect_statistics(
         model_b.eval()
         probe = model_inputs(model_a, first.inputs)
         graphs = graphs_for(spec, model_a, model_b, probe)
-        observation = _Observation(graphs, groups, kind, sites, probe)
-        runner = observation.runner(spatial_stride)
         device, dtype = device_of(model_a), float_dtype_of(model_a)
+        observation = _Observation(graphs, groups, kind, sites, probe, device)
+        runner = observation.runner(spatial_stride)
         with torch.no_grad():
             bar = tqdm(stream, desc="align: statistics", unit="batch", leave=False, disable=not progress)
             for batch in bar:
@@ -382,6 +413,7 @@ def collect_statistics(
                 observation.inputs = inputs
                 _run(runner, per_model, observation, spec.capture, probe)
                 observation.first = False
+    release_freed_memory()  # the pass's activations: what comes next is the size of the statistics
     return observation.results()
 
 
@@ -396,6 +428,7 @@ class _Observation:
         kind: str,
         sites: str | int,
         probe: ModelInputs,
+        device: torch.device | None = None,
     ):
         self.graphs, self.groups = graphs, groups
         self.plan = {g.name: choose_sites(g, kind, sites) for g in groups}
@@ -411,7 +444,7 @@ class _Observation:
         self.derived = derived_sites(*graphs, groups, self.plan)
         self.acc = {
             g.name: [
-                None if (g.name, i) in self.derived else Accumulator(g.size, s.kind)
+                None if (g.name, i) in self.derived else Accumulator(g.size, s.kind, device)
                 for i, s in enumerate(self.plan[g.name])
             ]
             for g in groups

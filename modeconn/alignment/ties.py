@@ -38,19 +38,26 @@ def break_ties(
     group's weights are compared through its neighbours' permutations."""
     sign = 1.0 if maximize else -1.0
     similarity = WeightSimilarity(spec, state_a, state_b)
-    scale = {g.name: TIE_SCALE * float(matrices[g.name].abs().max().clamp_min(1e-300)) for g in groups}
+    scale = {g.name: TIE_SCALE * max(largest(matrices[g.name]), 1e-300) for g in groups}
     todo = [g for g in groups if has_tied_units(matrices[g.name], 2 * scale[g.name])]
     for _ in range(2):
         moved: set[str] = set()
         for g in todo:
-            w = similarity(g, perms)
-            w = w / w.abs().max().clamp_min(1e-300)
-            new = solve_assignment(matrices[g.name] + sign * scale[g.name] * w, maximize=maximize)
+            w = similarity(g, perms)  # a fresh matrix: changed in place, no units x units temporaries
+            w.mul_(sign * scale[g.name] / max(largest(w), 1e-300)).add_(matrices[g.name])
+            new = solve_assignment(w, maximize=maximize)
+            del w
             if not torch.equal(new, perms[g.name]):
                 perms[g.name] = new
                 moved.add(g.name)
         todo = [g for g in todo if similarity.neighbours(g) & moved]
     return perms
+
+
+def largest(m: torch.Tensor) -> float:
+    """The largest absolute entry of ``m``, without an ``m.abs()`` temporary of its size."""
+    low, high = torch.aminmax(m) if m.numel() else (m.new_zeros(()), m.new_zeros(()))
+    return max(float(high), -float(low))
 
 
 def has_tied_units(m: torch.Tensor, margin: float) -> bool:
@@ -71,7 +78,7 @@ def _tied_rows(m: torch.Tensor, margin: float) -> bool:
     g = torch.randn(k, _DIRECTIONS, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     g /= g.abs().sum(0)
     projected = m @ g
-    window = margin + 1e-12 * float(m.abs().max())  # and the rounding of the products
+    window = margin + 1e-12 * largest(m)  # and the rounding of the products
     # Pairs within the window along the first direction: neighbours in sorted order.
     first, order = projected[:, 0].sort()
     ends = torch.searchsorted(first, first + window, right=True)

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import math
-import sys
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +12,7 @@ import torch
 
 from modeconn.alignment.assignment import solve_assignments
 from modeconn.alignment.attention_heads import HeadStructure, HeadView, head_view
+from modeconn.memory import release_freed_memory
 from modeconn.symmetry.spec import Group, PermutationSpec
 
 __all__ = ["STARTS", "TOL", "WeightSimilarity", "match_weights", "weight_similarity", "signature_matching"]
@@ -122,28 +119,8 @@ def match_weights(
             plan.append("signature")
     assert best is not None
     layout.forget()
-    _release_freed_memory()
+    release_freed_memory()  # the pieces and matrices: the aligned copy made next comes on top
     return heads.expand(best) if original is not None else best
-
-
-def _release_freed_memory() -> None:
-    """Hand the heap memory freed by the pieces and matrices back to the system (glibc's
-    ``malloc_trim``; a no-op elsewhere): glibc keeps it otherwise, and the aligned copy made
-    next would come on top of it."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    if sys.platform != "linux":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def _descend(
