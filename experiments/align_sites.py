@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 import modeconn
 
-from common import add_data_args, cifar_subsets
+from common import OUT, add_data_args, cifar_subsets
 
 CHOICES = [("all", 1), ("last", 1), (2, 1), ("all", 2), ("last", 2)]
 
@@ -42,7 +43,7 @@ def main() -> None:
     add_data_args(p, train_size=10000, test_size=2000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--points", type=int, default=11)
-    p.add_argument("--out", default="align_sites.json")
+    p.add_argument("--out", default=str(OUT / "align_sites.json"))
     args = p.parse_args()
     torch.set_num_threads(2)
     sets = cifar_subsets(args)
@@ -85,6 +86,7 @@ def main() -> None:
         print(
             f"| {r['sites']} | {r['stride']} | {r['seconds']:.2f} | {100 * r['same_as_all']:.1f}% | {r['barrier']:.3f} | {r['min_accuracy']:.1f} |"
         )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "unaligned_barrier": unaligned.barrier, "rows": rows}, f, indent=1)
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 import modeconn
 
-from common import add_data_args, cifar_subsets
+from common import OUT, add_data_args, cifar_subsets
 
 
 def train(seed: int, train_set, epochs: int, lr: float) -> torch.nn.Module:
@@ -39,7 +40,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--points", type=int, default=11)
-    p.add_argument("--out", default="barrier_tinyten.json")
+    p.add_argument("--out", default=str(OUT / "barrier_tinyten.json"))
     args = p.parse_args()
 
     torch.set_num_threads(2)
@@ -90,6 +91,7 @@ def main() -> None:
             f"| {r['pair']} | {r['acc_a']:.1f} / {r['acc_b']:.1f} | {u['barrier']:.3f} | {al['barrier']:.3f} | "
             f"{u['min_accuracy']:.1f} | {al['min_accuracy']:.1f} |"
         )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "pairs": rows}, f, indent=1)
 

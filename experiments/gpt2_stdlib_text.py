@@ -22,10 +22,13 @@ import inspect
 import json
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 import modeconn
+
+from common import OUT
 
 MODULES = (
     "argparse", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal", "email",
@@ -91,7 +94,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--points", type=int, default=11)
-    p.add_argument("--out", default="gpt2_stdlib_text")
+    p.add_argument("--out", default=str(OUT / "gpt2_stdlib_text"))
     args = p.parse_args()
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore", module="transformers")
@@ -141,6 +144,7 @@ def main() -> None:
     for r in reports:
         print(f"| {r.label} | {r.loss[0]:.3f} | {r.loss[-1]:.3f} | {max(r.loss):.3f} | {r.barrier:.3f} | "
               f"{r.min_accuracy:.1f} |")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     modeconn.PathReport.plot(reports, f"{args.out}.png", title="tiny GPT-2 on stdlib docstrings")
     with open(f"{args.out}.json", "w") as f:
         json.dump({"args": vars(args), "paths": [r.to_dict() for r in reports]}, f, indent=1)
