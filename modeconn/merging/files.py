@@ -42,7 +42,7 @@ class FilesResult:
 
 
 def align_files(
-    spec: PermutationSpec,
+    spec: PermutationSpec | str | os.PathLike,
     a: str | os.PathLike,
     b: str | os.PathLike,
     out: str | os.PathLike,
@@ -52,19 +52,20 @@ def align_files(
 ) -> FilesResult:
     """Write model B's checkpoint ``b`` with its units matched to model A's (``a``) into the new
     folder ``out``, as shards; ``spec`` is the models' :class:`PermutationSpec` (from
-    :func:`~modeconn.discover` on one instance of the architecture, or its saved JSON).
-    ``cost`` names a data-free cost plugin."""
+    :func:`~modeconn.discover` on one instance of the architecture) or the path of its JSON
+    (``modeconn discover MODEL --json FILE``).
+    ``cost`` names a data-free cost plugin. ``out`` is refused before any work when it exists."""
     state_a, state_b, spec, notes = _open(spec, a, b)
-    perms = _solve(cost, spec, state_a, state_b)
-    index = axis_indices(spec, perms, {name: state_b.shape(name) for name in state_b})
-    with ShardWriter(out, max_shard_bytes) as writer:
+    with ShardWriter(out, max_shard_bytes) as writer:  # removed again if the solve fails
+        perms = _solve(cost, spec, state_a, state_b)
+        index = axis_indices(spec, perms, {name: state_b.shape(name) for name in state_b})
         for name in state_b:
             writer.add(name, permute_tensor(state_b[name], name, index))
     return FilesResult(Path(out), perms, notes)
 
 
 def merge_files(
-    spec: PermutationSpec,
+    spec: PermutationSpec | str | os.PathLike,
     a: str | os.PathLike,
     b: str | os.PathLike,
     out: str | os.PathLike,
@@ -81,9 +82,9 @@ def merge_files(
     if not 0.0 <= weight <= 1.0:
         raise AlignmentError(f"weight must be in [0, 1] (B's share of the merge), got {weight!r}")
     state_a, state_b, spec, notes = _open(spec, a, b)
-    perms = _solve(cost, spec, state_a, state_b) if align else spec.identity()
-    index = axis_indices(spec, perms, {name: state_b.shape(name) for name in state_b})
-    with ShardWriter(out, max_shard_bytes) as writer:
+    with ShardWriter(out, max_shard_bytes) as writer:  # removed again if the solve fails
+        perms = _solve(cost, spec, state_a, state_b) if align else spec.identity()
+        index = axis_indices(spec, perms, {name: state_b.shape(name) for name in state_b})
         for name in state_a:
             ta = state_a[name]
             if not ta.is_floating_point():
@@ -95,10 +96,12 @@ def merge_files(
 
 
 def _open(
-    spec: PermutationSpec, a: str | os.PathLike, b: str | os.PathLike
+    spec: PermutationSpec | str | os.PathLike, a: str | os.PathLike, b: str | os.PathLike
 ) -> tuple[LazyState, LazyState, PermutationSpec, list[str]]:
-    """Both checkpoints, checked to be one architecture, and the spec restricted to the tensors
-    they hold (a tied tensor is saved once: its other names are not in the files)."""
+    """Both checkpoints, checked to be one architecture, and the spec (loaded where it is a
+    path) restricted to the tensors they hold (a tied tensor is saved once: its other names are
+    not in the files)."""
+    spec = _load_spec(spec)
     state_a, state_b = LazyState(a), LazyState(b)
     check_same_architecture(state_a, state_b)
     held = set(state_a)
@@ -121,6 +124,26 @@ def _open(
         }
         spec = dataclasses.replace(spec, groups=groups, graph=None)
     return state_a, state_b, spec, notes
+
+
+def _load_spec(spec: PermutationSpec | str | os.PathLike) -> PermutationSpec:
+    if isinstance(spec, PermutationSpec):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise AlignmentError(
+            f"spec must be a PermutationSpec or the path of its JSON, got {type(spec).__name__}"
+        )
+    how = "save one with `modeconn discover MODEL --json FILE` or Path(FILE).write_text(spec.to_json())"
+    try:
+        text = Path(spec).read_text()
+    except OSError as e:
+        raise AlignmentError(f"cannot read the spec {os.fspath(spec)!r} ({e.strerror}): {how}") from None
+    try:
+        return PermutationSpec.from_json(text)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise AlignmentError(
+            f"{os.fspath(spec)!r} is not a saved PermutationSpec ({type(e).__name__}: {e}): {how}"
+        ) from None
 
 
 def _solve(cost: str, spec: PermutationSpec, state_a: LazyState, state_b: LazyState) -> Perms:

@@ -119,7 +119,36 @@ def test_mistakes_are_named(tmp_path):
     save_file(renamed, tmp_path / "rb.safetensors")
     with pytest.raises(AlignmentError, match="names none of the tensors"):
         align_files(spec, tmp_path / "ra.safetensors", tmp_path / "rb.safetensors", tmp_path / "out")
+    with pytest.raises(AlignmentError, match="cannot read the spec .*modeconn discover"):
+        align_files(tmp_path / "spec.json", pa, pb, tmp_path / "out")
+    (tmp_path / "notes.json").write_text('{"lr": 0.1}')
+    with pytest.raises(AlignmentError, match="is not a saved PermutationSpec"):
+        merge_files(tmp_path / "notes.json", pa, pb, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing half written
+
+
+def test_an_existing_output_is_refused_before_any_work(tmp_path):
+    a, b = _net(0), _net(1)
+    spec = discover(a, torch.randn(2, 6))
+    pa, pb = _save(a, tmp_path / "a.safetensors"), _save(b, tmp_path / "b.safetensors")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep")
+    for run in (align_files, merge_files):  # the cost's error would come first if it were solved first
+        with pytest.raises(modeconn.CheckpointError, match="exists: give a new folder"):
+            run(spec, pa, pb, tmp_path / "out", cost="correlation")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
+
+
+def test_a_spec_saved_as_json_is_read_from_its_path(tmp_path):
+    a = _net(0)
+    spec = discover(a, torch.randn(2, 6))
+    b = permute(a, spec, spec.random_permutation(0))
+    pa, pb = _save(a, tmp_path / "a.safetensors"), _save(b, tmp_path / "b.safetensors")
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    result = align_files(tmp_path / "spec.json", pa, pb, tmp_path / "out")
+    back = LazyState(result.path)
+    assert all(torch.equal(back[k], v) for k, v in a.state_dict().items())
 
 
 LIMIT = 0.45
