@@ -341,6 +341,75 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return _run_step("merge", args, {"runs": args.runs or None})
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _bytes(text: str) -> int:
+    """A size such as ``2GB``, ``500MiB`` or ``1000000`` (bytes), in bytes."""
+    import re
+
+    from modeconn.errors import InvalidArgumentError
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", text, re.IGNORECASE)
+    size = int(float(found[1]) * _SIZE_UNITS[(found[2] or "").lower()]) if found else 0
+    if size <= 0:
+        raise InvalidArgumentError(f"--shard-size takes a positive size such as 2GB or 500MiB, got {text!r}")
+    return size
+
+
+def _cmd_files(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from modeconn.merging.files import align_files, merge_files
+
+    size = _bytes(args.shard_size)
+    if args.command == "align-files":
+        result = align_files(args.spec, args.a, args.b, args.out, cost=args.cost, max_shard_bytes=size)
+    else:
+        result = merge_files(
+            args.spec, args.a, args.b, args.out, weight=args.weight, align=not args.no_align,
+            cost=args.cost, max_shard_bytes=size,
+        )  # fmt: skip
+    moved = sorted(g for g, p in result.perms.items() if not torch.equal(p, torch.arange(len(p))))
+    if args.json_out:
+        print(json.dumps({"path": str(result.path), "groups_moved": len(moved), "groups": len(result.perms),
+                          "notes": result.notes}))  # fmt: skip
+        return 0
+    what = "B aligned to A" if args.command == "align-files" else f"merge (B's share {args.weight})"
+    print(f"{what} written to {result.path}: {len(moved)}/{len(result.perms)} groups of B's units moved")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _files_parser(sub, command: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(command, help=help_text)
+    p.add_argument(
+        "spec", help="the models' permutation spec as JSON (`modeconn discover MODEL --json FILE`)"
+    )
+    p.add_argument("a", help="model A: a .safetensors file or a folder of shards")
+    p.add_argument("b", help="model B, likewise (one architecture with A)")
+    p.add_argument("--out", required=True, help="the new folder to write the checkpoint into, as shards")
+    p.add_argument(
+        "--cost",
+        default="weight_matching",
+        help="a data-free cost plugin: weight_matching (built in) or one `modeconn plugins` lists "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--shard-size",
+        default="2GB",
+        help="the largest shard to write, e.g. 2GB or 500MiB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--json", dest="json_out", action="store_true", help="print the results as JSON, nothing else"
+    )
+    p.set_defaults(func=_cmd_files)
+    return p
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
 
     from modeconn import workflow
@@ -493,6 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_options(p, "export", config=False)
     _output_options(p)
     p.set_defaults(func=_cmd_export)
+    _files_parser(
+        sub, "align-files", "write checkpoint B with its units matched to checkpoint A's, reading both from "
+        "safetensors tensor by tensor (models that do not fit in memory twice)",
+    )  # fmt: skip
+    p = _files_parser(
+        sub, "merge-files", "write the average of checkpoints A and B, B's units matched to A's first, reading "
+        "both from safetensors tensor by tensor",
+    )  # fmt: skip
+    p.add_argument(
+        "--weight", type=float, default=0.5, help="B's share of the merge, in [0, 1] (default: 0.5)"
+    )
+    p.add_argument("--no-align", action="store_true", help="the plain average: B's units as they are")
     p = sub.add_parser("plot", help="accuracy and loss along t for saved evaluations (no recomputing)")
     p.add_argument("runs", nargs="+", help="run folders of `modeconn evaluate`")
     p.add_argument(

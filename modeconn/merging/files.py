@@ -138,6 +138,10 @@ def _load_spec(spec: PermutationSpec | str | os.PathLike) -> PermutationSpec:
         text = Path(spec).read_text()
     except OSError as e:
         raise AlignmentError(f"cannot read the spec {os.fspath(spec)!r} ({e.strerror}): {how}") from None
+    except UnicodeDecodeError:
+        raise AlignmentError(
+            f"{os.fspath(spec)!r} is not a saved PermutationSpec (not text): {how}"
+        ) from None
     try:
         return PermutationSpec.from_json(text)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
