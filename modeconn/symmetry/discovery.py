@@ -131,6 +131,8 @@ class _Discovery:
         self._use: set[tuple[str, int]] = set()  # (tensor, axis) bound while visiting one node
         self.gm: fx.GraphModule | None = None
         self.no_rule: list[Fix] = []  # the fixes of nodes no rule knows (auto capture may try export)
+        # modules with weights that no rule knows, and their parameters: units fx cannot see
+        self.kept_whole: dict[str, list[str]] = {}
 
     def name_of(self, target: str) -> str:
         """The model's name for a module or tensor of the graph being visited."""
@@ -209,6 +211,9 @@ class _Discovery:
         fix = Fix(kind, f"{place}: {why}", op)
         if no_rule:
             self.no_rule.append(fix)
+            if module is not None and next(module.parameters(), None) is not None:
+                prefix = self.name_of(node.target)
+                self.kept_whole[op] = [f"{prefix}.{p}" for p, _ in module.named_parameters()]
         for ta in tensor_layouts([self.ann_of(x) for x in (*node.args, *node.kwargs.values())]):
             for lay in ta.layouts:
                 self.spaces.fix(lay, fix)
@@ -578,7 +583,7 @@ def discover(
         # was not tried for it already): then export's, if that leaves more units permutable
         retry = capture == "auto" and graph.how == "fx" and not graph.graph.meta["opaque"]
         try:
-            spec, no_rule = _discover_on(model, inputs, graph, book, strict)
+            spec, no_rule, kept_whole = _discover_on(model, inputs, graph, book, strict)
         except UnsupportedOpError as e:
             if not (retry and getattr(e, "no_rule", False)):
                 raise
@@ -586,12 +591,13 @@ def discover(
             if isinstance(found, str):
                 raise  # strict, and export does not do better: fx's error
             return found
-        if retry and _held_by(spec, no_rule):
+        # a module kept whole with weights hides its units (and any heads) from fx's spec, even
+        # where no group fx sees is held (an encoder reading the model's inputs directly)
+        if retry and (_held_by(spec, no_rule) or kept_whole):
             found = _by_export(model, inputs, book, strict)
             if isinstance(found, str):
-                return _noted(
-                    spec, no_rule, f"auto capture tried torch.export instead, which failed ({found})"
-                )
+                detail = f"auto capture tried torch.export instead, which failed ({found})"
+                return _inside_kept_whole(_noted(spec, no_rule, detail), kept_whole, detail)
             if _score(found) > _score(spec):
                 return found
     return spec
@@ -599,9 +605,9 @@ def discover(
 
 def _discover_on(
     model: nn.Module, inputs: ModelInputs, graph: Capture, book: RuleBook, strict: bool
-) -> tuple[PermutationSpec, list[Fix]]:
-    """The spec found on ``graph`` (the eval graph) and on the same capture in train mode, and
-    the fixes of the nodes no rule knows."""
+) -> tuple[PermutationSpec, list[Fix], dict[str, list[str]]]:
+    """The spec found on ``graph`` (the eval graph) and on the same capture in train mode, the
+    fixes of the nodes no rule knows, and the modules with weights among them."""
     dtype = float_dtype_of(model)
     state = _Discovery(model, book, strict)
     for training in (False, True):  # eval first: group names and sites come from the eval graph
@@ -623,7 +629,7 @@ def _discover_on(
             state.run(gm, inputs, dtype)  # a model that only takes the batch it was given
     spec = _build_spec(state, model, graph.how)
     spec.graph = graph  # the eval graph its sites name: alignment reuses it
-    return spec, state.no_rule
+    return spec, state.no_rule, state.kept_whole
 
 
 def _held_by(spec: PermutationSpec, fixes: Sequence[Fix]) -> bool:
@@ -643,6 +649,18 @@ def _by_export(model: nn.Module, inputs: ModelInputs, book: RuleBook, strict: bo
         return _discover_on(model, inputs, graph, book, strict)[0]
     except (TraceError, UnsupportedOpError) as e:
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _inside_kept_whole(
+    spec: PermutationSpec, kept_whole: Mapping[str, list[str]], detail: str
+) -> PermutationSpec:
+    """``spec`` saying, of each weight inside a module kept whole, why it is never permuted
+    (it is in no group, so no group's reason would say it)."""
+    unreached = dict(spec.unreached)
+    for op, names in kept_whole.items():
+        for name in names:
+            unreached.setdefault(name, f"inside {op}, which fx keeps whole and no rule knows; {detail}")
+    return replace(spec, unreached=unreached)
 
 
 def _noted(spec: PermutationSpec, fixes: Sequence[Fix], detail: str) -> PermutationSpec:

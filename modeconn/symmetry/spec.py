@@ -142,8 +142,9 @@ class Group:
 class PermutationSpec:
     """The permutation groups of one architecture.
 
-    ``groups`` maps stable names to :class:`Group`; ``unreached`` lists state-dict entries the
-    traces never touched (they are never permuted), with the reason; ``capture`` says how the
+    ``groups`` maps stable names to :class:`Group`; ``unreached`` lists state-dict entries in
+    no group that are never permuted, with the reason (the traces never touched them, or they
+    are inside a module the graph keeps whole that no rule knows); ``capture`` says how the
     graph was captured (``"fx"`` or ``"export"``): sites name nodes of that graph, and
     alignment captures the models the same way. ``graph``, set by :func:`~modeconn.discover`
     and never saved, is that capture: alignment reuses it where it fits

@@ -243,6 +243,23 @@ def test_auto_capture_takes_exports_graph_where_fx_keeps_a_block_no_rule_knows(c
         discover(a, x[:2], capture="fx", strict=True)
 
 
+def test_auto_capture_takes_exports_graph_where_a_block_kept_whole_reads_the_inputs(check):
+    """The encoder takes the model's inputs and feeds its output: no group of hidden units fx
+    sees is held (fx's spec has none), yet the encoder's weights hide units; export's graph
+    frees them."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+    a = nn.Sequential(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)).eval()
+    x = torch.randn(64, 5, 16)
+    assert discover(a, x[:2], capture="fx").units() == (0, 0)
+    spec = discover(a, x[:2])
+    assert spec.capture == "export" and spec.units()[0] > 0, str(spec)
+    check.assert_equivalent(a, x[:4], seeds=(0, 1), spec=spec)
+    b = permute(a, spec, spec.random_permutation(1))
+    assert _recovered(a, b)
+    assert not _recovered(a, align(a, b, cost="weight_matching", spec=spec).model)
+
+
 def _sign_of_sum(h):
     return h if float(h.sum()) > 0 else -h  # branches on the data: torch.export cannot capture it
 
@@ -257,6 +274,25 @@ class _Opaque(nn.Module):
 
     def forward(self, x):
         return self.b(_sign_of_sum(self.a(x)))
+
+
+class _OpaqueEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+
+    def forward(self, x):
+        return _sign_of_sum(self.enc(x))
+
+
+def test_auto_capture_names_the_weights_inside_a_block_kept_whole_where_export_fails():
+    spec = discover(_OpaqueEncoder().eval(), torch.randn(2, 5, 8))
+    assert spec.capture == "fx" and spec.units() == (0, 0)
+    reason = spec.unreached["enc.layers.0.linear1.weight"]
+    assert "inside TransformerEncoder 'enc', which fx keeps whole and no rule knows" in reason
+    assert "auto capture tried torch.export instead, which failed" in reason
+    assert "(unreached) enc.layers.0.self_attn.in_proj_weight: inside TransformerEncoder" in str(spec)
 
 
 def test_auto_capture_keeps_fx_and_says_why_where_export_fails_or_frees_no_more():
