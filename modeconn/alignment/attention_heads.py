@@ -265,7 +265,7 @@ def head_view(spec: PermutationSpec) -> HeadView:
             groups[hg.name] = hg
             continue
         groups.update({g.name: g for g in flat_groups})
-        removed |= inside - outside
+        removed |= {g for f in fams for head in f.groups for g in head if g is not None} - outside
         for g in outside:
             kept[g] = _without(spec.groups[g], hg)
         structures.append(HeadStructure(hg.name, hg.size, tuple(fams), tuple(sorted(outside))))
@@ -276,13 +276,15 @@ def head_view(spec: PermutationSpec) -> HeadView:
 def _covers(heads: Group):
     """A test of whether a slice or site lies in one of ``heads``' ranges."""
     spans: dict[tuple, list[tuple[int, int]]] = {}
+
+    def where(x: TensorSlice | Site) -> tuple:
+        return ("tensor", x.tensor, x.axis) if isinstance(x, TensorSlice) else ("node", x.node, x.axis)
+
     for x in (*heads.slices, *heads.sites):
-        where = (x.tensor if isinstance(x, TensorSlice) else x.node, x.axis)
-        spans.setdefault(where, []).append((x.start, x.start + heads.size * x.inner))
+        spans.setdefault(where(x), []).append((x.start, x.start + heads.size * x.inner))
 
     def covered(x: TensorSlice | Site) -> bool:
-        where = (x.tensor if isinstance(x, TensorSlice) else x.node, x.axis)
-        return any(lo <= x.start < hi for lo, hi in spans.get(where, ()))
+        return any(lo <= x.start < hi for lo, hi in spans.get(where(x), ()))
 
     return covered
 
