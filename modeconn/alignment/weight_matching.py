@@ -553,7 +553,8 @@ class _Layout:
                     kept = (moves, self._blocks_product(name, members, deltas))
                 self._keep((name, deps), kept)
                 part = kept[1].cpu()
-                m = part.double() if m is None else m.add_(part)
+                # a copy: a float64 model's part is the kept tensor itself, which must not change
+                m = part.to(torch.float64, copy=True) if m is None else m.add_(part)
         if m is None:
             return torch.zeros(size, size, dtype=torch.float64)
         return m

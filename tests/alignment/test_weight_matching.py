@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 
 import modeconn
 from modeconn import discover, permute
-from modeconn.alignment.weight_matching import match_weights, signature_matching, weight_similarity
+from modeconn.alignment.weight_matching import (
+    WeightSimilarity,
+    match_weights,
+    signature_matching,
+    weight_similarity,
+)
 
 
 class ManySlices(nn.Module):
@@ -79,6 +84,22 @@ def test_similarity_is_the_objective_as_a_function_of_one_group(name, nets):
             assert total - base_sum == pytest.approx(objective - base_objective, rel=1e-4, abs=1e-5), g.name
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_is_the_same_each_time_it_is_asked(dtype):
+    """Its parts are kept between calls: a float64 model's part was the kept tensor itself, and
+    summing the next part into it changed what the next call read."""
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))  # noqa: E731
+    a, b = make().to(dtype), make().to(dtype)
+    spec = discover(a, torch.randn(2, 4, dtype=dtype))
+    similarity = WeightSimilarity(spec, a.state_dict(), b.state_dict())
+    perms = spec.random_permutation(0)
+    for g in spec.permutable:
+        first = similarity(g, perms).clone()
+        similarity(g, perms).mul_(-3.0)  # a caller may change the matrix it gets (break_ties does)
+        assert torch.equal(similarity(g, perms), first), g.name
 
 
 def test_a_planted_permutation_comes_back_on_thousands_of_slices():
