@@ -300,6 +300,7 @@ class WeightSimilarity:
         self._layout = _Layout(spec, state_a, state_b)
 
     def __call__(self, group: Group, perms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The group's similarity matrix (float64), a new tensor the caller may change."""
         return self._layout.similarity(group.name, perms)
 
     def neighbours(self, group: Group) -> set[str]:
