@@ -58,17 +58,28 @@ def quiet() -> dict:
     return dict(progress=False, callbacks=[lambda s: print(f"  {s.history[-1]}", flush=True)])
 
 
-def trained_end_point(args: argparse.Namespace, sets: CifarSubsets, model: str, seed: int, checkpoint: Path):
-    """Model ``model`` trained from ``seed`` on ``sets.train`` as ``args`` say (``--epochs``,
-    ``--lr``, ``--lr-step``), resumed from ``checkpoint``."""
+def trained_end_point(
+    args: argparse.Namespace,
+    sets: CifarSubsets,
+    model: str,
+    seed: int,
+    checkpoint: Path,
+    *,
+    adversary=None,
+    **model_options,
+):
+    """Model ``model`` (with ``model_options``) trained from ``seed`` on ``sets.train`` as
+    ``args`` say (``--epochs``, ``--lr``, ``--lr-step``), against ``adversary`` if given,
+    resumed from ``checkpoint``."""
     torch.manual_seed(seed)
-    net = modeconn.create_model(model, num_classes=10)
+    net = modeconn.create_model(model, num_classes=10, **model_options)
     modeconn.train_model(
         net,
         sets.train,
         epochs=args.epochs,
         lr=args.lr,
         lr_step=args.lr_step,
+        adversary=adversary,
         checkpoint=checkpoint,
         **quiet(),
     )

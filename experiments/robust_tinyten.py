@@ -26,7 +26,7 @@ import modeconn
 from modeconn.attacks import PGD, RobustClassification
 from modeconn.metrics import Classification
 
-from common import add_data_args, cifar_subsets
+from common import OUT, add_data_args, cifar_subsets, quiet, trained_end_point
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--curve-lr-step", type=int, default=3)
     p.add_argument("--points", type=int, default=7)
     p.add_argument("--bn-size", type=int, default=1000, help="training images for BatchNorm statistics")
-    p.add_argument("--out", default="experiments/out/robust_tinyten")
+    p.add_argument("--out", default=str(OUT / "robust_tinyten"))
     args = p.parse_args()
 
     torch.set_num_threads(2)
@@ -51,26 +51,18 @@ def main() -> None:
     bn = DataLoader(Subset(sets.bn.dataset, range(args.bn_size)), batch_size=250)
     train_attack, eval_attack = PGD.preset("train"), PGD.preset("eval")
     metrics = [Classification(), RobustClassification(eval_attack, seed=0)]
-    quiet = dict(progress=False, callbacks=[lambda s: print(f"  {s.history[-1]}", flush=True)])
     timing = {}
 
     t0 = time.time()
     ends = []
     for k, seed in enumerate(args.seeds):
-        torch.manual_seed(seed)
-        model = modeconn.create_model("tinyten", num_classes=10, normalize="cifar10")
         print(f"robust end point {'AB'[k]} (seed {seed}), {train_attack.describe()}", flush=True)
-        modeconn.train_model(
-            model,
-            sets.train,
-            epochs=args.epochs,
-            lr=args.lr,
-            lr_step=args.lr_step,
-            adversary=train_attack,
-            checkpoint=out / f"{'ab'[k]}.pt",
-            **quiet,
+        checkpoint = out / f"{'ab'[k]}.pt"
+        ends.append(
+            trained_end_point(
+                args, sets, "tinyten", seed, checkpoint, adversary=train_attack, normalize="cifar10"
+            )
         )
-        ends.append(model)
     a, b = ends
     timing["end_points_s"] = round(time.time() - t0)
 
@@ -127,7 +119,7 @@ def main() -> None:
             lr=args.curve_lr,
             lr_step=args.curve_lr_step,
             checkpoint=out / f"{name}_curve.pt",
-            **quiet,
+            **quiet(),
         )
         timing[f"{name}_curve_s"] = round(time.time() - t1)
         reports[f"{name} curve"] = modeconn.evaluate_curve(
