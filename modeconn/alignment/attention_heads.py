@@ -52,6 +52,11 @@ class HeadStructure:
     families: tuple[HeadFamily, ...]
     external: tuple[str, ...] = ()
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The view groups solved with this structure: its flat groups, then its external ones."""
+        return (*(f.name for f in self.families), *self.external)
+
 
 @dataclass(frozen=True)
 class HeadView:
@@ -69,7 +74,7 @@ class HeadView:
     def joint(self) -> dict[str, HeadStructure]:
         """Every view group solved with a head structure (its flat groups and its external
         groups) -> the structure."""
-        return {n: s for s in self.structures for n in (*(f.name for f in s.families), *s.external)}
+        return {n: s for s in self.structures for n in s.names}
 
     def solve(
         self, structure: HeadStructure, matrices: Mapping[str, torch.Tensor], maximize: bool

@@ -87,7 +87,7 @@ def solve_groups(
     for structure in heads.structures:
         if all(f.name in matrices for f in structure.families):  # an external group's may be missing
             perms.update(heads.solve(structure, matrices, maximize=maximize))
-            solved |= {n for n, s in joint.items() if s is structure}
+            solved |= set(structure.names)
     if state_a is None or state_b is None:
         return perms
     perms = break_ties(spec, groups, matrices, maximize, state_a, state_b, perms)

@@ -89,7 +89,7 @@ def match_weights(
 
     for structure in {joint[g.name] for g in todo if g.name in joint and g.name not in init}:
         mats = {}
-        for name in _names(structure):
+        for name in structure.names:
             sa, sb = layout.signature(name, "a"), layout.signature(name, "b")
             if sa is not None:
                 mats[name] = -torch.cdist(sa, sb).square()
@@ -248,7 +248,7 @@ def _steps(layout: _Layout, groups: Sequence[Group], perms: dict, stale: set) ->
 def _heads_step(layout: _Layout, heads: HeadView, structure: HeadStructure, perms: dict, stale: set) -> float:
     """One coordinate step on a head structure's flat groups: heads, then units within them.
     Updates ``perms`` and ``stale``; returns the gain."""
-    names = _names(structure)
+    names = structure.names
     stale.difference_update(names)
     mats = {n: layout.similarity(n, perms) for n in names}
     new = heads.solve(structure, mats, maximize=True)
@@ -269,11 +269,6 @@ def _heads_step(layout: _Layout, heads: HeadView, structure: HeadStructure, perm
     for n in names:
         stale |= layout.neighbours.get(n, set())
     return after - before
-
-
-def _names(structure: HeadStructure) -> list[str]:
-    """The view groups a head structure's step solves: its flat groups and external groups."""
-    return [*(f.name for f in structure.families), *structure.external]
 
 
 def weight_similarity(
